@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Installs emogen_jax and everything its tests and demo need, on a fresh machine.
+#   bash scripts/install.sh          core library + test tools + PyTorch-side tools
+# System tools: ffmpeg and espeak-ng from the OS packages when we are root and they are missing
+# (without them, imageio-ffmpeg's bundled ffmpeg and a synthesised voice are used).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  if ! command -v ffmpeg >/dev/null 2>&1 || ! command -v espeak-ng >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg espeak-ng >/dev/null) \
+      || echo "install.sh: could not apt-get ffmpeg/espeak-ng; falling back to imageio-ffmpeg and a synthesised voice"
+  fi
+fi
+
+# The CPU build of PyTorch first, so that no multi-GB CUDA build is pulled in by the extras.
+if ! $PY -c "import torch" >/dev/null 2>&1; then
+  $PY -m pip install -q --timeout 20 --retries 1 torch --index-url https://download.pytorch.org/whl/cpu \
+    || $PY -m pip install -q "torch==2.13.0"
+fi
+$PY -m pip install -q -e ".[test,torch]"
