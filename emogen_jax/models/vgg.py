@@ -1,0 +1,61 @@
+"""VGG-19 convolutional trunk (torchvision's ``vgg19().features``) for the perceptual loss.
+
+Parameters are named ``features_{idx}`` after torchvision's module index, so the ImageNet weights
+(torchvision's ``vgg19-dcbf9e60.pth``) convert with a transpose (``emogen_jax.convert --kind
+vgg19``). 20,024,384 parameters; no BatchNorm.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+# (torchvision `features` index, output channels) per conv; "M" = the max-pool at that index.
+LAYERS = ((0, 64), (2, 64), (4, "M"),
+          (5, 128), (7, 128), (9, "M"),
+          (10, 256), (12, 256), (14, 256), (16, 256), (18, "M"),
+          (19, 512), (21, 512), (23, 512), (25, 512), (27, "M"),
+          (28, 512), (30, 512), (32, 512), (34, 512), (36, "M"))
+CONV_INDICES = tuple(i for i, c in LAYERS if c != "M")
+POOL_INDICES = tuple(i for i, c in LAYERS if c == "M")
+
+IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
+IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
+
+
+class VGG19Features(nn.Module):
+  """VGG-19 ``features`` (3x3 convs with padding 1 + ReLU, 2x2 max-pools).
+
+  ``__call__(images)``: (B, H, W, 3) in [0, 1] -> tuple of the 5 max-pool outputs (torchvision
+  ``features`` indices 4, 9, 18, 27, 36), shapes (B, H/2, W/2, 64), (B, H/4, W/4, 128),
+  (B, H/8, W/8, 256), (B, H/16, W/16, 512), (B, H/32, W/32, 512) (floor division, like PyTorch).
+
+  Input normalisation: the ImageNet weights expect RGB normalised by the ImageNet mean/std, so with
+  ``normalize=True`` (default) the input becomes (x - mean) / std per RGB channel. Our frames are
+  BGR (as OpenCV reads them); ``bgr_input=True`` reverses the channels first. ``normalize=False``
+  feeds the input as is.
+  """
+  normalize: bool = True
+  bgr_input: bool = False
+  width: float = 1.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, images):
+    x = images.astype(self.dtype)
+    if self.bgr_input:
+      x = x[..., ::-1]
+    if self.normalize:
+      x = (x - jnp.asarray(IMAGENET_MEAN_RGB, self.dtype)) / jnp.asarray(IMAGENET_STD_RGB, self.dtype)
+    outs = []
+    for idx, ch in LAYERS:
+      if ch == "M":
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        outs.append(x)
+      else:
+        x = nn.Conv(max(1, int(round(ch * self.width))), (3, 3), padding=((1, 1), (1, 1)),
+                    dtype=self.dtype, name=f"features_{idx}")(x)
+        x = nn.relu(x)
+    return tuple(outs)
