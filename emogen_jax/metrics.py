@@ -1,0 +1,139 @@
+"""Evaluation metrics as pure numpy functions: PSNR, SSIM, SyncNet offset search / LSE, FID, accuracy.
+
+LSE follows the protocol of syncnet_python (used by Wav2Lip and EmoGen for LSE-D / LSE-C):
+for every video window i, the Euclidean distance between its face embedding and the audio
+embeddings of windows i + d for d in [-vshift, vshift] (audio zero-padded beyond the clip); the
+distances are averaged over i per shift d. The best shift is the one with the smallest mean
+distance; LSE-D is that smallest mean distance and LSE-C ("confidence") is the median of the
+curve minus its minimum.
+
+Offset sign: ``offset = video index - matching audio index``. A positive offset means the
+picture lags the sound by ``offset`` frames (frame i shows what was said at frame i - offset).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from skimage.metrics import structural_similarity
+
+DEFAULT_VSHIFT = 15
+
+
+def psnr(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+  """Peak signal-to-noise ratio in dB over all pixels of ``a`` and ``b`` (inf when identical)."""
+  a = np.asarray(a, np.float64)
+  b = np.asarray(b, np.float64)
+  if a.shape != b.shape:
+    raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+  mse = np.mean((a - b) ** 2)
+  if mse == 0:
+    return float("inf")
+  return float(10.0 * np.log10(data_range ** 2 / mse))
+
+
+def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
+  """Mean structural similarity of colour images (H, W, 3) or stacks (N, H, W, 3), averaged over N."""
+  a = np.asarray(a)
+  b = np.asarray(b)
+  if a.shape != b.shape:
+    raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+  if a.ndim == 3:
+    a, b = a[None], b[None]
+  vals = [structural_similarity(x.astype(np.float64), y.astype(np.float64), channel_axis=-1,
+                                data_range=data_range) for x, y in zip(a, b)]
+  return float(np.mean(vals))
+
+
+def sync_distance_curve(video_emb: np.ndarray, audio_emb: np.ndarray,
+                        vshift: int = DEFAULT_VSHIFT) -> np.ndarray:
+  """Mean distance between video window i and audio window i + d, for d = -vshift..vshift.
+
+  Args:
+    video_emb: (N, D) face embeddings, one per video window.
+    audio_emb: (M, D) audio embeddings, window j aligned with video window j; missing audio
+      windows (beyond M or before 0) count as zero vectors, as in syncnet_python.
+  Returns:
+    (2 * vshift + 1,) float64; entry ``vshift + d`` is the mean over i of ||v_i - a_{i+d}||.
+  """
+  v = np.asarray(video_emb, np.float64)
+  a = np.asarray(audio_emb, np.float64)
+  if v.ndim != 2 or a.ndim != 2 or v.shape[1] != a.shape[1]:
+    raise ValueError(f"embeddings must be (N, D) and (M, D), got {v.shape} and {a.shape}")
+  n, dim = v.shape
+  win = 2 * vshift + 1
+  # Row i + vshift of the padded audio is audio window i.
+  padded = np.zeros((n + 2 * vshift, dim))
+  m = min(len(a), n + vshift)
+  padded[vshift:vshift + m] = a[:m]
+  # windows[i, j] = padded[i + j] = audio window i + j - vshift.
+  idx = np.arange(n)[:, None] + np.arange(win)[None, :]
+  dists = np.linalg.norm(v[:, None, :] - padded[idx], axis=-1)
+  return dists.mean(axis=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class SyncResult:
+  offset: int          # frames; > 0: the picture lags the sound
+  min_dist: float      # LSE-D: the mean distance at the best offset
+  confidence: float    # LSE-C: median(curve) - min(curve)
+  curve: np.ndarray    # (2 * vshift + 1,) mean distance per shift d = -vshift..vshift
+
+  def as_dict(self) -> dict:
+    return {"offset": self.offset, "lse_d": self.min_dist, "lse_c": self.confidence}
+
+
+def offset_search(curve: np.ndarray) -> SyncResult:
+  """The best shift of a distance curve (see ``sync_distance_curve``) with its distance and confidence."""
+  curve = np.asarray(curve, np.float64)
+  if curve.ndim != 1 or len(curve) % 2 != 1:
+    raise ValueError(f"the curve must have 2 * vshift + 1 entries, got {curve.shape}")
+  vshift = len(curve) // 2
+  best = int(np.argmin(curve))
+  minval = float(curve[best])
+  # syncnet_python takes torch.median, the lower median; the curve length is odd so it is exact.
+  conf = float(np.median(curve) - minval)
+  return SyncResult(offset=vshift - best, min_dist=minval, confidence=conf, curve=curve)
+
+
+def lse(video_emb: np.ndarray, audio_emb: np.ndarray, vshift: int = DEFAULT_VSHIFT) -> SyncResult:
+  """Offset, LSE-D and LSE-C of one clip from its per-window face and audio embeddings."""
+  return offset_search(sync_distance_curve(video_emb, audio_emb, vshift))
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+  """||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrt(S1 S2)) between two Gaussians (the FID formula)."""
+  from scipy import linalg
+  mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
+  s1, s2 = np.atleast_2d(sigma1).astype(np.float64), np.atleast_2d(sigma2).astype(np.float64)
+  diff = mu1 - mu2
+  covmean = linalg.sqrtm(s1.dot(s2))
+  if not np.isfinite(covmean).all():
+    # A singular product (few samples): regularise as the reference FID code does.
+    off = np.eye(s1.shape[0]) * 1e-6
+    covmean = linalg.sqrtm((s1 + off).dot(s2 + off))
+  covmean = np.real(covmean)
+  return float(diff.dot(diff) + np.trace(s1) + np.trace(s2) - 2.0 * np.trace(covmean))
+
+
+def fid_from_features(feats1: np.ndarray, feats2: np.ndarray) -> float:
+  """FID between two sets of (N, D) activations (e.g. Inception pool features)."""
+  f1 = np.asarray(feats1, np.float64)
+  f2 = np.asarray(feats2, np.float64)
+  return frechet_distance(f1.mean(0), np.cov(f1, rowvar=False), f2.mean(0), np.cov(f2, rowvar=False))
+
+
+def accuracy(predicted: np.ndarray, target: np.ndarray) -> float:
+  predicted = np.asarray(predicted)
+  target = np.asarray(target)
+  if predicted.shape != target.shape or predicted.size == 0:
+    raise ValueError(f"need equal non-empty label arrays, got {predicted.shape} and {target.shape}")
+  return float(np.mean(predicted == target))
+
+
+def confusion_matrix(predicted: np.ndarray, target: np.ndarray, num_classes: int) -> np.ndarray:
+  """(num_classes, num_classes) counts; row = target, column = prediction."""
+  m = np.zeros((num_classes, num_classes), np.int64)
+  np.add.at(m, (np.asarray(target), np.asarray(predicted)), 1)
+  return m
