@@ -1,0 +1,211 @@
+"""Building blocks shared by the Wav2Lip-family models (NHWC, PyTorch padding semantics).
+
+``ConvBN``   Conv (bias) -> BatchNorm -> (+ input if residual) -> ReLU.
+``ConvTBN``  transposed Conv (bias) -> BatchNorm -> ReLU.
+``ConvLeaky`` Conv (bias) -> LeakyReLU(0.01).
+
+Submodule names (``conv``, ``bn``) mirror the original's ``conv_block.0`` / ``conv_block.1`` so that
+weight conversion is a rename plus a transpose. Parameters are float32; ``dtype`` is the compute
+dtype.
+
+BatchNorm: momentum 0.9 (PyTorch's 0.1), eps 1e-5. One known difference to PyTorch: Flax updates
+the running variance with the biased batch variance where PyTorch uses the unbiased one (factor
+n/(n-1), n = batch*H*W; it matters only for the 1x1 layers at small batches).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+BN_MOMENTUM = 0.9
+BN_EPSILON = 1e-5
+
+
+def _pair(v) -> tuple[int, int]:
+  if isinstance(v, (tuple, list)):
+    assert len(v) == 2, v
+    return int(v[0]), int(v[1])
+  return int(v), int(v)
+
+
+def channels(c: int, width: float) -> int:
+  """Channel count ``c`` scaled by the width multiplier, at least 1."""
+  return max(1, int(round(c * width)))
+
+
+def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
+                      axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name="bn")
+
+
+def _conv(features, kernel_size, strides, padding, dtype, name) -> nn.Conv:
+  kh, kw = _pair(kernel_size)
+  ph, pw = _pair(padding)
+  return nn.Conv(features, (kh, kw), strides=_pair(strides), padding=((ph, ph), (pw, pw)),
+                 use_bias=True, dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+class ConvBN(nn.Module):
+  """Conv2d(k, s, p) with bias -> BatchNorm -> (+ input if ``residual``) -> ReLU.
+
+  (B, H, W, Cin) -> (B, H', W', features), H' = (H + 2p - k) // s + 1 (PyTorch's Conv2d).
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: int | Sequence[int] = 0
+  residual: bool = False
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = _conv(self.features, self.kernel_size, self.strides, self.padding, self.dtype, "conv")(x)
+    y = _batch_norm(train, self.bn_axis_name, self.dtype)(y)
+    if self.residual:
+      y = y + x
+    return nn.relu(y)
+
+
+class ConvLeaky(nn.Module):
+  """Conv2d(k, s, p) with bias -> LeakyReLU(0.01); no normalisation.
+
+  (B, H, W, Cin) -> (B, H', W', features), PyTorch's Conv2d output size.
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: int | Sequence[int] = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    y = _conv(self.features, self.kernel_size, self.strides, self.padding, self.dtype, "conv")(x)
+    return nn.leaky_relu(y, 0.01)
+
+
+def _phase_taps(k: int, s: int, p: int, out_size: int, in_size: int):
+  """Per-axis plan of a transposed conv as ``s`` stride-1 "phase" convs.
+
+  PyTorch: out[y] += in[i] * w[a] for every y = i*s - p + a. Writing y = s*m + r (phase r), the
+  taps that reach phase r are the a with a = r + p (mod s), reading input row i = m + d with
+  d = (r + p - a) / s. All phases share one window of rows m + d_min .. m + d_max.
+
+  Returns (taps, window, pad_lo, pad_hi, rows): taps[r, t] = kernel index used by phase r at
+  window offset t (== k, pointing at an appended zero tap, when none), pad_lo/pad_hi the input
+  padding (negative = crop), rows = output rows per phase before the final crop.
+  """
+  ds = {}
+  for r in range(s):
+    for a in range(k):
+      if (r + p - a) % s == 0:
+        ds[(r, a)] = (r + p - a) // s
+  d_min = min(ds.values())
+  d_max = max(ds.values())
+  window = d_max - d_min + 1
+  taps = np.full((s, window), k, dtype=np.int32)
+  for (r, a), d in ds.items():
+    taps[r, d - d_min] = a
+  rows = -(-out_size // s)
+  pad_lo = -d_min
+  pad_hi = (rows - 1 + d_max) - (in_size - 1)
+  return taps, window, pad_lo, pad_hi, rows
+
+
+def conv_transpose(x, kernel, strides, padding, output_padding, precision=None):
+  """PyTorch ``conv_transpose2d`` in NHWC, as one stride-1 conv plus depth-to-space.
+
+  x: (B, H, W, Cin); kernel: (kh, kw, Cin, Cout) with ``kernel[a, b, i, o] ==
+  torch_weight[i, o, a, b]`` for a ``torch.nn.ConvTranspose2d`` weight of shape (Cin, Cout, kh, kw)
+  (a plain transpose, no spatial flip). Output (B, Ho, Wo, Cout) with
+  Ho = (H - 1) * sh - 2 * ph + kh + out_pad_h (likewise Wo), bias not included.
+
+  Why not an lhs-dilated conv: XLA:CPU's gradient of those is 4-7x slower. Here the kernel taps
+  of each output phase (y mod s) are gathered into a (window, window, Cin, s*s*Cout) kernel, one
+  ordinary stride-1 conv computes all phases and a reshape interleaves them. For the decoder's
+  k3 s2 p1 op1 this is a 2x2 conv to 4*Cout channels; for stride 1 it reduces to the usual
+  flipped-kernel conv.
+  """
+  kh, kw, cin, cout = kernel.shape
+  sh, sw = _pair(strides)
+  ph, pw = _pair(padding)
+  oph, opw = _pair(output_padding)
+  b, h, w, _ = x.shape
+  assert x.shape[-1] == cin, (x.shape, kernel.shape)
+  out_h = (h - 1) * sh - 2 * ph + kh + oph
+  out_w = (w - 1) * sw - 2 * pw + kw + opw
+  taps_h, win_h, lo_h, hi_h, rows_h = _phase_taps(kh, sh, ph, out_h, h)
+  taps_w, win_w, lo_w, hi_w, rows_w = _phase_taps(kw, sw, pw, out_w, w)
+  # Append a zero tap (index k) per axis so that "no tap" is just another gather index.
+  kpad = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  k6 = kpad[taps_h[:, :, None, None], taps_w[None, None, :, :]]  # (sh, win_h, sw, win_w, Cin, Cout)
+  k_phase = jnp.transpose(k6, (1, 3, 4, 0, 2, 5)).reshape(win_h, win_w, cin, sh * sw * cout)
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype),
+                  ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+  y = jax.lax.conv_general_dilated(x, k_phase, (1, 1), "VALID",
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+  y = y.reshape(b, rows_h, rows_w, sh, sw, cout)
+  y = jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, rows_h * sh, rows_w * sw, cout)
+  return y[:, :out_h, :out_w, :]
+
+
+def conv_transpose_reference(x, kernel, strides, padding, output_padding, precision=None):
+  """The same as ``conv_transpose`` written as the textbook lhs-dilated conv (for tests)."""
+  kh, kw, _, _ = kernel.shape
+  sh, sw = _pair(strides)
+  ph, pw = _pair(padding)
+  oph, opw = _pair(output_padding)
+  return jax.lax.conv_general_dilated(
+      x, kernel[::-1, ::-1], (1, 1),
+      ((kh - 1 - ph, kh - 1 - ph + oph), (kw - 1 - pw, kw - 1 - pw + opw)),
+      lhs_dilation=(sh, sw), dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+
+
+class ConvTranspose(nn.Module):
+  """PyTorch-semantics ConvTranspose2d with bias. Params ``kernel`` (kh, kw, Cin, Cout), ``bias``.
+
+  ``kernel[a, b, i, o] == torch_weight[i, o, a, b]`` (see ``conv_transpose``).
+  (B, H, W, Cin) -> (B, (H-1)*s - 2p + k + out_pad, ..., features).
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: int | Sequence[int] = 0
+  output_padding: int | Sequence[int] = 0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    kh, kw = _pair(self.kernel_size)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (kh, kw, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    y = conv_transpose(x.astype(self.dtype), kernel.astype(self.dtype), self.strides, self.padding,
+                       self.output_padding)
+    return y + bias.astype(self.dtype)
+
+
+class ConvTBN(nn.Module):
+  """ConvTranspose2d(k, s, p, output_padding) with bias -> BatchNorm -> ReLU.
+
+  (B, H, W, Cin) -> (B, (H-1)*s - 2p + k + out_pad, ..., features).
+  """
+  features: int
+  kernel_size: int | Sequence[int]
+  strides: int | Sequence[int] = 1
+  padding: int | Sequence[int] = 0
+  output_padding: int | Sequence[int] = 0
+  bn_axis_name: str | None = None
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    y = ConvTranspose(self.features, self.kernel_size, self.strides, self.padding,
+                      self.output_padding, dtype=self.dtype, name="conv")(x)
+    y = _batch_norm(train, self.bn_axis_name, self.dtype)(y)
+    return nn.relu(y)
