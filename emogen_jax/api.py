@@ -1,0 +1,138 @@
+"""Notebook API over the inference core of ``emogen_jax.infer``.
+
+    from emogen_jax.api import TalkingFace, show
+    tf = TalkingFace.load("checkpoints/emogen")          # loads and compiles once
+    frames, fps = tf.generate(face="face.mp4", audio="speech.wav", emotion="HAP")
+    show(tf.to_video(frames, "speech.wav", "out.mp4", fps))
+
+Colour order: frames are BGR (OpenCV's order, as everywhere in the project) by default; pass
+``rgb=True`` to ``generate``/``to_video`` to give and get RGB arrays (e.g. for matplotlib).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Sequence
+
+import numpy as np
+
+from emogen_jax import audio as audio_lib
+from emogen_jax import face_detection
+from emogen_jax import infer
+from emogen_jax import video_io
+from emogen_jax.errors import UserError
+
+
+def _face_frames(face, fps: float | None, rgb: bool) -> tuple[list[np.ndarray], float]:
+  """A path, an image (H, W, 3), frames (N, H, W, 3) or a list of frames -> (BGR frames, fps)."""
+  if isinstance(face, (str, os.PathLike)):
+    frames, own_fps = video_io.read_face_input(os.fspath(face))
+    return frames, own_fps or fps or infer.DEFAULT_IMAGE_FPS
+  arr = [np.asarray(f) for f in face] if isinstance(face, (list, tuple)) else np.asarray(face)
+  if isinstance(arr, np.ndarray):
+    if arr.ndim == 3:
+      arr = [arr]
+    elif arr.ndim == 4:
+      arr = list(arr)
+    else:
+      raise UserError(f"face array must be (H, W, 3) or (N, H, W, 3), got shape {arr.shape}")
+  frames = []
+  for f in arr:
+    if f.ndim != 3 or f.shape[2] != 3:
+      raise UserError(f"face frames must be (H, W, 3) colour images, got shape {f.shape}")
+    f = np.asarray(f)
+    if f.dtype != np.uint8:
+      raise UserError(f"face frames must be uint8 (0-255), got {f.dtype}")
+    frames.append(np.ascontiguousarray(f[:, :, ::-1] if rgb else f))
+  return frames, fps or infer.DEFAULT_IMAGE_FPS
+
+
+def _waveform(audio) -> np.ndarray:
+  """A path (any file ffmpeg reads) or a float waveform at 16 kHz -> float32 (N,)."""
+  if isinstance(audio, (str, os.PathLike)):
+    return audio_lib.load_wav(os.fspath(audio))
+  wav = np.asarray(audio, np.float32)
+  if wav.ndim != 1:
+    raise UserError(f"audio array must be a mono waveform (N,) at {audio_lib.SAMPLE_RATE} Hz, "
+                    f"got shape {wav.shape}")
+  return wav
+
+
+class TalkingFace:
+  """A loaded generator with its compiled function; ``generate`` as often as you like."""
+
+  def __init__(self, model, variables, meta: dict | None = None, batch_size: int = 16,
+               detector: str = "haar", s3fd_weights: str | None = None):
+    self.meta = dict(meta or {})
+    self.renderer = infer.Renderer(model, variables, batch_size)
+    self.detector_name = detector
+    self.s3fd_weights = s3fd_weights
+    self._detector = None
+
+  @classmethod
+  def load(cls, checkpoint: str, batch_size: int = 16, detector: str = "haar",
+           s3fd_weights: str | None = None) -> TalkingFace:
+    """From a training workdir (latest step) or a converted checkpoint; width read from its meta."""
+    model, variables, meta = infer.load_generator(checkpoint)
+    return cls(model, variables, meta, batch_size, detector, s3fd_weights)
+
+  @property
+  def detector(self):
+    if self._detector is None:
+      self._detector = face_detection.make_detector(self.detector_name, weights=self.s3fd_weights)
+    return self._detector
+
+  def generate(self, face, audio, emotion: str = "NEU", *, fps: float | None = None,
+               pads: Sequence[int] = infer.DEFAULT_PADS, smooth: bool = True,
+               box: Sequence[int] | None = None, static: bool = False, resize_factor: int = 1,
+               crop: Sequence[int] | None = None, rotate: bool = False, rgb: bool = False,
+               progress: bool = True) -> tuple[np.ndarray, float]:
+    """Frames (N, H, W, 3) uint8 and their fps; ``emotion="all"`` gives six faces side by side.
+
+    face: a video/image path, an image array (H, W, 3), or frames (N, H, W, 3) / a list of them.
+    audio: any file ffmpeg reads, or a mono float waveform at 16 kHz.
+    Arrays are BGR unless ``rgb=True`` (then input and output are RGB). ``fps`` is the rate of
+    array frames or an image (default 25); a video path keeps its own rate.
+    Options as the CLI's (pads/box are top, bottom, left, right).
+    """
+    emotions = infer.parse_emotions(emotion)
+    frames, fps = _face_frames(face, fps, rgb)
+    wav = _waveform(audio)
+    opts = infer.FaceOptions(pads=tuple(pads), smooth=smooth, resize_factor=resize_factor, crop=crop,
+                             box=box, rotate=rotate, static=static)
+    job = infer.make_job(frames, fps, wav, emotions, opts,
+                         detector=None if box is not None else self.detector)
+    out = np.stack(list(infer.render_frames(self.renderer, job, progress=progress)))
+    return (out[..., ::-1].copy() if rgb else out), job.fps
+
+  def to_video(self, frames, audio, path: str, fps: float = infer.DEFAULT_IMAGE_FPS,
+               rgb: bool = False) -> str:
+    return to_video(frames, audio, path, fps, rgb)
+
+
+def to_video(frames, audio, path: str, fps: float = infer.DEFAULT_IMAGE_FPS, rgb: bool = False) -> str:
+  """Writes frames (BGR, or RGB with ``rgb=True``) with audio (a path or a 16 kHz waveform) as mp4."""
+  frames = [np.asarray(f)[:, :, ::-1] if rgb else np.asarray(f) for f in frames]
+  with tempfile.TemporaryDirectory(prefix="emogen_api_") as tmp:
+    if audio is None or isinstance(audio, (str, os.PathLike)):
+      track = None if audio is None else os.fspath(audio)
+      if track is not None and not os.path.isfile(track):
+        raise UserError(f"audio file not found: {track}; check the path")
+    else:
+      track = os.path.join(tmp, "audio.wav")
+      video_io.write_wav(track, _waveform(audio), audio_lib.SAMPLE_RATE)
+    video_io.write_video(path, frames, fps, audio=track)
+  return path
+
+
+def show(path: str, width: int | None = None):
+  """An inline player in a notebook (IPython.display.Video), else just the path."""
+  try:
+    from IPython.display import Video
+  except ImportError:
+    return path
+  kwargs = {"embed": True}
+  if width is not None:
+    kwargs["width"] = width
+  return Video(path, **kwargs)
