@@ -1,0 +1,342 @@
+"""tf.data input pipelines over the preprocessed ``emogen_clips`` dataset (see data_tools.preprocess).
+
+``create_dataset(task, data_dir, split, per_device_batch=..., ...)`` returns a Python
+iterator of dicts of numpy arrays with leading dims (num_devices, per_device_batch):
+
+* "syncnet":   mel (80,16,1) f32, faces (48,96,15) f32 in [0,1] (lower halves of 5
+  frames stacked frame-major on channels: channel 3*t+c), label () f32 (1 in sync);
+* "emotion":   video (5,96,96,3) f32 in [0,1], emotion () int32;
+* "generator": face (5,96,96,6) f32 ([zeros, reference] per frame), mel (5,80,16,1)
+  f32 (frame i of the target window f uses the window of frame f+i-1), sync_mel
+  (80,16,1) f32 (window of f), target (5,96,96,3) f32 in [0,1], emotion () int32.
+
+Frames are BGR (as stored by OpenCV). ``with_metadata=True`` adds ``clip_id`` (bytes),
+``start`` (f: target / mel window start), ``other_start`` (g: the generator's
+reference start, or SyncNet's face start; equal to f for in-sync examples) for tests and
+debugging.
+
+Sampling follows the SPEC ("Sampling"), restricted to windows of valid frames (frames
+where a face was detected): a target window f has 5 valid frames and its mel windows
+inside the clip's mel (generator: f >= 1); the generator's reference window and
+SyncNet's off-sync window start at a uniformly drawn other start g != f of the same clip
+with 5 valid frames; SyncNet is in sync with p = 0.5.
+
+Training streams (train=True): files and clips shuffled, repeated forever; each clip read
+and decoded once yields ``windows_per_clip`` examples (only the JPEGs those windows use
+are decoded), then examples are shuffled across clips, augmented (emogen_jax.augment,
+one parameter set per example, shared by all its frames) and batched. All randomness is
+stateless and keyed by (seed, clip read index), so the same seed gives the same batches.
+
+Evaluation streams (train=False): no augmentation, no shuffling, clips in dataset order;
+each clip yields ``eval_windows`` fixed windows evenly spaced over its valid starts, the
+reference / off-sync start g being the valid start half the clip away; SyncNet yields
+each window twice (in sync, then off sync), so labels are balanced. One pass is finite;
+its last batch is completed by cycling from the first examples (so every batch is full
+and a small split still yields a batch); ``repeat=True`` cycles forever, in the same
+order each pass.
+
+Multi-host: each process reads its own part of the split (tfds.split_for_jax_process).
+TensorFlow is kept off accelerators.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Iterator, Optional
+
+import numpy as np
+import tensorflow as tf
+
+from emogen_jax import augment as augment_lib
+from emogen_jax.errors import UserError
+
+TASKS = ("syncnet", "emotion", "generator")
+SPLITS = ("train", "validation", "test")
+DATASET_NAME = "emogen_clips"
+T = 5
+MEL_WINDOW = 16
+IMG = 96
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def _hide_accelerators() -> None:
+  """TensorFlow must never take GPU/TPU memory from JAX."""
+  try:
+    tf.config.set_visible_devices([], "GPU")
+    tf.config.set_visible_devices([], "TPU")
+  except (RuntimeError, ValueError):
+    pass  # already initialised (devices were hidden by an earlier call) or no such type
+
+
+def _dataset_dir(data_dir: str) -> str:
+  data_dir = os.fspath(data_dir)
+  hint = f"run `python -m data_tools.preprocess --src VIDEOS --data-dir {data_dir}` first"
+  if not os.path.isdir(data_dir):
+    raise UserError(f"data dir {data_dir} does not exist; {hint}")
+  candidates = [data_dir, os.path.join(data_dir, DATASET_NAME)]
+  for base in candidates:
+    if os.path.isfile(os.path.join(base, "dataset_info.json")):
+      return base
+    if os.path.isdir(base):
+      versions = sorted((v for v in os.listdir(base)
+                         if os.path.isfile(os.path.join(base, v, "dataset_info.json"))),
+                        key=lambda v: tuple(int(p) for p in v.split(".") if p.isdigit()))
+      if versions:
+        return os.path.join(base, versions[-1])
+  raise UserError(f"{data_dir} holds no preprocessed dataset ({DATASET_NAME}/<version>/"
+                  f"dataset_info.json not found); {hint}")
+
+
+def _builder(data_dir: str):
+  import tensorflow_datasets as tfds
+  return tfds.builder_from_directory(_dataset_dir(data_dir))
+
+
+def dataset_info(data_dir: str) -> dict:
+  """{"dir", "splits": {split: clips}, "num_clips", "report" (the preprocess report or None)}."""
+  builder = _builder(data_dir)
+  splits = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
+  report = None
+  for p in (os.path.join(data_dir, "preprocess_report.json"),):
+    if os.path.isfile(p):
+      with open(p) as f:
+        report = json.load(f)
+  return {"dir": _dataset_dir(data_dir), "splits": splits, "num_clips": sum(splits.values()),
+          "report": report}
+
+
+# ----------------------------------------------------------------------------- window rules
+
+
+def _window_masks(valid: tf.Tensor, mel_steps: tf.Tensor):
+  """-> (any_ok, sync_ok, gen_ok) bool (N,): same rule as data_tools.preprocess.window_starts."""
+  n = tf.shape(valid)[0]
+  v = tf.cast(valid, tf.int32)
+  csum = tf.concat([[0], tf.cumsum(v)], axis=0)
+  f = tf.range(n)
+  end = tf.minimum(f + T, n)
+  any_ok = (f + T <= n) & (tf.gather(csum, end) - tf.gather(csum, f) == T)
+  fits = lambda fr: (80 * fr) // 25 + MEL_WINDOW <= mel_steps
+  sync_ok = any_ok & fits(f)
+  gen_ok = any_ok & (f >= 1) & fits(f + 3)
+  return any_ok, sync_ok, gen_ok
+
+
+def _other_start(cand: tf.Tensor, f: tf.Tensor, u: tf.Tensor) -> tf.Tensor:
+  """A start from ``cand`` (sorted, contains every f) other than f; u in [0,1) picks it uniformly."""
+  n = tf.shape(cand)[0]
+  pos_f = tf.searchsorted(cand, f)
+  r = tf.minimum(tf.cast(u * tf.cast(n - 1, tf.float32), tf.int32), n - 2)
+  r = r + tf.cast(r >= pos_f, tf.int32)
+  return tf.gather(cand, r)
+
+
+# ----------------------------------------------------------------------------- per-clip examples
+
+
+def _decode_frames(jpegs: tf.Tensor, idx: tf.Tensor) -> tf.Tensor:
+  """Decodes jpegs[idx] (any shape of indices), each distinct frame once -> uint8 BGR idx.shape+(96,96,3)."""
+  flat = tf.reshape(idx, [-1])
+  uniq, pos = tf.unique(flat)
+  imgs = tf.map_fn(lambda s: tf.ensure_shape(tf.io.decode_jpeg(s, channels=3), (IMG, IMG, 3)),
+                   tf.gather(jpegs, uniq), fn_output_signature=tf.TensorSpec((IMG, IMG, 3), tf.uint8),
+                   parallel_iterations=16)
+  imgs = tf.reverse(imgs, axis=[-1])  # JPEG decoders return RGB; the crops were BGR
+  return tf.reshape(tf.gather(imgs, pos), tf.concat([tf.shape(idx), [IMG, IMG, 3]], 0))
+
+
+def _mel_windows(mel_t: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
+  """mel_t (M, 80), frame indices (...) -> (..., 80, 16, 1): the 16 steps from int(80*f/25)."""
+  start = (80 * frames) // 25
+  idx = start[..., None] + tf.range(MEL_WINDOW)
+  w = tf.gather(mel_t, idx)  # (..., 16, 80)
+  return tf.expand_dims(tf.linalg.matrix_transpose(w), -1)
+
+
+def _clip_examples(task: str, clip: dict, seed: tf.Tensor, k: int, train: bool,
+                   with_metadata: bool) -> dict:
+  """One clip -> k raw examples (leading dim k): uint8 frames, mel windows, labels.
+
+  ``frames`` is (k, 10, 96, 96, 3) for the generator (target then reference window) and
+  (k, 5, 96, 96, 3) otherwise; float conversion and augmentation happen per batch
+  (``_finish``), so the example shuffle buffer holds compact uint8 frames.
+  """
+  jpegs, valid, mel = clip["frames"], clip["valid"], clip["mel"]
+  mel_t = tf.transpose(mel)  # (M, 80)
+  any_ok, sync_ok, gen_ok = _window_masks(valid, tf.shape(mel)[1])
+  target_ok = {"syncnet": sync_ok, "emotion": any_ok, "generator": gen_ok}[task]
+  cand_f = tf.cast(tf.where(target_ok)[:, 0], tf.int32)
+  cand_g = tf.cast(tf.where(any_ok)[:, 0], tf.int32)
+  n_f = tf.shape(cand_f)[0]
+  seeds = tf.random.experimental.stateless_split(seed, num=3)
+  if train:
+    pick = tf.random.stateless_uniform([k], seeds[0], 0, n_f, dtype=tf.int32)
+    f = tf.gather(cand_f, pick)
+    g = _other_start(cand_g, f, tf.random.stateless_uniform([k], seeds[1]))
+    in_sync = tf.random.stateless_uniform([k], seeds[2]) < 0.5
+  else:
+    pos = tf.cast((tf.range(k, dtype=tf.float32) + 0.5) * tf.cast(n_f, tf.float32) / k, tf.int32)
+    f = tf.gather(cand_f, tf.minimum(pos, n_f - 1))
+    n_g = tf.shape(cand_g)[0]
+    g = tf.gather(cand_g, (tf.searchsorted(cand_g, f) + n_g // 2) % n_g)
+    in_sync = tf.ones([k], tf.bool)
+    if task == "syncnet":  # every window in sync, then off sync
+      f, g = tf.concat([f, f], 0), tf.concat([g, g], 0)
+      in_sync = tf.concat([in_sync, tf.zeros([k], tf.bool)], 0)
+  steps = tf.range(T)
+  out = {"emotion": tf.fill(tf.shape(f), tf.cast(clip["emotion"], tf.int32))}
+  if task == "generator":
+    idx = tf.concat([f[:, None] + steps, g[:, None] + steps], axis=1)  # (k, 10): target, reference
+    out["mel"] = _mel_windows(mel_t, f[:, None] + steps - 1)
+    out["sync_mel"] = _mel_windows(mel_t, f)
+  elif task == "syncnet":
+    g = tf.where(in_sync, f, g)
+    idx = g[:, None] + steps
+    out["mel"] = _mel_windows(mel_t, f)
+    out["label"] = tf.cast(in_sync, tf.float32)
+  else:
+    idx = f[:, None] + steps
+  out["frames"] = _decode_frames(jpegs, idx)
+  if with_metadata:
+    out.update(clip_id=tf.fill(tf.shape(f), clip["clip_id"]), start=f, other_start=g)
+  return out
+
+
+def _finish(task: str, batch: dict, seed: tf.Tensor, do_augment: bool) -> dict:
+  """A batch of raw examples -> the task's model inputs (augmented once per example)."""
+  frames = tf.cast(batch.pop("frames"), tf.float32)
+  if do_augment:
+    frames = augment_lib.augment_examples(frames, seed)
+  frames = frames * (1.0 / 255.0)
+  out = dict(batch)
+  if task == "generator":
+    target, ref = frames[:, :T], frames[:, T:]
+    out["face"] = tf.concat([tf.zeros_like(ref), ref], axis=-1)
+    out["target"] = target
+  elif task == "syncnet":
+    lower = frames[:, :, IMG // 2:]  # (B, 5, 48, 96, 3)
+    out["faces"] = tf.reshape(tf.transpose(lower, [0, 2, 3, 1, 4]), [-1, IMG // 2, IMG, 3 * T])
+    out.pop("emotion")
+  else:
+    out["video"] = frames
+  return out
+
+
+# ----------------------------------------------------------------------------- datasets
+
+
+def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int, seed: int = 0,
+                     train: bool = True, augment: Optional[bool] = None,
+                     shuffle_buffer: int = 256, num_parallel=tf.data.AUTOTUNE,
+                     windows_per_clip: int = 8, eval_windows: int = 2, repeat: Optional[bool] = None,
+                     with_metadata: bool = False, process_index: int = 0,
+                     process_count: int = 1) -> tuple:
+  """The tf.data.Dataset of unbatched-then-batched examples (leading dim global_batch).
+
+  Returns (dataset, num_examples_per_pass or None for infinite training streams).
+  """
+  import tensorflow_datasets as tfds
+  if task not in TASKS:
+    raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+  builder = _builder(data_dir)
+  splits = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
+  if split not in splits or splits[split] == 0:
+    avail = ", ".join(f"{k}={v}" for k, v in splits.items()) or "none"
+    raise UserError(f"split {split!r} of {data_dir} is empty or missing (clips per split: {avail}); "
+                    "preprocess more actors/clips or use another split")
+  if process_count > 1:
+    per = tfds.even_splits(split, n=process_count, drop_remainder=False)
+    split_spec = per[process_index]
+  else:
+    split_spec = split
+  num_clips = int(builder.info.splits[split_spec].num_examples)
+  if num_clips == 0:
+    raise UserError(f"split {split!r} has no clip for process {process_index} of {process_count}; "
+                    "use fewer hosts or a bigger split")
+  do_augment = train if augment is None else bool(augment)
+  repeat = train if repeat is None else bool(repeat)
+  read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4,
+                                add_tfds_id=False, try_autocache=False)
+  ds = builder.as_dataset(split=split_spec, shuffle_files=train, read_config=read_config)
+  keep = ("frames", "valid", "mel", "emotion", "clip_id")
+  ds = ds.map(lambda ex: {k: ex[k] for k in keep})
+  base_seed = tf.constant([seed, 0x5EED], tf.int64)
+  if train:
+    ds = ds.shuffle(min(num_clips, 256), seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  k = windows_per_clip if train else eval_windows
+
+  def per_clip(i, clip):
+    s = tf.random.experimental.stateless_fold_in(base_seed, i)
+    return _clip_examples(task, clip, s, k, train, with_metadata)
+
+  ds = ds.enumerate().map(per_clip, num_parallel_calls=num_parallel, deterministic=True)
+  ds = ds.unbatch()
+  num_examples = None
+  if train:
+    ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
+  elif not repeat:
+    num_examples = num_clips * k * (2 if task == "syncnet" else 1)
+    num_batches = math.ceil(num_examples / global_batch)
+    ds = ds.repeat().take(num_batches * global_batch)
+  ds = ds.batch(global_batch, drop_remainder=True)
+  aug_seed = tf.constant([seed, 0xA06], tf.int64)
+
+  def finish(i, batch):
+    return _finish(task, batch, tf.random.experimental.stateless_fold_in(aug_seed, i), do_augment)
+
+  ds = ds.enumerate().map(finish, num_parallel_calls=num_parallel, deterministic=True)
+  return ds, num_examples
+
+
+def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: int,
+                   num_devices: Optional[int] = None, seed: int = 0, train: bool = True,
+                   augment: Optional[bool] = None, shuffle_buffer: int = 256,
+                   num_parallel=tf.data.AUTOTUNE, windows_per_clip: int = 8,
+                   eval_windows: int = 2, repeat: Optional[bool] = None,
+                   with_metadata: bool = False, prefetch: int = 2) -> Iterator[dict]:
+  """Batches of ``task`` examples from ``split``: dicts of numpy arrays, leading dims
+  (num_devices, per_device_batch). See the module docstring for the contents and rules.
+
+  Args:
+    task: "syncnet", "emotion" or "generator".
+    data_dir: the --data-dir given to data_tools.preprocess.
+    split: "train", "validation" or "test".
+    per_device_batch: examples per device per step.
+    num_devices: local devices (default jax.local_device_count()).
+    seed: the same seed gives the same stream.
+    train: True: shuffled, repeated, augmented; False: deterministic fixed windows.
+    augment: override (default = train).
+    shuffle_buffer: example-level shuffle buffer (train).
+    num_parallel: parallel clip reads/decodes (tf.data.AUTOTUNE by default).
+    windows_per_clip: examples drawn per clip read when training (amortises decoding).
+    eval_windows: fixed windows per clip when not training.
+    repeat: default = train; with train=False, True cycles the fixed stream forever.
+    with_metadata: also return clip_id, start and other_start per example.
+    prefetch: batches prefetched.
+  """
+  _hide_accelerators()
+  if per_device_batch < 1:
+    raise UserError(f"per_device_batch must be >= 1, got {per_device_batch}")
+  import jax
+  if num_devices is None:
+    num_devices = jax.local_device_count()
+  if num_devices < 1:
+    raise UserError(f"num_devices must be >= 1, got {num_devices}")
+  ds, _ = build_tf_dataset(task, data_dir, split, global_batch=num_devices * per_device_batch,
+                           seed=seed, train=train, augment=augment, shuffle_buffer=shuffle_buffer,
+                           num_parallel=num_parallel, windows_per_clip=windows_per_clip,
+                           eval_windows=eval_windows, repeat=repeat, with_metadata=with_metadata,
+                           process_index=jax.process_index(), process_count=jax.process_count())
+
+  def to_devices(batch):
+    return {k: tf.reshape(v, tf.concat([[num_devices, per_device_batch], tf.shape(v)[1:]], 0))
+            for k, v in batch.items()}
+
+  ds = ds.map(to_devices, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
+  return ds.as_numpy_iterator()
