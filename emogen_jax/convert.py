@@ -24,6 +24,7 @@ only to read and write ``.pth`` files.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import re
 import sys
@@ -173,6 +174,12 @@ def _shape_to_torch(transform: str, shape) -> tuple[int, ...]:
 
 def expected_torch_layout(kind: str, width: float = 1.0):
   """The PyTorch state dict of ``kind``: ({torch key: shape}, {flax path: (torch key, transform)})."""
+  layout, rules = _expected_torch_layout(kind, float(width))
+  return dict(layout), dict(rules)
+
+
+@functools.lru_cache(maxsize=None)  # tracing a model takes ~1 s; kind detection tries them all
+def _expected_torch_layout(kind: str, width: float):
   shapes, classes = _template(kind, width)
   layout: dict[str, tuple[int, ...]] = {}
   rules: dict[tuple[str, ...], tuple[str, str]] = {}
@@ -329,7 +336,7 @@ def load_torch_file(path: str, trust_pickle: bool = False) -> Any:
     return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
   except Exception as e:  # torch raises many types here: pickle, zip, runtime errors
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if "weights_only" in str(e) or "Unsupported global" in str(e):
+    if "Unsupported global" in str(e):
       raise UserError(f"{path!r} holds Python objects besides tensors, which are not loaded "
                       "by default for safety; if you trust the file, pass --trust-pickle") from None
     raise UserError(f"{path!r} is not a readable PyTorch checkpoint ({type(e).__name__}: "
