@@ -30,10 +30,12 @@ import subprocess
 import sys
 import tempfile
 import time
+import wave
 
 import cv2
 import numpy as np
 
+from emogen_jax.audio import load_wav
 from emogen_jax.emotions import EMOTIONS
 from emogen_jax.errors import UserError, cli_main
 from emogen_jax.media import ffmpeg_exe
@@ -82,7 +84,7 @@ EXPRESSIONS = {
                       tint=(-12, -8, 22)),
     "DIS": Expression(brow_raise=-0.3, brow_tilt=-0.35, eye_open=-0.25, smile=-0.7, mouth_width=0.05,
                       tint=(0, 14, 0)),
-    "FEA": Expression(brow_raise=0.7, brow_tilt=0.7, eye_open=0.35, smile=-0.2, mouth_width=0.2,
+    "FEA": Expression(brow_raise=0.5, brow_tilt=0.35, eye_open=0.25, smile=-0.2, mouth_width=0.2,
                       tint=(16, 4, -6)),
     "HAP": Expression(brow_raise=0.25, brow_tilt=0.0, eye_open=-0.2, smile=1.0, mouth_width=0.25,
                       tint=(-4, 4, 12)),
@@ -186,6 +188,10 @@ def render_frame(actor: Actor, expr: Expression, strength: float, mouth_open: fl
   for side in (-1, 1):
     cv2.ellipse(img, p(side * 0.98, 0.0), ax(0.12, 0.2), 0, 0, 360, shade, -1, aa)
 
+  # Brows: thick dark bars; height and inner/outer tilt from the emotion.
+  raise_ = strength * expr.brow_raise * 0.12
+  tilt = strength * expr.brow_tilt * 0.09
+  brow_y = -0.42 - raise_
   # Eyes: white, iris, pupil; upper lid height sets the openness.
   es = actor.eye_size
   eye_y = -0.18
@@ -197,16 +203,16 @@ def render_frame(actor: Actor, expr: Expression, strength: float, mouth_open: fl
     ex = side * actor.eye_spacing
     # A dark socket around each eye and whites only a little brighter than the skin: the cascade
     # keys on an eye band darker than the cheeks, which bright cartoon eye-whites would break.
-    cv2.ellipse(img, p(ex, eye_y - 0.03), ax(eye_w * 1.45, 0.17), 0, 0, 360, socket, -1, aa)
+    # The socket reaches up to the brow wherever the brow is, so raised brows keep the band dark.
+    top = brow_y - 0.02
+    cv2.ellipse(img, p(ex, (top + eye_y + 0.12) / 2), ax(eye_w * 1.45, (eye_y + 0.12 - top) / 2), 0, 0, 360,
+                socket, -1, aa)
     cv2.ellipse(img, p(ex, eye_y), ax(eye_w, eye_h), 0, 0, 360, white, -1, aa)
     cv2.circle(img, p(ex, eye_y), max(2, int(0.1 * es * fw)), (60, 45, 40), -1, aa)
     cv2.circle(img, p(ex, eye_y), max(1, int(0.045 * es * fw)), (5, 5, 5), -1, aa)
     cv2.ellipse(img, p(ex, eye_y), ax(eye_w, eye_h), 0, 0, 360, dark, max(1, int(0.02 * fw)), aa)
 
-  # Brows: thick dark bars; height and inner/outer tilt from the emotion.
-  raise_ = strength * expr.brow_raise * 0.12
-  tilt = strength * expr.brow_tilt * 0.09
-  brow_y = -0.42 - raise_
+  # Brows: drawn over the sockets.
   thick = max(2, int(0.075 * fh))
   for side in (-1, 1):
     inner = (side * (actor.eye_spacing - 0.2), brow_y - tilt)
@@ -270,18 +276,12 @@ def _espeak(text: str, voice: str, pitch: int, speed: int, tmp_dir: str) -> np.n
   exe = shutil.which("espeak-ng")
   if exe is None:
     return None
-  import scipy.io.wavfile
-  import scipy.signal
   path = os.path.join(tmp_dir, "speech.wav")
   subprocess.run([exe, "-v", voice, "-p", str(int(np.clip(pitch, 0, 99))), "-s", str(int(speed)),
                   "-g", "4", "-w", path, text], check=True, stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)
-  sr, pcm = scipy.io.wavfile.read(path)
-  x = pcm.astype(np.float32) / 32768.0
-  if x.ndim > 1:
-    x = x.mean(1)
-  g = np.gcd(int(sr), SAMPLE_RATE)
-  return scipy.signal.resample_poly(x, SAMPLE_RATE // g, int(sr) // g).astype(np.float32)
+  # ffmpeg resamples 22.05 kHz -> 16 kHz (and avoids importing scipy.signal in every worker).
+  return load_wav(path, SAMPLE_RATE)
 
 
 def synth_speech(seconds: float, pitch_hz: float, rng: np.random.Generator) -> np.ndarray:
@@ -412,9 +412,17 @@ def _voiced_span(x: np.ndarray) -> slice:
   return slice(idx[0], idx[-1] + 1) if idx.size else slice(0, len(x))
 
 
+def _write_wav(path: str, wav: np.ndarray) -> None:
+  """16-bit mono PCM at 16 kHz."""
+  with wave.open(path, "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(SAMPLE_RATE)
+    w.writeframes((np.clip(wav, -1, 1) * 32767).astype("<i2").tobytes())
+
+
 def write_clip(spec: ClipSpec) -> str:
   """Renders one clip to spec.path (mp4, H.264 yuv420p + AAC) and returns the path."""
-  import scipy.io.wavfile
   cv2.setNumThreads(1)
   digest = int(hashlib.sha256(os.path.basename(spec.path).encode()).hexdigest()[:8], 16)
   rng = np.random.default_rng([spec.seed, digest])
@@ -422,7 +430,7 @@ def write_clip(spec: ClipSpec) -> str:
     wav = _clip_audio(spec, rng, tmp)
     n_frames = len(wav) * FPS // SAMPLE_RATE
     wav_path = os.path.join(tmp, "audio.wav")
-    scipy.io.wavfile.write(wav_path, SAMPLE_RATE, (wav * 32767).astype(np.int16))
+    _write_wav(wav_path, wav)
     opening = mouth_openings(wav, n_frames)
     centers, scales = head_track(n_frames, rng)
     expr = EXPRESSIONS[spec.emotion]
