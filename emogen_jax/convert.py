@@ -39,6 +39,10 @@ KINDS = ("generator", "syncnet", "emotion_disc", "quality_disc", "vgg19")
 # How the original code wraps each kind when saving (what ``--reverse`` writes).
 _WRAPPED_IN_STATE_DICT = ("generator", "syncnet")
 
+# Parts of a source file that we do not model: torchvision's vgg19-dcbf9e60.pth also holds the
+# ImageNet classifier head, which the perceptual loss does not use.
+_UNUSED_PREFIXES = {"vgg19": ("classifier.",)}
+
 _LSTM_LEAVES = {"kernel_ih": "weight_ih_l0", "kernel_hh": "weight_hh_l0",
                 "bias_ih": "bias_ih_l0", "bias_hh": "bias_hh_l0"}
 _BN_LEAVES = {("params", "scale"): "weight", ("params", "bias"): "bias",
@@ -203,6 +207,8 @@ def normalize_state_dict(obj: Any) -> dict[str, np.ndarray]:
   ``module.`` prefix of DataParallel. Values become numpy arrays."""
   if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
     obj = obj["state_dict"]
+  elif callable(getattr(obj, "state_dict", None)):  # a whole pickled nn.Module (--trust-pickle)
+    obj = obj.state_dict()
   if not isinstance(obj, Mapping) or not obj:
     raise UserError("the file holds no state dict (expected a dict of tensors, or a dict with a "
                     "'state_dict' entry); save the model's state_dict() and convert that")
@@ -272,11 +278,20 @@ def validate(kind: str, state_dict: Mapping[str, np.ndarray], width: float = 1.0
                   f"{len(state_dict)}): {problem}{hint}")
 
 
+def unused_keys(kind: str, state_dict: Mapping[str, np.ndarray]) -> list[str]:
+  """Keys of ``state_dict`` that belong to parts we do not model (VGG-19's classifier head)."""
+  prefixes = _UNUSED_PREFIXES.get(kind, ())
+  return sorted(k for k in state_dict if k.startswith(prefixes)) if prefixes else []
+
+
 def torch_to_flax(kind: str, state_dict: Mapping[str, np.ndarray], width: float = 1.0) -> dict:
   """PyTorch state dict (numpy arrays, ``module.`` stripped) -> Flax variables of ``kind``.
 
-  Float weights become float32 (our parameter dtype); ``num_batches_tracked`` is dropped.
+  Float weights become float32 (our parameter dtype); ``num_batches_tracked`` is dropped;
+  ``unused_keys(kind, state_dict)`` (VGG-19's classifier) are ignored.
   """
+  skip = set(unused_keys(kind, state_dict))
+  state_dict = {k: v for k, v in state_dict.items() if k not in skip}
   _, rules = validate(kind, state_dict, width)
   variables: dict = {}
   for path, (key, transform) in rules.items():
@@ -343,13 +358,18 @@ def load_torch_file(path: str, trust_pickle: bool = False) -> Any:
                     f"{msg[:200]})") from None
 
 
-def save_torch_file(path: str, kind: str, state_dict: Mapping[str, np.ndarray]) -> None:
+def save_torch_file(path: str, kind: str, state_dict: Mapping[str, np.ndarray],
+                    global_step: int = 0) -> None:
+  """Writes a .pth as the original code saves ``kind``: generator and lip-sync expert wrapped like
+  Wav2Lip's training checkpoints (``optimizer`` None, which its loader skips), others raw."""
   try:
     import torch
   except ImportError:
     raise UserError("writing .pth files needs PyTorch: pip install -e '.[torch]'") from None
   sd = {k: torch.from_numpy(np.array(v)) for k, v in state_dict.items()}
-  obj = {"state_dict": sd} if kind in _WRAPPED_IN_STATE_DICT else sd
+  obj = sd
+  if kind in _WRAPPED_IN_STATE_DICT:
+    obj = {"state_dict": sd, "optimizer": None, "global_step": int(global_step), "global_epoch": 0}
   parent = os.path.dirname(os.path.abspath(path))
   os.makedirs(parent, exist_ok=True)
   torch.save(obj, path)
@@ -367,6 +387,9 @@ def convert_file(src: str, out: str, kind: str | None = None, original_layout: b
       raise UserError(f"{src!r} matches none of the known models ({', '.join(KINDS)})")
   variables = torch_to_flax(kind, sd)
   meta: dict[str, Any] = {"width": 1.0, "source": os.path.abspath(src), "converted_from": "pytorch"}
+  ignored = unused_keys(kind, sd)
+  if ignored:
+    meta["ignored_keys"] = ignored
   if kind == "emotion_disc":
     # An original DISCEMO checkpoint was trained on the channel/time-mixed "frames".
     meta["original_layout"] = True if original_layout is None else bool(original_layout)
@@ -394,7 +417,7 @@ def export_file(src: str, out: str, kind: str | None = None) -> tuple[str, dict]
     raise UserError(f"{src!r} holds a width-{width} {kind}; only width 1.0 models have a "
                     "PyTorch counterpart")
   sd = flax_to_torch(kind, models[kind], num_batches_tracked=meta.get("torch_num_batches_tracked", 0))
-  save_torch_file(out, kind, sd)
+  save_torch_file(out, kind, sd, global_step=int(meta.get("step", 0) or 0))
   return kind, meta
 
 
@@ -432,6 +455,9 @@ def main(argv=None):
                               original_layout=args.layout == "original", trust_pickle=args.trust_pickle)
     extra = f", original_layout={meta['original_layout']}" if "original_layout" in meta else ""
     print(f"converted {kind} from {args.src} to {os.path.abspath(args.out)}{extra}")
+    if meta.get("ignored_keys"):
+      print(f"ignored {len(meta['ignored_keys'])} keys not used by our {kind} "
+            f"({_short(meta['ignored_keys'])})")
   return 0
 
 

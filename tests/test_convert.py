@@ -211,10 +211,19 @@ def test_round_trip_is_exact(kind):
 
 
 def test_round_trip_of_initialised_model():
-  """Our own initialisation exports to the PyTorch layout and comes back unchanged."""
+  """Our own initialisation (Xavier-uniform kernels, PyTorch-style LSTM) exports to the PyTorch
+  layout and comes back unchanged."""
   x = jnp.zeros((1, 5, 96, 96, 3))
   model = EmotionDiscriminator(width=0.25)
   variables = jax.tree_util.tree_map(np.asarray, jax.jit(model.init)(jax.random.key(0), x))
+  params = variables["params"]
+  k = params["conv_2_0"]["kernel"]  # (3, 3, 16, 32): Xavier bound sqrt(6 / (9*16 + 9*32))
+  bound = (6 / (9 * 16 + 9 * 32)) ** 0.5
+  assert k.shape == (3, 3, 16, 32) and bound * 0.9 < np.abs(k).max() <= bound
+  k = params["projector_0"]["kernel"]
+  bound = (6 / sum(k.shape)) ** 0.5
+  assert bound * 0.9 < np.abs(k).max() <= bound
+  assert 0.9 / 128 ** 0.5 < np.abs(params["rnn_1"]["kernel_hh"]).max() <= 1 / 128 ** 0.5
   sd = convert.flax_to_torch("emotion_disc", variables, width=0.25)
   assert sd["rnn_1.weight_ih_l0"].shape == (512, 128)
   assert sd["projector.0.weight"].shape == (512, 1152)
@@ -237,6 +246,24 @@ def test_validation_errors_name_the_problem():
                                       r"weight: expected \(32, 15, 7, 7\), found \(32, 15, 5, 5\)"):
     convert.torch_to_flax("syncnet", bad)
   assert convert.detect_kind(sd) == "syncnet"
+
+
+def test_vgg19_file_with_classifier_head(tmp_path, capsys):
+  """torchvision's vgg19-dcbf9e60.pth holds `features.*` and the classifier; the latter is
+  reported and skipped (small stand-in shapes here: the real head is 500 MB)."""
+  sd = random_state_dict("vgg19", seed=19)
+  head = {f"classifier.{i}.{p}": np.ones((2, 2) if p == "weight" else (2,), np.float32)
+          for i in (0, 3, 6) for p in ("weight", "bias")}
+  src = tmp_path / "vgg19-dcbf9e60.pth"
+  torch.save({k: torch.from_numpy(v) for k, v in {**sd, **head}.items()}, src)
+  capsys.readouterr()
+  assert convert.main(["--src", str(src), "--out", str(tmp_path / "vgg")]) == 0
+  out = capsys.readouterr().out
+  assert "converted vgg19" in out and "ignored 6 keys" in out
+  variables = checkpoints.load_model(str(tmp_path / "vgg"), "vgg19")
+  assert np.array_equal(variables["params"]["features_34"]["kernel"],
+                        sd["features.34.weight"].transpose(2, 3, 1, 0))
+  assert len(checkpoints.load_meta(str(tmp_path / "vgg"))["ignored_keys"]) == 6
 
 
 def test_normalize_state_dict_unwraps_and_strips_module_prefix():
@@ -280,7 +307,9 @@ def test_cli_forward_and_reverse(tmp_path):
   r = _run_cli("--reverse", "--src", str(out), "--out", str(back))
   assert r.returncode == 0, r.stderr
   loaded = torch.load(back, map_location="cpu", weights_only=True)
-  assert set(loaded) == {"state_dict"}
+  # Wrapped like Wav2Lip's checkpoints, so its load_checkpoint() accepts it.
+  assert set(loaded) == {"state_dict", "optimizer", "global_step", "global_epoch"}
+  assert loaded["optimizer"] is None
   loaded = loaded["state_dict"]
   assert set(loaded) == set(sd)
   for k, v in sd.items():  # bit-identical, num_batches_tracked included (kept in the meta)
