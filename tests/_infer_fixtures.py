@@ -122,3 +122,36 @@ def write_espeak(path: str, text: str = "Don't forget a jacket.") -> str | None:
     return None
   subprocess.run([exe, "-w", path, text], check=True, capture_output=True)
   return path if os.path.getsize(path) > 1000 else None
+
+
+def make_dataset(data_dir: str, clips: list[dict], splits: dict[str, list[str]]) -> str:
+  """A preprocessed ``emogen_clips`` dataset built from in-memory clips (no detection, no video).
+
+  Each clip: {"clip_id", "crops": (N, 96, 96, 3) uint8 BGR, "mel": (80, T), "emotion": code,
+  optional "valid": (N,) bool, "actor"}. Written as the preprocess cache, then built by its
+  stage 2 (data_tools.preprocess.build_dataset), so the evaluation reads real TFDS shards.
+  """
+  import pickle
+  from data_tools import preprocess
+  cache = os.path.join(data_dir, "cache")
+  os.makedirs(os.path.join(cache, "clips"), exist_ok=True)
+  for c in clips:
+    jpegs = [cv2.imencode(".jpg", f, [cv2.IMWRITE_JPEG_QUALITY, 95])[1].tobytes() for f in c["crops"]]
+    actor, sentence = c["clip_id"].split("_")[:2]
+    rec = {"status": "ok", "clip_id": c["clip_id"], "frames": jpegs,
+           "valid": np.asarray(c.get("valid", np.ones(len(jpegs), bool))),
+           "mel": np.asarray(c["mel"], np.float32), "emotion": c["emotion"], "intensity": "XX",
+           "actor": c.get("actor", actor), "sentence": sentence}
+    with open(os.path.join(cache, "clips", f"{c['clip_id']}.pkl"), "wb") as f:
+      pickle.dump(rec, f)
+  import json
+  with open(os.path.join(cache, "splits.json"), "w") as f:
+    json.dump(splits, f)
+  preprocess.build_dataset(data_dir, cache, log=lambda *a: None)
+  return data_dir
+
+
+def face_crops(n: int, seed: int = 0) -> np.ndarray:
+  """(n, 96, 96, 3) uint8 BGR face crops (the drifting face, cut around its centre)."""
+  frames = face_frames(n)
+  return np.stack([cv2.resize(f[14:94, 40:120], (96, 96)) for f in frames])
