@@ -219,7 +219,10 @@ def normalize_state_dict(obj: Any) -> dict[str, np.ndarray]:
     if k.startswith("module."):
       k = k[len("module."):]
     if hasattr(v, "detach"):  # a torch tensor
-      v = v.detach().cpu().numpy()
+      v = v.detach().cpu()
+      if str(v.dtype) == "torch.bfloat16":  # numpy has no bfloat16
+        v = v.float()
+      v = v.numpy()
     if not isinstance(v, (np.ndarray, np.generic)):
       bad.append(k)
       continue

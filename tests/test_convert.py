@@ -273,6 +273,10 @@ def test_normalize_state_dict_unwraps_and_strips_module_prefix():
   got = convert.normalize_state_dict(wrapped)
   assert set(got) == set(sd)
   assert all(np.array_equal(got[k], sd[k]) for k in sd)
+  half = convert.normalize_state_dict({k: torch.from_numpy(v).bfloat16() for k, v in sd.items()})
+  assert half["binary_pred.0.weight"].dtype == np.float32
+  with pytest.raises(UserError, match="not tensors"):
+    convert.normalize_state_dict({"state_dict": {"a.weight": torch.zeros(2), "note": "hello"}})
 
 
 # ----------------------------------------------------------------------------- command line
@@ -365,6 +369,13 @@ def test_cli_bad_inputs_exit_2_with_one_line(tmp_path, capsys):
     if name == "wrong kind":
       assert "this looks like a quality_disc checkpoint, not a vgg19" in err[0]
   assert not (tmp_path / "out").exists()
+
+
+def test_cli_subprocess_exit_status(tmp_path):
+  r = _run_cli("--src", str(tmp_path / "missing.pth"), "--out", str(tmp_path / "out"))
+  assert r.returncode == 2
+  assert r.stderr.strip().splitlines() == [
+      f"error: PyTorch checkpoint {str(tmp_path / 'missing.pth')!r} does not exist"]
 
 
 def test_library_imports_without_torch():
