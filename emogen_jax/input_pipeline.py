@@ -208,10 +208,11 @@ def _clip_examples(task: str, clip: dict, seed: tf.Tensor, k: int, train: bool,
 
 def _finish(task: str, batch: dict, seed: tf.Tensor, do_augment: bool) -> dict:
   """A batch of raw examples -> the task's model inputs (augmented once per example)."""
-  frames = tf.cast(batch.pop("frames"), tf.float32)
+  frames = batch.pop("frames")
   if do_augment:
     frames = augment_lib.augment_examples(frames, seed)
-  frames = frames * (1.0 / 255.0)
+  else:
+    frames = tf.cast(frames, tf.float32) * (1.0 / 255.0)
   out = dict(batch)
   if task == "generator":
     target, ref = frames[:, :T], frames[:, T:]
