@@ -92,3 +92,46 @@ def load_model(path: str, kind: str) -> dict[str, Any]:
     raise UserError(f"checkpoint {path!r} holds {', '.join(sorted(models)) or 'no models'}, "
                     f"not a {kind}; pick the checkpoint of the {kind}")
   return models[kind]
+
+
+# ----------------------------------------------------------------------------- training checkpoints
+# A training step directory holds the `models` and `meta` items above (so load_models/load_model
+# read a workdir like any checkpoint) plus `train`: step, RNG key, optimizer states, stage extras.
+
+TRAIN_ITEMS = ("models", "meta", "train")
+
+
+def training_manager(workdir: str, *, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
+  """An orbax CheckpointManager writing ``<workdir>/checkpoints/<step>/`` and keeping the last ``keep``."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True,
+                                         enable_async_checkpointing=async_save)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_SUBDIR),
+                               item_names=TRAIN_ITEMS, options=options)
+
+
+def save_training(manager: ocp.CheckpointManager, step: int, *, models: Mapping[str, Any],
+                  train: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
+  """Starts saving one training step (asynchronously if the manager is async). Every process calls it."""
+  for kind in models:
+    if kind not in KINDS:
+      raise UserError(f"unknown model kind {kind!r}; valid kinds are {', '.join(KINDS)}")
+  meta = {"format": FORMAT, "kinds": sorted(models), "step": int(step), **meta}
+  return manager.save(int(step), force=True, args=ocp.args.Composite(
+      models=ocp.args.StandardSave(_to_numpy(dict(models))),
+      meta=ocp.args.JsonSave(meta),
+      train=ocp.args.StandardSave(_to_numpy(dict(train)))))
+
+
+def restore_training(manager: ocp.CheckpointManager, *, models_target: Mapping[str, Any],
+                     train_target: Mapping[str, Any], step: int | None = None):
+  """(step, models, train, meta) of ``step`` (default: the latest), restored onto the targets'
+  structure (optax states come back as their named tuples), or None when there is no checkpoint."""
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    return None
+  restored = manager.restore(step, args=ocp.args.Composite(
+      models=ocp.args.StandardRestore(_to_numpy(dict(models_target))),
+      train=ocp.args.StandardRestore(_to_numpy(dict(train_target))),
+      meta=ocp.args.JsonRestore()))
+  return (int(step), _to_numpy(dict(restored["models"])), _to_numpy(dict(restored["train"])),
+          dict(restored["meta"]))

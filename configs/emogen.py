@@ -1,0 +1,43 @@
+"""EmoGen generator training: SPEC "EmoGen training".
+
+loss = w_sync * sync + w_pl * perceptual + w_emo * CE(emotion_disc(g), emotion)
+       + (1 - w_sync - w_pl - w_emo) * L1(g, target);
+then one emotion-disc step (its own Adam, lr 1e-6) on the real target frames.
+Needs a trained expert (configs/syncnet.py, or python -m emogen_jax.convert of Wav2Lip's
+lipsync_expert.pth), an emotion discriminator (configs/emotion_disc.py or a converted one) and
+ImageNet VGG-19 weights for the perceptual loss (python -m emogen_jax.convert).
+"""
+
+from __future__ import annotations
+
+from emogen_jax.train_config import apply_smoke, base_config
+
+
+def get_config(arg: str | None = None):
+  c = base_config()
+  c.stage = "emogen"
+  c.batch_size = 16
+  c.learning_rate = 1e-4
+  c.disc_learning_rate = 1e-6
+  c.num_train_steps = 200_000
+  c.eval_every_steps = 3_000
+  c.eval_batches = 50
+  c.checkpoint_every_steps = 10_000
+  c.sample_every_steps = 3_000
+  c.w_pl = 0.01
+  c.w_emo = 0.01
+  # w_sync starts at 0 and becomes sync_weight for good once the validation sync loss < threshold.
+  c.w_sync = 0.0
+  c.sync_weight = 0.03
+  c.sync_threshold = 0.75
+  c.syncnet_checkpoint = ""         # workdir of configs/syncnet.py or a converted lipsync_expert.pth
+  c.emotion_disc_checkpoint = ""    # workdir of configs/emotion_disc.py or a converted checkpoint
+  c.vgg_checkpoint = ""             # converted ImageNet VGG-19 (python -m emogen_jax.convert)
+  if arg == "smoke":
+    apply_smoke(c, batch_size=2)
+    c.sample_every_steps = 10
+    # No VGG weights on a fresh machine: the smoke run trains without the perceptual term.
+    c.w_pl = 0.0
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; use configs/emogen.py or configs/emogen.py:smoke")
+  return c

@@ -1,0 +1,26 @@
+"""Lip-sync expert (SyncNet) training: SPEC "Lip-sync expert" (Wav2Lip's color_syncnet_train.py).
+
+python -m emogen_jax.train --config configs/syncnet.py --workdir W --config.data_dir=D
+python -m emogen_jax.train --config configs/syncnet.py:smoke ...   (tiny, CPU)
+"""
+
+from __future__ import annotations
+
+from emogen_jax.train_config import apply_smoke, base_config
+
+
+def get_config(arg: str | None = None):
+  c = base_config()
+  c.stage = "syncnet"
+  c.batch_size = 128
+  c.learning_rate = 1e-4
+  c.num_train_steps = 200_000
+  # Wav2Lip validates and checkpoints the expert every 10,000 steps.
+  c.eval_every_steps = 10_000
+  c.eval_batches = 50
+  c.checkpoint_every_steps = 10_000
+  if arg == "smoke":
+    apply_smoke(c, batch_size=8)
+  elif arg:
+    raise ValueError(f"unknown config variant {arg!r}; use configs/syncnet.py or configs/syncnet.py:smoke")
+  return c

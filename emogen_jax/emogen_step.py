@@ -1,0 +1,276 @@
+"""EmoGen generator training step (SPEC "EmoGen training"), validation and sampling.
+
+One pmapped step (axis "batch") does, on the per-device batch:
+  1. generator update:
+       loss = w_sync * sync + w_pl * perceptual + w_emo * CE(emotion_disc(g), emotion)
+              + (1 - w_sync - w_pl - w_emo) * L1(g, target)
+     sync: the frozen expert in INFERENCE mode (SPEC "Ours") on the lower halves of the 5
+     generated frames against label 1, with the window's sync_mel; perceptual: sum over the 5
+     VGG-19 max-pool outputs of the MSE; the emotion disc is held fixed for this term;
+  2. one emotion-disc update (its own Adam, lr disc_learning_rate) on the REAL target frames.
+w_sync lives in the state (``extras["w_sync"]``): 0 until a validation sync loss below
+sync_threshold, then sync_weight for good (``maybe_enable_sync``).
+Gradients and metrics are ``lax.pmean``-ed; BatchNorm statistics use the global batch.
+Batch (per device): face (B,5,96,96,6), mel (B,5,80,16,1), sync_mel (B,80,16,1),
+target (B,5,96,96,3) in [0, 1], emotion (B,) int.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emogen_jax import checkpoints, losses
+from emogen_jax.errors import UserError
+from emogen_jax.models import EmotionDiscriminator, Generator, SyncNet, VGG19Features
+from emogen_jax.train_state import TrainState, adam, create_state
+
+AXIS = "batch"
+TASK = "generator"
+KINDS = ("generator", "emotion_disc")
+# Width of the random VGG-19 a smoke run uses when w_pl > 0 and no weights are given.
+RANDOM_VGG_WIDTH = 0.125
+
+
+def compute_dtype(config):
+  return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+def _load(path: str, kind: str, log) -> tuple[dict[str, Any], dict[str, Any]]:
+  variables = checkpoints.load_model(path, kind)
+  meta = checkpoints.load_meta(path)
+  log(f"{kind}: loaded from {path} (width {meta.get('width', 1.0)})")
+  return variables, meta
+
+
+def prepare(config, *, log=print) -> dict[str, Any]:
+  """Loads the expert, the initial emotion disc and VGG-19 named by the config (UserError if a
+  reference run lacks one; a smoke run, allow_random_init, starts them from random init, saying so)."""
+  rng = jax.random.PRNGKey(int(config.seed) + 7919)
+  setup: dict[str, Any] = {"random_init": []}
+
+  if config.syncnet_checkpoint:
+    setup["syncnet"], meta = _load(config.syncnet_checkpoint, "syncnet", log)
+    setup["syncnet_width"] = float(meta.get("width", 1.0))
+  elif config.allow_random_init:
+    setup["syncnet_width"] = float(config.width)
+    setup["syncnet"] = SyncNet(width=config.width).init(
+        jax.random.fold_in(rng, 1), jnp.zeros((1, 80, 16, 1)), jnp.zeros((1, 48, 96, 15)))
+    setup["random_init"].append("syncnet")
+    log("syncnet: no config.syncnet_checkpoint; the frozen expert is RANDOMLY initialised "
+        "(smoke run; its sync loss means nothing)")
+  else:
+    raise UserError("config.syncnet_checkpoint is empty: EmoGen training needs a trained lip-sync "
+                    "expert; train one (python -m emogen_jax.train --config configs/syncnet.py "
+                    "--workdir W) or convert Wav2Lip's lipsync_expert.pth (python -m "
+                    "emogen_jax.convert --help), then pass --config.syncnet_checkpoint=PATH")
+
+  if config.emotion_disc_checkpoint:
+    setup["emotion_disc"], meta = _load(config.emotion_disc_checkpoint, "emotion_disc", log)
+    setup["disc_width"] = float(meta.get("width", 1.0))
+    setup["disc_original_layout"] = bool(meta.get("original_layout", False))
+  elif config.allow_random_init:
+    setup["disc_width"] = float(config.width)
+    setup["disc_original_layout"] = False
+    setup["emotion_disc"] = EmotionDiscriminator(width=config.width).init(
+        jax.random.fold_in(rng, 2), jnp.zeros((1, 5, 96, 96, 3)))
+    setup["random_init"].append("emotion_disc")
+    log("emotion_disc: no config.emotion_disc_checkpoint; starting it from random init (smoke run)")
+  else:
+    raise UserError("config.emotion_disc_checkpoint is empty: EmoGen training needs a trained "
+                    "emotion discriminator; train one (python -m emogen_jax.train --config "
+                    "configs/emotion_disc.py --workdir W) or convert the original DISCEMO checkpoint "
+                    "(python -m emogen_jax.convert --help), then pass "
+                    "--config.emotion_disc_checkpoint=PATH")
+
+  setup["use_vgg"] = float(config.w_pl) > 0
+  if not setup["use_vgg"]:
+    log("perceptual loss off (config.w_pl = 0): VGG-19 not used")
+  elif config.vgg_checkpoint:
+    setup["vgg19"], meta = _load(config.vgg_checkpoint, "vgg19", log)
+    setup["vgg_width"] = float(meta.get("width", 1.0))
+  elif config.allow_random_init:
+    setup["vgg_width"] = RANDOM_VGG_WIDTH
+    setup["vgg19"] = VGG19Features(width=RANDOM_VGG_WIDTH).init(
+        jax.random.fold_in(rng, 3), jnp.zeros((1, 96, 96, 3)))
+    setup["random_init"].append("vgg19")
+    log(f"vgg19: no config.vgg_checkpoint; the perceptual loss uses a RANDOM VGG-19 of width "
+        f"{RANDOM_VGG_WIDTH} (smoke run)")
+  else:
+    raise UserError("config.vgg_checkpoint is empty but config.w_pl > 0: the perceptual loss needs "
+                    "ImageNet VGG-19 weights converted with python -m emogen_jax.convert (see --help); "
+                    "pass --config.vgg_checkpoint=PATH, or --config.w_pl=0 to train without it")
+  return setup
+
+
+def make_models(config, setup: dict[str, Any]):
+  """(generator, expert, emotion_disc, vgg or None) flax modules for this config and setup."""
+  dtype = compute_dtype(config)
+  gen = Generator(width=config.width, dtype=dtype, bn_axis_name=AXIS)
+  # The expert only ever runs in inference mode, so it needs no BatchNorm axis.
+  expert = SyncNet(width=setup["syncnet_width"], dtype=dtype)
+  disc = EmotionDiscriminator(original_layout=setup["disc_original_layout"],
+                              width=setup["disc_width"], dtype=dtype)
+  # Frames are BGR; ImageNet VGG expects normalised RGB.
+  vgg = (VGG19Features(width=setup["vgg_width"], bgr_input=True, normalize=True, dtype=dtype)
+         if setup["use_vgg"] else None)
+  return gen, expert, disc, vgg
+
+
+def make_optimizers(config) -> dict[str, optax.GradientTransformation]:
+  return {"generator": adam(config.learning_rate, config.b1, config.b2),
+          "emotion_disc": adam(config.disc_learning_rate, config.b1, config.b2)}
+
+
+def init_state(config, rng: jax.Array, setup: dict[str, Any]) -> TrainState:
+  gen = Generator(width=config.width, dtype=compute_dtype(config))
+  gen_vars = gen.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 5, 80, 16, 1)),
+                      jnp.zeros((1, 5, 96, 96, 6)), jnp.zeros((1,), jnp.int32), train=False)
+  frozen = {"syncnet": setup["syncnet"]}
+  if setup["use_vgg"]:
+    frozen["vgg19"] = setup["vgg19"]
+  return create_state(rng=rng,
+                      models={"generator": gen_vars,
+                              "emotion_disc": {"params": setup["emotion_disc"]["params"]}},
+                      optimizers=make_optimizers(config),
+                      extras={"w_sync": float(config.w_sync)}, frozen=frozen)
+
+
+def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+  target = rng.uniform(0, 1, (batch, 5, 96, 96, 3)).astype(np.float32)
+  ref = rng.uniform(0, 1, (batch, 5, 96, 96, 3)).astype(np.float32)
+  return {"face": np.concatenate([np.zeros_like(target), ref], axis=-1),
+          "mel": rng.normal(0, 2, (batch, 5, 80, 16, 1)).clip(-4, 4).astype(np.float32),
+          "sync_mel": rng.normal(0, 2, (batch, 80, 16, 1)).clip(-4, 4).astype(np.float32),
+          "target": target,
+          "emotion": rng.integers(0, 6, (batch,)).astype(np.int32)}
+
+
+def examples_in(batch) -> int:
+  return int(np.prod(batch["emotion"].shape))
+
+
+# ------------------------------------------------------------------------------------------ steps
+
+def _generated_terms(g, batch, state: TrainState, disc_params, expert, disc, vgg):
+  """Loss terms of generated clips g (B,5,96,96,3); every one a float32 scalar."""
+  a, v = expert.apply(state.frozen["syncnet"], batch["sync_mel"], losses.lower_half_stack(g),
+                      train=False)
+  terms = {"l1": losses.l1_loss(g, batch["target"]),
+           "sync": losses.sync_loss(a, v, jnp.ones((g.shape[0],), jnp.float32))}
+  if vgg is not None:
+    frames = lambda x: x.reshape((-1,) + x.shape[2:])
+    fg = vgg.apply(state.frozen["vgg19"], frames(g))
+    ft = vgg.apply(state.frozen["vgg19"], frames(batch["target"]))
+    terms["perceptual"] = losses.perceptual_loss(fg, ft)
+  else:
+    terms["perceptual"] = jnp.zeros((), jnp.float32)
+  logits = disc.apply({"params": disc_params}, g)
+  terms["emo"] = losses.cross_entropy(logits, batch["emotion"])
+  terms["emo_accuracy"] = losses.accuracy(logits, batch["emotion"])
+  return terms
+
+
+def total_loss(terms, w_sync, w_pl: float, w_emo: float):
+  return (w_sync * terms["sync"] + w_pl * terms["perceptual"] + w_emo * terms["emo"]
+          + (1.0 - w_sync - w_pl - w_emo) * terms["l1"])
+
+
+def make_train_step(config, setup: dict[str, Any]):
+  gen, expert, disc, vgg = make_models(config, setup)
+  txs = make_optimizers(config)
+  w_pl, w_emo = float(config.w_pl), float(config.w_emo)
+  inject_at = int(config.get("inject_nonfinite_at_step", -1))
+
+  def train_step(state: TrainState, batch: dict[str, Any]):
+    w_sync = state.extras["w_sync"]
+    # The emotion disc judges the generated clips but is not moved by the generator's loss.
+    disc_fixed = jax.lax.stop_gradient(state.params["emotion_disc"])
+
+    def gen_loss(params):
+      g, new_vars = gen.apply({"params": params, "batch_stats": state.batch_stats["generator"]},
+                              batch["mel"], batch["face"], batch["emotion"], train=True,
+                              mutable=["batch_stats"])
+      terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg)
+      if inject_at >= 0:  # test hook: a non-finite L1 term at a chosen step
+        terms["l1"] = terms["l1"] + jnp.where(state.step == inject_at, jnp.nan, 0.0)
+      return total_loss(terms, w_sync, w_pl, w_emo), (new_vars["batch_stats"], terms)
+
+    (loss, (gen_bs, terms)), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
+        state.params["generator"])
+    g_grads = jax.lax.pmean(g_grads, AXIS)
+    updates, g_opt = txs["generator"].update(g_grads, state.opt_state["generator"],
+                                             state.params["generator"])
+    g_params = optax.apply_updates(state.params["generator"], updates)
+
+    # One emotion-disc step on the real target clips.
+    def disc_loss(params):
+      logits = disc.apply({"params": params}, batch["target"])
+      return losses.cross_entropy(logits, batch["emotion"]), losses.accuracy(logits, batch["emotion"])
+
+    (d_loss, d_acc), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
+        state.params["emotion_disc"])
+    d_grads = jax.lax.pmean(d_grads, AXIS)
+    updates, d_opt = txs["emotion_disc"].update(d_grads, state.opt_state["emotion_disc"],
+                                                state.params["emotion_disc"])
+    d_params = optax.apply_updates(state.params["emotion_disc"], updates)
+
+    metrics = {"loss": loss, **terms, "disc_loss": d_loss, "disc_accuracy": d_acc,
+               "grad_norm": losses.global_norm(g_grads),
+               "disc_grad_norm": losses.global_norm(d_grads)}
+    metrics = jax.lax.pmean(metrics, AXIS)
+    metrics["w_sync"] = w_sync
+    new_state = state.replace(
+        step=state.step + 1,
+        params={"generator": g_params, "emotion_disc": d_params},
+        batch_stats={"generator": gen_bs},
+        opt_state={"generator": g_opt, "emotion_disc": d_opt})
+    return new_state, metrics
+
+  return train_step
+
+
+def make_eval_step(config, setup: dict[str, Any]):
+  gen, expert, disc, vgg = make_models(config, setup)
+  w_pl, w_emo = float(config.w_pl), float(config.w_emo)
+
+  def eval_step(state: TrainState, batch: dict[str, Any]):
+    g = gen.apply(state.variables("generator"), batch["mel"], batch["face"], batch["emotion"],
+                  train=False)
+    terms = _generated_terms(g, batch, state, state.params["emotion_disc"], expert, disc, vgg)
+    terms["loss"] = total_loss(terms, state.extras["w_sync"], w_pl, w_emo)
+    logits = disc.apply({"params": state.params["emotion_disc"]}, batch["target"])
+    terms["disc_accuracy"] = losses.accuracy(logits, batch["emotion"])
+    return jax.lax.pmean(terms, AXIS)
+
+  return eval_step
+
+
+def make_generate(config, setup: dict[str, Any]):
+  """(state, batch) -> generated clips (B,5,96,96,3) in inference mode (for sample grids)."""
+  gen = make_models(config, setup)[0]
+
+  def generate(state: TrainState, batch: dict[str, Any]):
+    return gen.apply(state.variables("generator"), batch["mel"], batch["face"], batch["emotion"],
+                     train=False)
+
+  return generate
+
+
+def maybe_enable_sync(config, w_sync: float, val_metrics: dict[str, float]) -> float:
+  """The sync weight after a validation: switches to sync_weight once sync < threshold, stays on."""
+  if w_sync == 0.0 and val_metrics.get("sync", np.inf) < float(config.sync_threshold):
+    return float(config.sync_weight)
+  return w_sync
+
+
+def checkpoint_meta(config, setup: dict[str, Any]) -> dict[str, Any]:
+  return {"width": float(config.width), "stage": "emogen",
+          "widths": {"generator": float(config.width), "emotion_disc": setup["disc_width"]},
+          "original_layout": setup["disc_original_layout"]}

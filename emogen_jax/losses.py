@@ -1,0 +1,93 @@
+"""Training losses and metrics, as pure functions of arrays (SPEC "Lip-sync expert", "EmoGen training").
+
+All inputs are NHWC float arrays; every function returns a float32 scalar (the batch mean), so that
+under ``pmap`` a ``lax.pmean`` over the device axis gives the mean over the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+# PyTorch's BCELoss clamps log(p) and log(1-p) at -100; the sync loss inherits that.
+_LOG_CLAMP = -100.0
+_COSINE_EPS = 1e-8
+
+
+def cosine_similarity(a: jax.Array, v: jax.Array, eps: float = _COSINE_EPS) -> jax.Array:
+  """(B, D), (B, D) -> (B,): a.v / max(|a| |v|, eps), as torch.nn.functional.cosine_similarity."""
+  a = a.astype(jnp.float32)
+  v = v.astype(jnp.float32)
+  dot = jnp.sum(a * v, axis=-1)
+  norm = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(v, axis=-1)
+  return dot / jnp.maximum(norm, eps)
+
+
+def binary_cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean BCE of probabilities ``p`` against labels ``y`` with both logs clamped at -100 (BCELoss)."""
+  p = p.astype(jnp.float32)
+  y = y.astype(jnp.float32)
+  log_p = jnp.maximum(jnp.log(p), _LOG_CLAMP)
+  log_1mp = jnp.maximum(jnp.log1p(-p), _LOG_CLAMP)
+  return jnp.mean(-(y * log_p + (1.0 - y) * log_1mp))
+
+
+def sync_loss(audio_emb: jax.Array, face_emb: jax.Array, label: jax.Array) -> jax.Array:
+  """SPEC sync loss: BCE of cosine_similarity(audio, face) taken as a probability, against ``label``.
+
+  audio_emb, face_emb: (B, 512); label: (B,) 1 = in sync, 0 = off sync.
+  """
+  return binary_cross_entropy(cosine_similarity(audio_emb, face_emb), label.reshape(-1))
+
+
+def sync_accuracy(audio_emb: jax.Array, face_emb: jax.Array, label: jax.Array) -> jax.Array:
+  """Fraction of pairs whose decision ``cos > 0.5`` agrees with the in-sync label."""
+  pred = cosine_similarity(audio_emb, face_emb) > 0.5
+  return jnp.mean((pred == (label.reshape(-1) > 0.5)).astype(jnp.float32))
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  """Mean softmax cross-entropy of (B, K) logits against int labels (B,) (torch CrossEntropyLoss)."""
+  logits = logits.astype(jnp.float32)
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  picked = jnp.take_along_axis(log_probs, labels.astype(jnp.int32)[:, None], axis=-1)[:, 0]
+  return -jnp.mean(picked)
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+  return jnp.mean((jnp.argmax(logits, axis=-1) == labels.astype(jnp.int32)).astype(jnp.float32))
+
+
+def l1_loss(x: jax.Array, y: jax.Array) -> jax.Array:
+  """Mean absolute error (torch L1Loss, reduction mean)."""
+  return jnp.mean(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32)))
+
+
+def mse(x: jax.Array, y: jax.Array) -> jax.Array:
+  return jnp.mean(jnp.square(x.astype(jnp.float32) - y.astype(jnp.float32)))
+
+
+def perceptual_loss(features_x: Sequence[jax.Array], features_y: Sequence[jax.Array]) -> jax.Array:
+  """SPEC perceptual loss: sum over the VGG-19 max-pool outputs of the MSE between the two images."""
+  return sum(mse(fx, fy) for fx, fy in zip(features_x, features_y, strict=True))
+
+
+def lower_half_stack(frames: jax.Array) -> jax.Array:
+  """(B, T, 96, 96, 3) -> (B, 48, 96, 3T): rows 48..95 of each frame stacked frame-major on channels.
+
+  This is the SyncNet face input (channel 3*t + c holds channel c of frame t).
+  """
+  b, t, h, w, c = frames.shape
+  lower = frames[:, :, h // 2:, :, :]                  # (B, T, H/2, W, C)
+  lower = jnp.transpose(lower, (0, 2, 3, 1, 4))        # (B, H/2, W, T, C)
+  return lower.reshape(b, h - h // 2, w, t * c)
+
+
+def global_norm(tree) -> jax.Array:
+  """L2 norm over all leaves of a pytree (used for the non-finite-gradient check)."""
+  leaves = jax.tree_util.tree_leaves(tree)
+  if not leaves:
+    return jnp.zeros((), jnp.float32)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))

@@ -1,0 +1,100 @@
+"""Training-config defaults shared by configs/{syncnet,emotion_disc,emogen}.py, and their checks."""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+
+from emogen_jax.errors import UserError
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.stage = ""                  # "syncnet" | "emotion_disc" | "emogen"
+  c.data_dir = ""               # preprocessed dataset (python -m data_tools.preprocess)
+  # Random in-memory batches instead of data_dir, deterministic per (seed, step): tests, benchmarks.
+  c.synthetic_data = False
+  c.seed = 0
+  c.num_train_steps = 100_000
+  c.batch_size = 16             # global batch: divided evenly over jax.device_count() devices
+  c.width = 1.0                 # channel multiplier of every network (1.0 = reference size)
+  c.compute_dtype = "float32"   # or "bfloat16": activations; params and optimizer stay float32
+  # Adam, as the original (lr per stage below).
+  c.learning_rate = 1e-4
+  c.b1 = 0.5
+  c.b2 = 0.999
+  # Feedback and checkpoints.
+  c.log_every_steps = 100
+  c.eval_every_steps = 3_000
+  c.eval_batches = 50
+  c.checkpoint_every_steps = 10_000
+  c.keep_checkpoints = 3
+  c.sample_every_steps = 0      # 0 = no sample grids (only the generator stage makes them)
+  # The training stream is re-seeded with (seed, s) at every multiple s of data_segment_steps
+  # (0 = checkpoint_every_steps); a resume at step r re-creates the stream of its segment and skips
+  # r - s batches, so resumed runs see exactly the batches of an uninterrupted run.
+  c.data_segment_steps = 0
+  c.shuffle_buffer = 0          # 0 = the input pipeline's default
+  # Smoke variants may start the frozen/auxiliary networks from random init (said in the log).
+  c.allow_random_init = False
+  # Tests only: make the loss non-finite at this step (-1 = never) to exercise the NaN stop.
+  c.inject_nonfinite_at_step = -1
+  return c
+
+
+def apply_smoke(c: ml_collections.ConfigDict, batch_size: int) -> ml_collections.ConfigDict:
+  """Tiny CPU variant: width 0.25, tiny batches, frequent feedback, random init allowed."""
+  c.width = 0.25
+  c.batch_size = batch_size
+  c.num_train_steps = 20
+  c.log_every_steps = 1
+  c.eval_every_steps = 10
+  c.eval_batches = 2
+  c.checkpoint_every_steps = 10
+  c.keep_checkpoints = 2
+  c.allow_random_init = True
+  return c
+
+
+STAGES = ("syncnet", "emotion_disc", "emogen")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
+  """One-line UserError for every config value a user can get wrong."""
+  if c.stage not in STAGES:
+    raise UserError(f"config.stage={c.stage!r} is not a training stage; use one of "
+                    f"{', '.join(STAGES)} (configs/syncnet.py, configs/emotion_disc.py, configs/emogen.py)")
+  if c.compute_dtype not in COMPUTE_DTYPES:
+    raise UserError(f"config.compute_dtype={c.compute_dtype!r}; use float32 or bfloat16")
+  for name in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
+               "eval_batches", "checkpoint_every_steps", "keep_checkpoints", "sample_every_steps",
+               "data_segment_steps"):
+    if int(c[name]) < 0:
+      raise UserError(f"config.{name}={c[name]} must not be negative")
+  for name in ("batch_size", "log_every_steps", "keep_checkpoints"):
+    if int(c[name]) == 0:
+      raise UserError(f"config.{name} must be at least 1")
+  if not c.width > 0:
+    raise UserError(f"config.width={c.width} must be > 0 (1.0 = reference size)")
+  if not c.learning_rate > 0:
+    raise UserError(f"config.learning_rate={c.learning_rate} must be > 0")
+  if c.batch_size % device_count:
+    raise UserError(f"config.batch_size={c.batch_size} (global) does not divide evenly over the "
+                    f"{device_count} devices; use a multiple of {device_count}")
+  if not c.synthetic_data:
+    if not c.data_dir:
+      raise UserError("config.data_dir is empty: pass --config.data_dir=DIR (a dataset made by "
+                      "python -m data_tools.preprocess), or --config.synthetic_data=True for random "
+                      "batches")
+    if not os.path.isdir(c.data_dir):
+      raise UserError(f"config.data_dir={c.data_dir!r} is not a directory; preprocess a corpus "
+                      "with python -m data_tools.preprocess and pass its output directory")
+  if c.stage == "emogen":
+    w = float(c.w_pl) + float(c.w_emo) + max(float(c.w_sync), float(c.sync_weight))
+    if min(float(c.w_pl), float(c.w_emo), float(c.w_sync), float(c.sync_weight)) < 0 or w >= 1:
+      raise UserError(f"loss weights w_pl={c.w_pl}, w_emo={c.w_emo}, sync_weight={c.sync_weight} "
+                      "must be >= 0 with a sum below 1 (the L1 term gets 1 - their sum)")
+  if c.stage == "emotion_disc" and int(c.steps_per_epoch) <= 0:
+    raise UserError(f"config.steps_per_epoch={c.steps_per_epoch} must be >= 1")
