@@ -35,7 +35,9 @@ class VGG19Features(nn.Module):
   Input normalisation: the ImageNet weights expect RGB normalised by the ImageNet mean/std, so with
   ``normalize=True`` (default) the input becomes (x - mean) / std per RGB channel. Our frames are
   BGR (as OpenCV reads them); ``bgr_input=True`` reverses the channels first. ``normalize=False``
-  feeds the input as is.
+  feeds the input as is: that is what the original EmoGen perceptual loss did (raw [0, 1] BGR
+  frames straight into torchvision's VGG-19), so ``VGG19Features(normalize=False)`` reproduces
+  it and ``VGG19Features(bgr_input=True)`` gives the features the ImageNet weights were made for.
   """
   normalize: bool = True
   bgr_input: bool = False
