@@ -44,14 +44,14 @@ class HaarDetector:
   ``min_neighbors=5`` rejects most background false positives at that scale; a fine
   ``scale_factor=1.05`` pyramid keeps faces with unusual expressions (wide eyes, raised
   brows) that 1.1 misses in ~15% of frames; faces
-  smaller than 15% of the short side are not searched for (talking-head framing; it
-  halves the cost).
+  smaller than 10% of the short side are not searched for (talking-head framing; it
+  saves about a third of the cost).
   Haar boxes are tight around eyes-to-mouth; ``expand`` grows them about the centre
   so that the chin and forehead are in the crop like S3FD's boxes.
   """
 
   def __init__(self, max_side: int = 320, scale_factor: float = 1.05, min_neighbors: int = 5,
-               min_size_frac: float = 0.15, expand: float = 1.15):
+               min_size_frac: float = 0.1, expand: float = 1.15):
     path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
     self.cascade = cv2.CascadeClassifier(path)
     if self.cascade.empty():  # pragma: no cover - broken OpenCV install

@@ -1,0 +1,125 @@
+"""Face detectors (real OpenCV Haar cascade on real face images) and the box helpers."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from emogen_jax import face_detection as fd
+from emogen_jax.errors import UserError
+
+# skimage's astronaut (512x512): Eileen Collins' face spans about x 174..273, y 64..163.
+ASTRONAUT_FACE = (174, 64, 273, 163)
+
+
+def _astronaut():
+  return cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR)
+
+
+def _iou(a, b):
+  ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+  iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+  inter = ix * iy
+  area = lambda r: (r[2] - r[0]) * (r[3] - r[1])
+  return inter / (area(a) + area(b) - inter)
+
+
+def test_haar_finds_the_real_face_and_nothing_in_empty_images():
+  det = fd.make_detector("haar")
+  img = _astronaut()
+  noise = np.random.default_rng(0).integers(0, 256, (360, 480, 3), dtype=np.uint8)
+  boxes = det.detect([img, np.zeros((360, 480, 3), np.uint8), noise,
+                      cv2.cvtColor(skimage.data.coffee(), cv2.COLOR_RGB2BGR)])
+  assert boxes[1] is None and boxes[2] is None and boxes[3] is None
+  box = boxes[0]
+  assert all(isinstance(v, int) for v in box)
+  assert _iou(box, ASTRONAUT_FACE) > 0.6, box
+  # The same face in a bigger frame (letterboxed, shifted) is found at the shifted place.
+  big = np.zeros((720, 960, 3), np.uint8)
+  big[100:612, 300:812] = img
+  b2 = det.detect([big])[0]
+  shifted = (ASTRONAUT_FACE[0] + 300, ASTRONAUT_FACE[1] + 100, ASTRONAUT_FACE[2] + 300, ASTRONAUT_FACE[3] + 100)
+  assert _iou(b2, shifted) > 0.6, b2
+
+
+def test_s3fd_needs_a_weights_file_and_never_downloads(tmp_path):
+  with pytest.raises(UserError) as e:
+    fd.make_detector("s3fd")
+  msg = str(e.value)
+  assert fd.S3FD_FILE in msg and "haar" in msg and "http" in msg
+  with pytest.raises(UserError, match="not found"):
+    fd.make_detector("s3fd", weights=str(tmp_path / fd.S3FD_FILE))
+  with pytest.raises(UserError, match="unknown face detector"):
+    fd.make_detector("dlib")
+
+
+def test_s3fd_rejects_a_bad_weights_file(tmp_path):
+  pytest.importorskip("torch")
+  pytest.importorskip("face_alignment")
+  bad = tmp_path / fd.S3FD_FILE
+  bad.write_bytes(b"not a checkpoint")
+  with pytest.raises(UserError, match="cannot load S3FD weights"):
+    fd.make_detector("s3fd", weights=str(bad))
+
+
+def test_pad_and_clamp():
+  shape = (100, 200, 3)
+  # pads are (top, bottom, left, right)
+  assert fd.pad_box((50, 20, 80, 60), (1, 10, 2, 3), shape) == (48, 19, 83, 70)
+  assert fd.pad_box((5, 5, 195, 95), (10, 10, 10, 10), shape) == (0, 0, 200, 100)
+  assert fd.clamp_box((-3.6, 2.4, 250, 99.6), shape) == (0, 2, 200, 100)
+  assert fd.clamp_box((150, 50, 120, 40), shape) == (150, 50, 151, 51)  # degenerate -> 1 px
+
+
+def test_smooth_boxes_is_a_forward_five_frame_mean():
+  boxes = [(i * 10, 0, i * 10 + 20, 20) for i in range(7)]
+  out = fd.smooth_boxes(boxes, window=5)
+  # frame 0 averages frames 0..4 (x1 0,10,20,30,40 -> 20); the last frames average frames 2..6 (-> 40)
+  assert [b[0] for b in out] == [20, 30, 40, 40, 40, 40, 40]
+  assert [b[2] for b in out] == [40, 50, 60, 60, 60, 60, 60]
+  assert fd.smooth_boxes(boxes[:3], window=5)[0] == (10, 0, 30, 20)  # shorter than the window
+  assert fd.smooth_boxes(boxes, window=1) == boxes
+
+
+def test_interpolate_boxes_fills_gaps_linearly():
+  boxes = [None, (0, 0, 10, 10), None, None, (30, 0, 40, 10), None]
+  out = fd.interpolate_boxes(boxes)
+  assert out == [(0, 0, 10, 10), (0, 0, 10, 10), (10, 0, 20, 10), (20, 0, 30, 10), (30, 0, 40, 10),
+                 (30, 0, 40, 10)]
+  assert fd.interpolate_boxes([None, None]) == [None, None]
+
+
+def test_crop_face_resizes_the_box_region():
+  img = np.zeros((100, 120, 3), np.uint8)
+  img[20:60, 30:70] = (10, 200, 90)
+  crop = fd.crop_face(img, (30, 20, 70, 60), 96)
+  assert crop.shape == (96, 96, 3)
+  np.testing.assert_array_equal(crop[5:-5, 5:-5], np.broadcast_to((10, 200, 90), (86, 86, 3)))
+
+
+def test_face_boxes_marks_missing_frames_and_detect_every_interpolates():
+  img = cv2.resize(_astronaut(), (256, 256), interpolation=cv2.INTER_AREA)
+  frames = []
+  for i in range(9):  # the face moving right by 2 px per frame; frame 4 blank
+    m = np.float32([[1, 0, 2 * i], [0, 1, 0]])
+    frames.append(cv2.warpAffine(img, m, (256, 256)))
+  frames[4] = np.zeros_like(img)
+  det = fd.make_detector("haar")
+  boxes, found = fd.face_boxes(frames, det, pads=(0, 10, 0, 0), smooth=False)
+  assert found.tolist() == [True] * 4 + [False] + [True] * 4
+  raw = det.detect([frames[3], frames[5]])
+  # the blank frame gets the mean of its neighbours' padded boxes
+  for k in range(4):
+    pad = 10 if k == 3 else 0
+    assert abs(boxes[4][k] - (raw[0][k] + raw[1][k] + 2 * pad) / 2) <= 1
+  assert boxes[0][3] == min(256, det.detect([frames[0]])[0][3] + 10)  # bottom pad
+  every, found2 = fd.face_boxes(frames, det, pads=(0, 0, 0, 0), smooth=False, detect_every=2)
+  full, _ = fd.face_boxes(frames, det, pads=(0, 0, 0, 0), smooth=False)
+  # detect_every=2 runs frames 0,2,4,6,8: frame 4 is blank, so 3..5 are not "found"
+  assert found2.tolist() == [True, True, True, False, False, False, True, True, True]
+  for i in (1, 7):  # interpolated between two detections of a smoothly moving face
+    assert max(abs(a - b) for a, b in zip(every[i], full[i])) <= 4
+  smooth, _ = fd.face_boxes(frames, det, pads=(0, 0, 0, 0), smooth=True)
+  assert smooth == fd.smooth_boxes(full, 5)
