@@ -172,6 +172,11 @@ def test_vgg19_parity_and_bgr_input():
   ours_bgr = jax.jit(VGG19Features(bgr_input=True).apply)(variables, np.ascontiguousarray(rgb[..., ::-1]))
   with torch.no_grad():
     theirs = ref.vgg19_features(to_torch(sd), torch.from_numpy(rgb).permute(0, 3, 1, 2))
+  raw = jax.jit(VGG19Features(normalize=False).apply)(variables, rgb)
+  with torch.no_grad():
+    theirs_raw = ref.vgg19_features(to_torch(sd), torch.from_numpy(rgb).permute(0, 3, 1, 2),
+                                    normalize=False)
+  assert max_diff(raw[-1], theirs_raw[-1].permute(0, 2, 3, 1).numpy()) <= TOL
   assert len(ours) == 5
   for o, ob, t in zip(ours, ours_bgr, theirs):
     t = t.permute(0, 2, 3, 1).numpy()
