@@ -3,7 +3,7 @@
 Built once per test session (memoised here rather than as a pytest fixture, so that test
 modules importing it share one build) under a temporary directory:
 
-* 3 actors x 4 clips of the synthetic corpus (data_tools.make_synthetic), 30-40 frames;
+* 3 actors x 3 clips of the synthetic corpus (data_tools.make_synthetic), 24-32 frames;
 * the corpus's bad inputs: a corrupt file, a faceless clip, an unparseable name;
 * ``PARTIAL``: a good clip re-encoded with frames BLANK_FRAMES blanked (no face there):
   kept, with those frames invalid;
@@ -29,11 +29,11 @@ from emogen_jax.media import ffmpeg_exe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_ACTORS = 3
-CLIPS_PER_ACTOR = 4
-FRAMES_RANGE = (30, 40)
+CLIPS_PER_ACTOR = 3
+FRAMES_RANGE = (24, 32)
 SIZE = 128
 PARTIAL = "1002_WSI_NEU_XX"
-BLANK_FRAMES = (12, 13, 14)
+BLANK_FRAMES = (12, 13)
 FPS30 = "1003_TSI_ANG_XX"
 _MEMO: dict = {}
 
@@ -84,8 +84,8 @@ def corpus() -> dict:
     good = make_synthetic.make_corpus(src, num_actors=NUM_ACTORS, clips_per_actor=CLIPS_PER_ACTOR,
                                       seed=0, frames_range=FRAMES_RANGE, size=SIZE, speech="synth",
                                       with_bad_examples=True)
-    reencode(good[4], os.path.join(src, PARTIAL + ".mp4"), blank=BLANK_FRAMES)
-    reencode(good[8], os.path.join(src, FPS30 + ".mp4"), fps=30)
+    reencode(good[3], os.path.join(src, PARTIAL + ".mp4"), blank=BLANK_FRAMES)
+    reencode(good[6], os.path.join(src, FPS30 + ".mp4"), fps=30)
     _MEMO["corpus"] = {"src": src, "good": good}
   return _MEMO["corpus"]
 
