@@ -69,13 +69,15 @@ class Expression:
 
   brow_raise: + up / - down (fraction of eye size); brow_tilt: + inner ends up (sad/fear),
   - inner ends down (anger); eye_open: multiplier offset on eye height; smile: + corners up,
-  - corners down; mouth_width: offset on mouth width; tint: BGR colour offset on the skin.
+  - corners down; mouth_width: offset on mouth width; jaw: resting mouth opening (a dropped jaw,
+  added to the loudness-driven opening); tint: BGR colour offset on the skin.
   """
   brow_raise: float = 0.0
   brow_tilt: float = 0.0
   eye_open: float = 0.0
   smile: float = 0.0
   mouth_width: float = 0.0
+  jaw: float = 0.0
   tint: tuple = (0, 0, 0)
 
 
@@ -84,8 +86,8 @@ EXPRESSIONS = {
                       tint=(-12, -8, 22)),
     "DIS": Expression(brow_raise=-0.3, brow_tilt=-0.35, eye_open=-0.25, smile=-0.7, mouth_width=0.05,
                       tint=(0, 14, 0)),
-    "FEA": Expression(brow_raise=0.5, brow_tilt=0.35, eye_open=0.25, smile=-0.2, mouth_width=0.2,
-                      tint=(16, 4, -6)),
+    "FEA": Expression(brow_raise=0.5, brow_tilt=0.35, eye_open=0.25, smile=-0.3, mouth_width=0.3,
+                      jaw=0.35, tint=(22, 6, -10)),
     "HAP": Expression(brow_raise=0.25, brow_tilt=0.0, eye_open=-0.2, smile=1.0, mouth_width=0.25,
                       tint=(-4, 4, 12)),
     "NEU": Expression(),
@@ -230,7 +232,7 @@ def render_frame(actor: Actor, expr: Expression, strength: float, mouth_open: fl
   mw = 0.34 * (1.0 + strength * expr.mouth_width)
   my = 0.52
   curve = strength * expr.smile * 0.12
-  gap = 0.02 + 0.26 * float(np.clip(mouth_open, 0.0, 1.0))
+  gap = 0.02 + 0.26 * float(np.clip(mouth_open + strength * expr.jaw, 0.0, 1.3))
   xs = np.linspace(-1, 1, 17)
   # Upper and lower lip lines: corners at my - curve, centre at my; the lower lip drops by `gap`.
   upper = [(x * mw, my - curve * x * x - gap * 0.25 * (1 - x * x)) for x in xs]
