@@ -80,12 +80,13 @@ def probe(path: str) -> dict:
   return json.loads(out)
 
 
-def haar_boxes(frames: np.ndarray, min_neighbors: int = 6) -> list:
-  """Largest Haar face (x, y, w, h) per frame or None, on the equalised grey frame."""
+def haar_boxes(frames: np.ndarray, min_neighbors: int = 6, min_size: int = 56) -> list:
+  """Largest Haar face (x, y, w, h) per frame or None, on the equalised grey frame (faces >= min_size)."""
   cascade = cv2.CascadeClassifier(os.path.join(cv2.data.haarcascades, HAAR_FILE))
   boxes = []
   for f in frames:
     g = cv2.equalizeHist(cv2.cvtColor(f, cv2.COLOR_BGR2GRAY))
-    d = cascade.detectMultiScale(g, scaleFactor=1.1, minNeighbors=min_neighbors, minSize=(16, 16))
+    d = cascade.detectMultiScale(g, scaleFactor=1.1, minNeighbors=min_neighbors,
+                                        minSize=(min_size, min_size))
     boxes.append(tuple(max(d, key=lambda r: r[2] * r[3])) if len(d) else None)
   return boxes
