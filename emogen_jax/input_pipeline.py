@@ -142,9 +142,10 @@ def _decode_frames(jpegs: tf.Tensor, idx: tf.Tensor) -> tf.Tensor:
   """Decodes jpegs[idx] (any shape of indices), each distinct frame once -> uint8 BGR idx.shape+(96,96,3)."""
   flat = tf.reshape(idx, [-1])
   uniq, pos = tf.unique(flat)
-  imgs = tf.map_fn(lambda s: tf.ensure_shape(tf.io.decode_jpeg(s, channels=3), (IMG, IMG, 3)),
+  imgs = tf.map_fn(lambda s: tf.ensure_shape(tf.io.decode_jpeg(s, channels=3, dct_method="INTEGER_ACCURATE"), (IMG, IMG, 3)),
                    tf.gather(jpegs, uniq), fn_output_signature=tf.TensorSpec((IMG, IMG, 3), tf.uint8),
                    parallel_iterations=16)
+  # INTEGER_ACCURATE is libjpeg's ISLOW, what OpenCV's imdecode uses: identical pixels.
   imgs = tf.reverse(imgs, axis=[-1])  # JPEG decoders return RGB; the crops were BGR
   return tf.reshape(tf.gather(imgs, pos), tf.concat([tf.shape(idx), [IMG, IMG, 3]], 0))
 

@@ -1,0 +1,198 @@
+"""tf.data pipelines on real TFDS shards of the synthetic corpus: contents, sampling rules, determinism."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from emogen_jax import audio
+from emogen_jax import augment as augment_lib
+from emogen_jax import input_pipeline as ip
+from emogen_jax.errors import UserError
+from tests import _pipeline_fixtures as fx
+
+
+@pytest.fixture(scope="module")
+def data():
+  d = fx.preprocessed()
+  # every clip of the dataset with its stored frames decoded by OpenCV (BGR), validity and mel
+  clips = {}
+  import tensorflow_datasets as tfds
+  b = ip._builder(d["data_dir"])
+  for split in ip.SPLITS:
+    for ex in tfds.as_numpy(b.as_dataset(split=split)):
+      clips[ex["clip_id"].decode()] = {
+          "split": split, "frames": np.stack([fx.decode_jpeg_cv2(j) for j in ex["frames"]]),
+          "valid": ex["valid"], "mel": ex["mel"], "emotion": int(ex["emotion"])}
+  return {**d, "clips": clips}
+
+
+def _take(it, n):
+  return [next(it) for _ in range(n)]
+
+
+def _flat(batches):
+  """list of (D, B, ...) batches -> dict of (N, ...) arrays."""
+  return {k: np.concatenate([b[k].reshape((-1,) + b[k].shape[2:]) for b in batches]) for k in batches[0]}
+
+
+def _assert_frames(got, want):
+  """float [0,1] frames vs uint8 frames decoded by OpenCV: the same pixels (TF decodes like libjpeg ISLOW)."""
+  np.testing.assert_array_equal(np.rint(got * 255.0), want.astype(np.float32))
+
+
+def test_generator_batches_match_the_stored_clips(data):
+  it = ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=3, num_devices=2,
+                         augment=False, with_metadata=True, seed=1)
+  ex = _flat(_take(it, 3))
+  assert ex["face"].shape == (18, 5, 96, 96, 6) and ex["face"].dtype == np.float32
+  assert ex["mel"].shape == (18, 5, 80, 16, 1) and ex["sync_mel"].shape == (18, 80, 16, 1)
+  assert ex["target"].shape == (18, 5, 96, 96, 3) and ex["emotion"].dtype == np.int32
+  for i in range(18):
+    clip = data["clips"][ex["clip_id"][i].decode()]
+    assert clip["split"] == "train"
+    f, g = int(ex["start"][i]), int(ex["other_start"][i])
+    assert f >= 1 and g != f
+    assert clip["valid"][f:f + 5].all() and clip["valid"][g:g + 5].all()
+    _assert_frames(ex["target"][i], clip["frames"][f:f + 5])
+    _assert_frames(ex["face"][i, ..., 3:], clip["frames"][g:g + 5])
+    assert not ex["face"][i, ..., :3].any()  # the whole target is masked
+    for t in range(5):  # frame f+t hears the mel window of frame f+t-1
+      np.testing.assert_array_equal(ex["mel"][i, t, ..., 0], audio.mel_window(clip["mel"], f + t - 1))
+    np.testing.assert_array_equal(ex["sync_mel"][i, ..., 0], audio.mel_window(clip["mel"], f))
+    assert ex["emotion"][i] == clip["emotion"]
+
+
+def test_syncnet_labels_follow_the_window_positions(data):
+  it = ip.create_dataset("syncnet", data["data_dir"], "train", per_device_batch=8, num_devices=1,
+                         augment=False, with_metadata=True, seed=3)
+  ex = _flat(_take(it, 6))
+  assert ex["faces"].shape == (48, 48, 96, 15) and ex["label"].dtype == np.float32
+  assert set(ex) == {"mel", "faces", "label", "clip_id", "start", "other_start"}
+  assert 0.25 < ex["label"].mean() < 0.75
+  for i in range(48):
+    clip = data["clips"][ex["clip_id"][i].decode()]
+    f, v = int(ex["start"][i]), int(ex["other_start"][i])  # v: where the faces come from
+    assert ex["label"][i] == float(v == f)
+    assert clip["valid"][v:v + 5].all()
+    np.testing.assert_array_equal(ex["mel"][i, ..., 0], audio.mel_window(clip["mel"], f))
+    # lower halves stacked frame-major: channel 3*t + c
+    faces = ex["faces"][i].reshape(48, 96, 5, 3).transpose(2, 0, 1, 3)
+    _assert_frames(faces, clip["frames"][v:v + 5, 48:])
+
+
+def test_emotion_task_and_windows_only_over_valid_frames(data):
+  split = data["clips"][fx.PARTIAL]["split"]  # sample the split holding the partially faceless clip
+  it = ip.create_dataset("emotion", data["data_dir"], split, per_device_batch=16, num_devices=1,
+                         augment=False, with_metadata=True, train=True, windows_per_clip=16)
+  ex = _flat(_take(it, 8))
+  assert ex["video"].shape == (128, 5, 96, 96, 3) and set(ex) >= {"video", "emotion"}
+  for i in range(128):
+    clip = data["clips"][ex["clip_id"][i].decode()]
+    f = int(ex["start"][i])
+    assert clip["valid"][f:f + 5].all()
+    assert ex["emotion"][i] == clip["emotion"]
+  _assert_frames(ex["video"][0], data["clips"][ex["clip_id"][0].decode()]["frames"][ex["start"][0]:][:5])
+  # the partially faceless clip: its windows avoid the blanked frames
+  starts = ex["start"][ex["clip_id"] == fx.PARTIAL.encode()]
+  assert len(starts) > 0
+  for f in starts:
+    assert not set(range(f, f + 5)) & set(fx.BLANK_FRAMES)
+
+
+def test_same_seed_same_batches_other_seed_other_batches(data):
+  mk = lambda seed: ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=4,
+                                      num_devices=1, seed=seed, with_metadata=True)
+  a, b, c = _take(mk(0), 3), _take(mk(0), 3), _take(mk(1), 3)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  assert any(not np.array_equal(x["target"], z["target"]) for x, z in zip(a, c))
+
+
+def test_eval_streams_are_deterministic_finite_and_balanced(data):
+  n_clips = sum(c["split"] == "validation" for c in data["clips"].values())
+  mk = lambda: list(ip.create_dataset("syncnet", data["data_dir"], "validation", per_device_batch=3,
+                                      num_devices=2, train=False, with_metadata=True, eval_windows=2))
+  a, b = mk(), mk()
+  n = n_clips * 2 * 2  # 2 windows per clip, each in sync and off sync
+  assert len(a) == math.ceil(n / 6)
+  for x, y in zip(a, b):
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+  ex = _flat(a)
+  first = {k: v[:n] for k, v in ex.items()}
+  assert first["label"].mean() == 0.5
+  for i in range(n):
+    assert first["label"][i] == float(first["start"][i] == first["other_start"][i])
+  # the padding of the last batch cycles from the first examples
+  np.testing.assert_array_equal(ex["faces"][n:], ex["faces"][:len(ex["faces"]) - n])
+  # no augmentation: the faces are the stored frames
+  clip = data["clips"][first["clip_id"][0].decode()]
+  v = int(first["other_start"][0])
+  _assert_frames(first["faces"][0].reshape(48, 96, 5, 3).transpose(2, 0, 1, 3), clip["frames"][v:v + 5, 48:])
+  # repeat=True keeps cycling in the same order
+  rep = ip.create_dataset("syncnet", data["data_dir"], "validation", per_device_batch=3, num_devices=2,
+                          train=False, repeat=True)
+  more = _take(rep, len(a) + 2)
+  np.testing.assert_array_equal(more[0]["faces"], a[0]["faces"])
+
+
+def test_per_host_sharding_splits_the_clips(data):
+  ids = []
+  for p in range(2):
+    ds, n = ip.build_tf_dataset("emotion", data["data_dir"], "train", global_batch=1, train=False,
+                                with_metadata=True, eval_windows=1, process_index=p, process_count=2)
+    ids.append({x["clip_id"][0] for x in ds.as_numpy_iterator()})
+  n_train = sum(c["split"] == "train" for c in data["clips"].values())
+  assert not ids[0] & ids[1]
+  assert len(ids[0] | ids[1]) == n_train
+
+
+def test_augmentation_is_identical_across_frames_and_changes_examples():
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (16, 1, 96, 96, 3), dtype=np.uint8)
+  frames = np.repeat(img, 10, axis=1)  # 16 examples of 10 identical frames
+  out = augment_lib.augment_examples(tf.constant(frames), tf.constant([5, 6], tf.int64)).numpy()
+  assert out.shape == frames.shape and out.dtype == np.float32
+  assert out.min() >= 0.0 and out.max() <= 1.0
+  np.testing.assert_array_equal(out, np.repeat(out[:, :1], 10, axis=1))  # same transform on every frame
+  changed = np.abs(out - frames / 255.0).reshape(16, -1).max(axis=1) > 2 / 255
+  assert 4 <= changed.sum() <= 16  # p(augmented) ~ 0.8 * (1 - 0.7^7) ~ 0.74
+  again = augment_lib.augment_examples(tf.constant(frames), tf.constant([5, 6], tf.int64)).numpy()
+  np.testing.assert_array_equal(out, again)
+  # the point-operation table: contrast 1.2, brightness +0.1, gamma 1, shift (0, 10, -300)
+  lut = augment_lib.point_lut(1.2, 0.1, 1.0, (0, 10, -300))[0]
+  v = np.arange(256)
+  np.testing.assert_array_equal(lut[:, 0], np.clip(np.rint(v * 1.2 + 25.5), 0, 255))
+  np.testing.assert_array_equal(lut[:, 1], np.clip(np.clip(np.rint(v * 1.2 + 25.5), 0, 255) + 10, 0, 255))
+  assert not lut[:, 2].any()
+
+
+def test_augmented_training_batches_stay_in_range(data):
+  it = ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=8, num_devices=1, seed=0)
+  b = next(it)
+  for k in ("face", "target"):
+    assert 0.0 <= b[k].min() and b[k].max() <= 1.0
+  assert not b["face"][..., :3].any()
+  assert tf.config.get_visible_devices("GPU") == []
+
+
+def test_user_errors(data, tmp_path):
+  with pytest.raises(UserError, match="does not exist"):
+    ip.create_dataset("generator", str(tmp_path / "nope"), "train", per_device_batch=1, num_devices=1)
+  with pytest.raises(UserError, match="no preprocessed dataset"):
+    ip.dataset_info(str(tmp_path))
+  with pytest.raises(UserError, match="empty or missing"):
+    ip.create_dataset("generator", data["data_dir"], "dev", per_device_batch=1, num_devices=1)
+  with pytest.raises(UserError, match="unknown task"):
+    ip.create_dataset("lipsync", data["data_dir"], "train", per_device_batch=1, num_devices=1)
+  with pytest.raises(UserError, match="per_device_batch"):
+    ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=0, num_devices=1)
+  info = ip.dataset_info(data["data_dir"])
+  assert info["splits"] == {s: sum(c["split"] == s for c in data["clips"].values()) for s in ip.SPLITS}
+  assert info["report"]["clips_written"] == info["splits"]
