@@ -1,0 +1,112 @@
+"""Evaluation CLI on a tiny preprocessed split (real TFDS shards, tiny random models)."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from emogen_jax import audio as audio_lib
+from emogen_jax import evaluate as ev
+from emogen_jax import infer, metrics
+from tests import _infer_fixtures as F
+
+N_FRAMES = 20
+SECONDS = 0.8  # 65 mel steps: frames 0..15 have a full mel window
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  d = tmp_path_factory.mktemp("evaluate")
+  mel = audio_lib.melspectrogram(F.synth_speech(SECONDS))
+  valid = np.ones(N_FRAMES, bool)
+  valid[2] = False  # one frame without a detected face: excluded from PSNR/SSIM, counted
+  clips = [
+      {"clip_id": "1001_DFA_ANG_XX", "crops": F.face_crops(N_FRAMES), "mel": mel, "emotion": "ANG"},
+      {"clip_id": "1002_DFA_HAP_XX", "crops": F.face_crops(N_FRAMES)[::-1], "mel": mel,
+       "emotion": "HAP", "valid": valid},
+      {"clip_id": "1003_IEO_SAD_XX", "crops": F.face_crops(N_FRAMES), "mel": mel, "emotion": "SAD"},
+  ]
+  F.make_dataset(str(d / "data"), clips, {"train": ["1003_IEO_SAD_XX"], "validation": [],
+                                          "test": ["1001_DFA_ANG_XX", "1002_DFA_HAP_XX"]})
+  return {"dir": d, "data": str(d / "data"), "gen": F.make_generator_checkpoint(str(d / "gen")),
+          "sync": F.make_model_checkpoint(str(d / "sync"), "syncnet"),
+          "emo": F.make_model_checkpoint(str(d / "emo"), "emotion_disc")}
+
+
+def test_cli_writes_all_metrics(setup, capsys):
+  out = str(setup["dir"] / "out")
+  rc = ev.main(["--checkpoint", setup["gen"], "--data-dir", setup["data"], "--syncnet", setup["sync"],
+                "--emotion-classifier", setup["emo"], "--batch-size", "8", "--out", out])
+  assert rc == 0, capsys.readouterr().err
+  with open(os.path.join(out, "metrics.json")) as f:
+    r = json.load(f)
+  assert r["clips"] == 2 and r["frames"] == 2 * 16
+  assert r["frames_without_face_excluded_from_psnr_ssim"] == 1
+  assert r["generator_width"] == F.TINY_WIDTH
+  assert 0 < r["psnr"] < 60
+  assert -1 < r["ssim"] < 1
+  for key in ("lse_generated", "lse_ground_truth"):
+    assert r[key]["lse_d"] >= 0 and r[key]["lse_c"] >= 0 and 0 <= r[key]["offset_zero_fraction"] <= 1
+  assert r["lse_d"] == r["lse_generated"]["lse_d"]
+  assert np.sum(r["emo_confusion"]) == 2 * 6  # every clip generated with each of the six emotions
+  assert r["emo_acc"] * 12 == pytest.approx(round(r["emo_acc"] * 12))
+  assert r["fid"] == ev.FID_NOT_COMPUTED
+  assert r["compilations"] == {"generator": 1, "syncnet": 1, "emotion_classifier": 1}
+  md = open(os.path.join(out, "metrics.md")).read()
+  for name in ("PSNR", "SSIM", "LSE-D", "LSE-C", "EmoAcc", "FID"):
+    assert f"| {name}" in md
+  assert "not computed (no Inception weights; --inception)" in md
+
+
+def test_psnr_of_the_first_clip_matches_an_independent_computation(setup):
+  r = ev.evaluate(setup["gen"], setup["data"], "test", max_clips=1, batch_size=8, progress=False)
+  clip = next(ev.iter_clips(setup["data"], "test"))
+  model, variables, _ = infer.load_generator(setup["gen"])
+  gen = infer.Renderer(model, variables, 8)(ev.mel_windows(clip["mel"], 16), clip["frames"][:16],
+                                             np.full(16, clip["emotion"]))
+  v = clip["valid"][:16]
+  assert r["clips"] == 1 and r["frames_without_face_excluded_from_psnr_ssim"] == int((~v).sum())
+  assert r["psnr"] == pytest.approx(metrics.psnr(gen[v], clip["frames"][:16][v]), rel=1e-9)
+  assert r["ssim"] == pytest.approx(metrics.ssim(gen[v], clip["frames"][:16][v]), rel=1e-9)
+  assert r["lse_d"].startswith("not computed") and r["emo_acc"].startswith("not computed")
+
+
+def test_windows_and_mel_alignment():
+  mel = np.arange(80 * 65, dtype=np.float32).reshape(80, 65)
+  assert ev.num_mel_frames(20, 65) == 16  # int(80*15/25)+16 = 64 <= 65; frame 16 -> 67 > 65
+  w = ev.mel_windows(mel, 16)
+  assert w.shape == (16, 80, 16) and w[5, 0, 0] == mel[0, 16] and w[15, 3, 15] == mel[3, 48 + 15]
+  frames = np.stack([np.full((96, 96, 3), i, np.uint8) for i in range(8)])
+  frames[:, :48] = 255  # upper halves must not be used
+  faces = ev.lower_half_windows(frames)
+  assert faces.shape == (4, 48, 96, 15)
+  # window f, channel 3*t+c = frame f+t
+  np.testing.assert_allclose(faces[2, 0, 0, ::3], np.arange(2, 7) / 255.0)
+
+
+@pytest.mark.slow
+def test_fid_with_inception_weights(setup, tmp_path):
+  keras = pytest.importorskip("keras")
+  weights = str(tmp_path / "inception_notop.weights.h5")
+  # Random weights with the real architecture: checks loading, preprocessing and the FID plumbing.
+  keras.applications.InceptionV3(include_top=False, weights=None, pooling="avg",
+                                 input_shape=(299, 299, 3)).save_weights(weights)
+  r = ev.evaluate(setup["gen"], setup["data"], "test", inception=weights, max_clips=1,
+                  batch_size=8, progress=False)
+  clip = next(ev.iter_clips(setup["data"], "test"))
+  assert isinstance(r["fid"], float) and r["fid"] > 0
+  assert r["fid_frames"] == int(clip["valid"][:16].sum())
+
+
+def test_cli_errors(setup, capsys):
+  base = ["--checkpoint", setup["gen"], "--out", str(setup["dir"] / "err")]
+  assert ev.main(base + ["--data-dir", str(setup["dir"] / "nope")]) == 2
+  assert "does not exist" in capsys.readouterr().err
+  assert ev.main(base + ["--data-dir", setup["data"], "--split", "validation"]) == 2
+  assert "split 'validation'" in capsys.readouterr().err
+  assert ev.main(base + ["--data-dir", setup["data"], "--syncnet", str(setup["dir"] / "nope")]) == 2
+  assert "checkpoint" in capsys.readouterr().err
+  assert ev.main(base + ["--data-dir", setup["data"], "--inception", str(setup["dir"] / "x.h5")]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and "Inception weights" in err[0]
