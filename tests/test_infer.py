@@ -101,6 +101,21 @@ def test_cli_still_image_espeak_all_emotions(files):
     assert np.abs(p[:, -12:] - panels[0][:, -12:]).mean() < 3
 
 
+def test_synthetic_corpus_clip_with_its_own_audio_track(files, capsys):
+  """A make_synthetic clip is both the face and the audio (a video file as the audio input)."""
+  from data_tools.make_synthetic import make_corpus
+  clip = make_corpus(str(files["dir"] / "synth"), 1, 1, frames_range=(20, 24), jobs=1)[0]
+  out = str(files["dir"] / "synth_out.mp4")
+  rc = infer.main(["--checkpoint", files["ckpt"], "--face", clip, "--audio", clip, "--emotion", "FEA",
+                   "--nosmooth", "--batch-size", "8", "--out", out])
+  assert rc == 0, capsys.readouterr().err
+  s = _streams(out)
+  n = _expected_frames(clip)
+  assert int(s["video"]["nb_read_frames"]) == n < len(video_io.read_video(clip)[0])
+  assert s["audio"]["codec_name"] == "aac"
+  assert f"{n} frames" in capsys.readouterr().out
+
+
 def test_cli_error_is_one_line_exit_2(files):
   proc = _cli(files, "--face", files["image"], "--audio", files["speech"], "--emotion", "JOY",
               "--out", str(files["dir"] / "x.mp4"), check=False)
