@@ -232,3 +232,21 @@ def test_pingpong_and_emotion_parsing():
   assert [infer.pingpong_index(i, 1) for i in range(3)] == [0, 0, 0]
   assert infer.parse_emotions("all") == [0, 1, 2, 3, 4, 5]
   assert infer.parse_emotions("hap") == [3] and infer.parse_emotions("happy") == [3]
+
+
+def test_frame_preparation_resize_rotate_crop_box():
+  f = np.arange(40 * 60 * 3, dtype=np.uint32).reshape(40, 60, 3).astype(np.uint8)
+  opts = infer.FaceOptions(resize_factor=2, rotate=True, crop=(2, -1, 1, 15))
+  (g,) = infer.prepare_frames([f], opts)
+  small = cv2.resize(f, (30, 20))
+  np.testing.assert_array_equal(g, np.rot90(small, k=-1)[2:, 1:15])  # clockwise, then crop
+  assert infer.prepare_frames([f, f, f], infer.FaceOptions(static=True))[0] is not None
+  assert len(infer.prepare_frames([f, f, f], infer.FaceOptions(static=True))) == 1
+  boxes = infer.face_boxes_for([f, f], infer.FaceOptions(box=(5, 30, 10, 50)))
+  assert boxes == [(10, 5, 50, 30)] * 2  # top bottom left right -> x1 y1 x2 y2
+  with pytest.raises(infer.UserError, match="--box"):
+    infer.face_boxes_for([f], infer.FaceOptions(box=(5, 300, 10, 50)))
+  with pytest.raises(infer.UserError, match="--crop"):
+    infer.prepare_frames([f], infer.FaceOptions(crop=(30, 10, 0, -1)))
+  with pytest.raises(infer.UserError, match="s3fd"):
+    infer.face_boxes_for([f], infer.FaceOptions(detector="s3fd"))
