@@ -414,6 +414,9 @@ def main(argv=None) -> int:
   for flag, path in (("--syncnet", args.syncnet), ("--emotion-classifier", args.emotion_classifier)):
     if path is not None:
       checkpoints.resolve_checkpoint(path)  # fail before the long run, naming the path
+  if args.inception is not None and not os.path.isfile(args.inception):
+    raise UserError(f"Inception weights {args.inception!r} not found; give Keras InceptionV3 "
+                    "'notop' weights (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5)")
   os.makedirs(args.out, exist_ok=True)
   r = evaluate(args.checkpoint, args.data_dir, args.split, args.syncnet, args.emotion_classifier,
                args.inception, args.max_clips, args.batch_size)
