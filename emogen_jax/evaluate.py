@@ -358,7 +358,8 @@ def to_markdown(r: dict) -> str:
       ("SSIM", r["ssim"], "-"),
       ("LSE-D", r["lse_d"], "-"),
       ("LSE-C", r["lse_c"], "6.663 (syncnet_python scale)"),
-      ("EmoAcc", r["emo_acc"], "83.2 %"),
+      ("EmoAcc", f"{100 * r['emo_acc']:.1f} %" if isinstance(r["emo_acc"], float) else r["emo_acc"],
+       "83.2 %"),
       ("FID", r["fid"], "5.29"),
   ]
   lines = [f"# Evaluation of {r['checkpoint']}", "",

@@ -57,6 +57,7 @@ def test_cli_writes_all_metrics(setup, capsys):
   for name in ("PSNR", "SSIM", "LSE-D", "LSE-C", "EmoAcc", "FID"):
     assert f"| {name}" in md
   assert "not computed (no Inception weights; --inception)" in md
+  assert f"| EmoAcc | {100 * r['emo_acc']:.1f} % |" in md
 
 
 def test_psnr_of_the_first_clip_matches_an_independent_computation(setup):
