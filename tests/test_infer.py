@@ -35,11 +35,13 @@ def _expected_frames(audio_path, fps=FPS):
   return len(audio_lib.inference_mel_chunks(mel, fps))
 
 
-def _cli(files, *args, check=True):
+def _cli(files, *args, check=True, tmpdir=None):
   env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
              # Later CLI runs reuse the first one's compiled generator (same shapes).
              JAX_COMPILATION_CACHE_DIR=files["cache"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  if tmpdir is not None:
+    env["TMPDIR"] = tmpdir
   proc = subprocess.run([sys.executable, "-m", "emogen_jax.infer", "--checkpoint", files["ckpt"],
                          "--batch-size", "8", *args], capture_output=True, text=True, env=env,
                         timeout=300)
@@ -56,8 +58,11 @@ def _streams(path):
 
 def test_cli_video_face(files):
   out = str(files["dir"] / "video_out.mp4")
+  tmp = files["dir"] / "private_tmp"
+  tmp.mkdir()
   proc = _cli(files, "--face", files["video"], "--audio", files["speech"], "--emotion", "HAP",
-              "--out", out)
+              "--out", out, tmpdir=str(tmp))
+  assert not [p for p in os.listdir(tmp) if p.startswith("emogen_")]  # temporary folder removed
   n = _expected_frames(files["speech"])
   # SPEC chunking: chunks while int(i*80/fps)+16 fits, plus one aligned to the end.
   assert n == int((80 * SPEECH_SECONDS + 1 - 16) * FPS / 80) + 2 == 22
