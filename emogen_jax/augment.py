@@ -90,16 +90,19 @@ def _apply_where(x: tf.Tensor, flag: tf.Tensor, fn, *params) -> tf.Tensor:
   return tf.cond(tf.size(sel) > 0, run, lambda: x)
 
 
-def augment_examples(frames: tf.Tensor, seed: tf.Tensor, p_all: float = P_ALL,
-                     p: float = P_EACH) -> tf.Tensor:
-  """uint8 (K, T, H, W, 3) BGR -> float32 (K, T, H, W, 3) in [0, 1], augmented per example."""
+def augment_uint8(frames: tf.Tensor, seed: tf.Tensor, p_all: float = P_ALL, p: float = P_EACH):
+  """Ops 1-6 on uint8 (K, T, H, W, 3) BGR; returns (frames uint8, noise_sigma (K,), noise_seed).
+
+  ``noise_sigma`` is 0 for the examples that did not draw the Gaussian noise; pass the
+  three to ``to_unit_float`` (kept separate so that the float stage can be fused with
+  what follows it).
+  """
   x = tf.convert_to_tensor(frames)
   k = tf.shape(x)[0]
   seeds = tf.random.experimental.stateless_split(seed, num=12)
   u = lambda i, shape, lo=0.0, hi=1.0: tf.random.stateless_uniform(shape, seeds[i], lo, hi)
   apply_all = u(0, [k]) < p_all
   fire = (u(1, [k, len(OPS)]) < p) & apply_all[:, None]
-
   clip = u(2, [k], 1.0, 4.0)
   hsv = u(3, [k, 3], -1.0, 1.0) * tf.constant([20.0, 50.0, 50.0])
   a = tf.where(fire[:, 2], u(4, [k], 0.8, 1.2), 1.0)
@@ -114,14 +117,25 @@ def augment_examples(frames: tf.Tensor, seed: tf.Tensor, p_all: float = P_ALL,
     return tf.ensure_shape(y, x.shape)
 
   x = tf.cond(tf.reduce_any(fire[:, :6]), cv2_ops, lambda: x)
-  # 7: Gaussian noise on the float image; one (H, W, 3) field per example.
-  x = tf.cast(x, tf.float32)
-  sigma = tf.sqrt(u(9, [k], 10.0, 50.0))
+  sigma = tf.where(fire[:, 6], tf.sqrt(u(9, [k], 10.0, 50.0)), 0.0)  # variance 10..50
+  return x, sigma, seeds[10]
+
+
+def to_unit_float(frames: tf.Tensor, sigma: tf.Tensor, noise_seed: tf.Tensor) -> tf.Tensor:
+  """uint8 (K, T, H, W, 3) -> float32 in [0, 1], plus one (H, W, 3) Gaussian noise field per
+  example (std ``sigma``, shared by its T frames) where sigma > 0 (only those are touched)."""
+  x = tf.cast(frames, tf.float32)
 
   def noise(xs, sg):
     field = tf.random.stateless_normal(tf.concat([tf.shape(xs)[:1], [1], tf.shape(xs)[2:]], 0),
-                                       seed=seeds[10])
+                                       seed=noise_seed)
     return tf.clip_by_value(xs + field * sg[:, None, None, None, None], 0.0, 255.0)
 
-  x = _apply_where(x, fire[:, 6], noise, sigma)
+  x = _apply_where(x, sigma > 0, noise, sigma)
   return x * (1.0 / 255.0)
+
+
+def augment_examples(frames: tf.Tensor, seed: tf.Tensor, p_all: float = P_ALL,
+                     p: float = P_EACH) -> tf.Tensor:
+  """uint8 (K, T, H, W, 3) BGR -> float32 (K, T, H, W, 3) in [0, 1], augmented per example."""
+  return to_unit_float(*augment_uint8(frames, seed, p_all, p))

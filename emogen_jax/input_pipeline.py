@@ -41,9 +41,11 @@ TensorFlow is kept off accelerators.
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
 import os
+import weakref
 from typing import Iterator, Optional
 
 import numpy as np
@@ -207,24 +209,28 @@ def _clip_examples(task: str, clip: dict, seed: tf.Tensor, k: int, train: bool,
   return out
 
 
+def _assemble(task: str, x: tf.Tensor) -> dict:
+  """float frames (B, T', 96, 96, 3) -> the task's image inputs."""
+  if task == "generator":
+    ref = x[:, T:]
+    return {"face": tf.concat([tf.zeros_like(ref), ref], axis=-1), "target": x[:, :T]}
+  if task == "syncnet":
+    lower = x[:, :, IMG // 2:]  # (B, 5, 48, 96, 3)
+    return {"faces": tf.reshape(tf.transpose(lower, [0, 2, 3, 1, 4]), [-1, IMG // 2, IMG, 3 * T])}
+  return {"video": x}
+
+
 def _finish(task: str, batch: dict, seed: tf.Tensor, do_augment: bool) -> dict:
   """A batch of raw examples -> the task's model inputs (augmented once per example)."""
-  frames = batch.pop("frames")
-  if do_augment:
-    frames = augment_lib.augment_examples(frames, seed)
-  else:
-    frames = tf.cast(frames, tf.float32) * (1.0 / 255.0)
   out = dict(batch)
-  if task == "generator":
-    target, ref = frames[:, :T], frames[:, T:]
-    out["face"] = tf.concat([tf.zeros_like(ref), ref], axis=-1)
-    out["target"] = target
-  elif task == "syncnet":
-    lower = frames[:, :, IMG // 2:]  # (B, 5, 48, 96, 3)
-    out["faces"] = tf.reshape(tf.transpose(lower, [0, 2, 3, 1, 4]), [-1, IMG // 2, IMG, 3 * T])
-    out.pop("emotion")
+  frames = out.pop("frames")
+  if do_augment:
+    x = augment_lib.augment_examples(frames, seed)
   else:
-    out["video"] = frames
+    x = tf.cast(frames, tf.float32) * (1.0 / 255.0)
+  out.update(_assemble(task, x))
+  if task == "syncnet":
+    out.pop("emotion")
   return out
 
 
@@ -237,9 +243,11 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
                      windows_per_clip: int = 8, eval_windows: int = 2, repeat: Optional[bool] = None,
                      with_metadata: bool = False, process_index: int = 0,
                      process_count: int = 1) -> tuple:
-  """The tf.data.Dataset of unbatched-then-batched examples (leading dim global_batch).
+  """The tf.data.Dataset of batches with leading dim global_batch (create_dataset's core).
 
-  Returns (dataset, num_examples_per_pass or None for infinite training streams).
+  Returns (dataset, num_examples_per_pass or None for infinite training streams). Iterate
+  an augmented dataset through ``NumpyBatches`` (or close the iterator before exiting):
+  see its docstring.
   """
   import tensorflow_datasets as tfds
   if task not in TASKS:
@@ -260,6 +268,12 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
     raise UserError(f"split {split!r} has no clip for process {process_index} of {process_count}; "
                     "use fewer hosts or a bigger split")
   do_augment = train if augment is None else bool(augment)
+  if do_augment:
+    # The augmentation's OpenCV calls run inside tf.data's parallel map on 96x96 images:
+    # OpenCV's own thread pool only adds overhead (and oversubscribes the cores) there.
+    # NOTE: process-wide setting.
+    import cv2
+    cv2.setNumThreads(1)
   repeat = train if repeat is None else bool(repeat)
   read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4,
                                 add_tfds_id=False, try_autocache=False)
@@ -341,4 +355,31 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
             for k, v in batch.items()}
 
   ds = ds.map(to_devices, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
-  return ds.as_numpy_iterator()
+  return NumpyBatches(ds)
+
+
+class NumpyBatches:
+  """Iterator of numpy batches over a tf.data.Dataset that shuts its threads down at exit.
+
+  The augmentation calls OpenCV through tf.numpy_function: a tf.data thread still
+  running Python while the interpreter finalises can hang or abort the process. So the
+  underlying TF iterator is released by ``close()``, on garbage collection, and by an
+  atexit hook (which runs before finalisation).
+  """
+
+  def __init__(self, ds: tf.data.Dataset):
+    self._it = iter(ds)
+    ref = weakref.ref(self)
+    atexit.register(lambda: ref() is not None and ref().close())
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    if self._it is None:
+      raise StopIteration
+    return tf.nest.map_structure(lambda t: t._numpy(), next(self._it))  # pylint: disable=protected-access
+
+  def close(self) -> None:
+    it, self._it = self._it, None
+    del it

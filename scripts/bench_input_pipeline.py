@@ -47,13 +47,14 @@ def bench_ours(data_dir: str, batch: int, batches: int, warmup: int = 3) -> dict
   from emogen_jax import input_pipeline as ip
   ip._hide_accelerators()
   ds, _ = ip.build_tf_dataset("generator", data_dir, "train", global_batch=batch, train=True, seed=0)
-  it = ds.prefetch(2).as_numpy_iterator()
+  it = ip.NumpyBatches(ds.prefetch(2))
   for _ in range(warmup):
     next(it)
   c0, t0 = _cpu(), time.perf_counter()
   for _ in range(batches):
     b = next(it)
   wall, cpu = time.perf_counter() - t0, _cpu() - c0
+  it.close()
   assert b["target"].shape == (batch, 5, 96, 96, 3)
   n = batch * batches
   return {"examples": n, "wall_s": wall, "cpu_s": cpu, "examples_per_s": n / wall,
