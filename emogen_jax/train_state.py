@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import flax
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -59,14 +58,18 @@ def create_state(*, rng, models: Mapping[str, Mapping[str, Any]], optimizers: Ma
                     frozen=dict(frozen or {}))
 
 
-def replicate(tree, axis_name: str = "batch"):
-  """Host pytree -> one copy per local device (leading axis = jax.local_device_count()).
+def replicate(tree, axis_name: str = "batch", devices=None):
+  """Host pytree -> one copy per local device (leading axis = jax.local_device_count(), or
+  len(devices)).
 
   The copies go through an identity ``pmap`` over ``axis_name`` so that they carry exactly the
   sharding that the pmapped steps return; otherwise the second step call would see differently
   sharded inputs and compile the whole step a second time.
   """
-  return jax.pmap(lambda x: x, axis_name=axis_name)(flax.jax_utils.replicate(tree))
+  n = len(devices) if devices is not None else jax.local_device_count()
+  stacked = jax.tree_util.tree_map(
+      lambda x: np.broadcast_to(np.asarray(x), (n,) + np.shape(x)), jax.device_get(tree))
+  return jax.pmap(lambda x: x, axis_name=axis_name, devices=devices)(stacked)
 
 
 def unreplicate_to_host(tree):
