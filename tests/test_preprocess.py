@@ -190,3 +190,22 @@ def test_killed_preprocess_resumes_without_redoing_clips(data, tmp_path):
   for p, mtime in done.items():  # finished clips were not rewritten
     assert os.stat(p).st_mtime_ns == mtime, p
   assert len(glob.glob(str(clips_dir / "*.json"))) == len(good)
+
+
+def test_a_30fps_clip_is_usable_after_convert_fps(data, tmp_path):
+  convert_fps = pytest.importorskip("data_tools.convert_fps")
+  src = os.path.join(data["src"], fx.FPS30 + ".mp4")
+  frames30, fps30 = pp.read_frames(src)
+  assert fps30 == 30
+  out = str(tmp_path / (fx.FPS30 + ".mp4"))
+  convert_fps.convert_one(src, out, 25)
+  clip = {"path": out, "rel": os.path.basename(out), "clip_id": fx.FPS30,
+          "labels": pp.parse_crema_name(fx.FPS30)}
+  opts = {"pads": (0, 10, 0, 0), "smooth": True, "detect_every": 1, "size": 96, "jpeg_quality": 95,
+          "max_missing": 0.2}
+  rec = pp.process_clip(clip, face_detection.make_detector("haar"), opts)
+  assert rec["status"] == "ok", rec
+  assert abs(len(rec["frames"]) - len(frames30) * 25 / 30) <= 1
+  assert rec["valid"].all()
+  # the audio still spans the video: 80 mel steps per second of 25 frames
+  assert abs(rec["mel"].shape[1] - 1 - len(rec["frames"]) * 80 / 25) <= 8
