@@ -35,8 +35,9 @@ its last batch is completed by cycling from the first examples (so every batch i
 and a small split still yields a batch); ``repeat=True`` cycles forever, in the same
 order each pass.
 
-Multi-host: each process reads its own part of the split (tfds.split_for_jax_process).
-TensorFlow is kept off accelerators.
+Multi-host: process i of n (jax.process_index() / process_count()) reads the i-th of n
+even sub-splits of the clips (tfds.even_splits). TensorFlow is kept off accelerators
+(tf.config.set_visible_devices([], "GPU"/"TPU") when a pipeline is created).
 """
 
 from __future__ import annotations
