@@ -123,3 +123,21 @@ def test_face_boxes_marks_missing_frames_and_detect_every_interpolates():
     assert max(abs(a - b) for a, b in zip(every[i], full[i])) <= 4
   smooth, _ = fd.face_boxes(frames, det, pads=(0, 0, 0, 0), smooth=True)
   assert smooth == fd.smooth_boxes(full, 5)
+
+
+def test_s3fd_runs_from_a_local_weights_file(tmp_path):
+  """The S3FD plumbing (weights file, BGR->RGB, batching, box scaling) with randomly initialised
+  weights: the boxes are meaningless but must be well-formed and inside the frames."""
+  torch = pytest.importorskip("torch")
+  net_s3fd = pytest.importorskip("face_alignment.detection.sfd.net_s3fd")
+  torch.manual_seed(0)
+  path = tmp_path / fd.S3FD_FILE
+  torch.save(net_s3fd.s3fd().state_dict(), str(path))
+  det = fd.make_detector("s3fd", weights=str(path), batch_size=2, max_side=160)
+  frames = [cv2.resize(_astronaut(), (240, 180)), np.zeros((180, 240, 3), np.uint8), _astronaut()[:180, :240]]
+  boxes = det.detect(frames)
+  assert len(boxes) == 3
+  for b in boxes:
+    if b is not None:
+      x1, y1, x2, y2 = b
+      assert all(isinstance(v, int) for v in b) and 0 <= x1 < x2 <= 240 and 0 <= y1 < y2 <= 180
