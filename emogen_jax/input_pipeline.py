@@ -95,6 +95,7 @@ def _dataset_dir(data_dir: str) -> str:
 
 
 def _builder(data_dir: str):
+  _hide_accelerators()  # before TF first lists devices
   import tensorflow_datasets as tfds
   return tfds.builder_from_directory(_dataset_dir(data_dir))
 
