@@ -27,7 +27,9 @@ def cosine_similarity(a: jax.Array, v: jax.Array, eps: float = _COSINE_EPS) -> j
 
 def binary_cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
   """Mean BCE of probabilities ``p`` against labels ``y`` with both logs clamped at -100 (BCELoss)."""
-  p = p.astype(jnp.float32)
+  # Embeddings come out of a ReLU, so cos >= 0; the clip only guards against rounding past 1
+  # (bfloat16), where log(1 - p) would be NaN (PyTorch's BCELoss rejects such inputs).
+  p = jnp.clip(p.astype(jnp.float32), 0.0, 1.0)
   y = y.astype(jnp.float32)
   log_p = jnp.maximum(jnp.log(p), _LOG_CLAMP)
   log_1mp = jnp.maximum(jnp.log1p(-p), _LOG_CLAMP)

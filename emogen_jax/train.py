@@ -277,36 +277,41 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
         f"{rate * config.batch_size:.3g} examples/s")
     t_log, steps_since_log = time.time(), 0
 
-  with _StopSignal() as stop:
-    batches = train_batches(config, stage, start_step=start_step, end_step=num_steps,
-                            per_device_batch=per_device, log=log)
-    for step, batch in batches:
-      state, metrics = p_train(state, batch)
-      pending.append((step, metrics))
-      done = step + 1
-      steps_since_log += 1
-      is_last = done == num_steps
-      stop_now = stop.any_process()
-      if done % config.log_every_steps == 0 or is_last or stop_now:
-        flush_pending(done)
-      if config.eval_every_steps and (done % config.eval_every_steps == 0 or is_last):
-        flush_pending(done)
-        val_metrics = evaluate(state, done)
-        state = _after_validation(config, state, val_metrics, log)
-      if sampler is not None and config.sample_every_steps and (
-          done % config.sample_every_steps == 0 or is_last):
-        sampler(state, done)
-      if (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0) \
-          or is_last or stop_now:
-        flush_pending(done)
-        save(state, done)
-        log(f"checkpoint: step {done} -> {os.path.join(workdir, 'checkpoints', str(done))}")
-      if stop_now:
-        manager.wait_until_finished()
-        log(f"SIGTERM: saved step {done}; exiting (run again with the same --workdir to resume)")
-        manager.close()
-        writer.close()
-        return {"stopped_at": done, **val_metrics}
+  try:
+    with _StopSignal() as stop:
+      batches = train_batches(config, stage, start_step=start_step, end_step=num_steps,
+                              per_device_batch=per_device, log=log)
+      for step, batch in batches:
+        state, metrics = p_train(state, batch)
+        pending.append((step, metrics))
+        done = step + 1
+        steps_since_log += 1
+        is_last = done == num_steps
+        stop_now = stop.any_process()
+        if done % config.log_every_steps == 0 or is_last or stop_now:
+          flush_pending(done)
+        if config.eval_every_steps and (done % config.eval_every_steps == 0 or is_last):
+          flush_pending(done)
+          val_metrics = evaluate(state, done)
+          state = _after_validation(config, state, val_metrics, log)
+        if sampler is not None and config.sample_every_steps and (
+            done % config.sample_every_steps == 0 or is_last):
+          sampler(state, done)
+        if (config.checkpoint_every_steps and done % config.checkpoint_every_steps == 0) \
+            or is_last or stop_now:
+          flush_pending(done)
+          save(state, done)
+          log(f"checkpoint: step {done} -> {os.path.join(workdir, 'checkpoints', str(done))}")
+        if stop_now:
+          manager.wait_until_finished()
+          log(f"SIGTERM: saved step {done}; exiting (run again with the same --workdir to resume)")
+          manager.close()
+          writer.close()
+          return {"stopped_at": done, **val_metrics}
+  except BaseException:
+    # A crash or a non-finite stop must not lose the checkpoint whose async write is running.
+    manager.wait_until_finished()
+    raise
 
   manager.wait_until_finished()
   manager.close()
@@ -415,7 +420,10 @@ def main(argv=None) -> int:
     print(fv.main_module_help() if hasattr(fv, "main_module_help") else fv.get_help())
     return 0
   _check_config_path(argv)
+  saved_argv = sys.argv
   try:
+    # ml_collections' config flag finds the --config.FIELD overrides in sys.argv itself.
+    sys.argv = argv
     fv(argv)
     config = fv["config"].value
     if config is not None:
@@ -425,6 +433,8 @@ def main(argv=None) -> int:
     # A config file that raised: its own message is the last line of the quoted traceback.
     msg = lines[-1] if any(l.startswith("Traceback") for l in lines) else " ".join(lines)
     raise UserError(f"bad command line: {msg[:400]} (see --help)") from None
+  finally:
+    sys.argv = saved_argv
   if config is None:
     raise UserError("--config is required, e.g. --config configs/emogen.py:smoke")
   if not fv["workdir"].value:
