@@ -230,6 +230,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
       raise UserError(f"the validation split of {config.data_dir!r} is empty; preprocess more "
                       "clips or change the split options")
     metrics = {k: v / n for k, v in sums.items()}
+    history.append({"step": int(step), **metrics})
     if n < config.eval_batches:
       log(f"validation: only {n} of {config.eval_batches} batches available")
     writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
@@ -250,12 +251,15 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
 
   num_steps = int(config.num_train_steps)
   val_metrics: dict[str, float] = {}
+  history: list[dict[str, Any]] = []  # [{"step": s, **validation metrics}]
   last_train: dict[str, float] = {}
   pending: list[tuple[int, Any]] = []
   if start_step >= num_steps:
     log(f"already at step {start_step} >= num_train_steps={num_steps}: nothing to train")
   else:
     log(f"training steps {start_step + 1}..{num_steps}")
+  if config.get("eval_at_start", False) and start_step == 0 and num_steps > 0:
+    evaluate(state, 0)  # the baseline the learning curve starts from
   t_log, steps_since_log = time.time(), 0
 
   def flush_pending(step):
@@ -319,7 +323,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   if not val_metrics:
     val_metrics = evaluate(state, final_step)
   summary = {"stage": config.stage, "step": final_step, "validation": val_metrics,
-             "train": last_train}
+             "train": last_train, "validation_history": history}
   if main:
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
       json.dump(summary, f, indent=2, sort_keys=True)

@@ -28,6 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval_every_steps = 3_000
   c.eval_batches = 50
+  c.eval_at_start = False       # also validate before the first step (a learning-curve baseline)
   c.checkpoint_every_steps = 10_000
   c.keep_checkpoints = 3
   c.sample_every_steps = 0      # 0 = no sample grids (only the generator stage makes them)
