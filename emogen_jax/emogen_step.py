@@ -27,7 +27,7 @@ import optax
 from emogen_jax import checkpoints, losses
 from emogen_jax.errors import UserError
 from emogen_jax.models import EmotionDiscriminator, Generator, SyncNet, VGG19Features
-from emogen_jax.train_state import TrainState, adam, create_state
+from emogen_jax.train_state import TrainState, adam, create_state, init_variables
 
 AXIS = "batch"
 TASK = "generator"
@@ -60,8 +60,8 @@ def prepare(config, *, log=print) -> dict[str, Any]:
     setup["syncnet_width"] = float(meta.get("width", 1.0))
   elif config.allow_random_init:
     setup["syncnet_width"] = float(config.width)
-    setup["syncnet"] = SyncNet(width=config.width).init(
-        jax.random.fold_in(rng, 1), jnp.zeros((1, 80, 16, 1)), jnp.zeros((1, 48, 96, 15)))
+    setup["syncnet"] = init_variables(
+        SyncNet(width=config.width), jax.random.fold_in(rng, 1), jnp.zeros((1, 80, 16, 1)), jnp.zeros((1, 48, 96, 15)))
     setup["random_init"].append("syncnet")
     log("syncnet: no config.syncnet_checkpoint; the frozen expert is RANDOMLY initialised "
         "(smoke run; its sync loss means nothing)")
@@ -78,8 +78,8 @@ def prepare(config, *, log=print) -> dict[str, Any]:
   elif config.allow_random_init:
     setup["disc_width"] = float(config.width)
     setup["disc_original_layout"] = False
-    setup["emotion_disc"] = EmotionDiscriminator(width=config.width).init(
-        jax.random.fold_in(rng, 2), jnp.zeros((1, 5, 96, 96, 3)))
+    setup["emotion_disc"] = init_variables(
+        EmotionDiscriminator(width=config.width), jax.random.fold_in(rng, 2), jnp.zeros((1, 5, 96, 96, 3)))
     setup["random_init"].append("emotion_disc")
     log("emotion_disc: no config.emotion_disc_checkpoint; starting it from random init (smoke run)")
   else:
@@ -97,8 +97,8 @@ def prepare(config, *, log=print) -> dict[str, Any]:
     setup["vgg_width"] = float(meta.get("width", 1.0))
   elif config.allow_random_init:
     setup["vgg_width"] = RANDOM_VGG_WIDTH
-    setup["vgg19"] = VGG19Features(width=RANDOM_VGG_WIDTH).init(
-        jax.random.fold_in(rng, 3), jnp.zeros((1, 96, 96, 3)))
+    setup["vgg19"] = init_variables(
+        VGG19Features(width=RANDOM_VGG_WIDTH), jax.random.fold_in(rng, 3), jnp.zeros((1, 96, 96, 3)))
     setup["random_init"].append("vgg19")
     log(f"vgg19: no config.vgg_checkpoint; the perceptual loss uses a RANDOM VGG-19 of width "
         f"{RANDOM_VGG_WIDTH} (smoke run)")
@@ -130,7 +130,7 @@ def make_optimizers(config) -> dict[str, optax.GradientTransformation]:
 
 def init_state(config, rng: jax.Array, setup: dict[str, Any]) -> TrainState:
   gen = Generator(width=config.width, dtype=compute_dtype(config))
-  gen_vars = gen.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 5, 80, 16, 1)),
+  gen_vars = init_variables(gen, jax.random.fold_in(rng, 1), jnp.zeros((1, 5, 80, 16, 1)),
                       jnp.zeros((1, 5, 96, 96, 6)), jnp.zeros((1,), jnp.int32), train=False)
   frozen = {"syncnet": setup["syncnet"]}
   if setup["use_vgg"]:

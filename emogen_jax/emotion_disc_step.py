@@ -17,7 +17,7 @@ import optax
 
 from emogen_jax import losses
 from emogen_jax.models import EmotionDiscriminator
-from emogen_jax.train_state import TrainState, adam, create_state
+from emogen_jax.train_state import TrainState, adam, create_state, init_variables
 
 AXIS = "batch"
 TASK = "emotion"
@@ -53,7 +53,8 @@ def prepare(config, *, log=print) -> dict[str, Any]:
 
 def init_state(config, rng: jax.Array, setup: dict[str, Any] | None = None) -> TrainState:
   del setup
-  variables = make_model(config).init(jax.random.fold_in(rng, 1), jnp.zeros((1, 5, 96, 96, 3)))
+  variables = init_variables(make_model(config), jax.random.fold_in(rng, 1),
+                             jnp.zeros((1, 5, 96, 96, 3)))
   return create_state(rng=rng, models={"emotion_disc": variables},
                       optimizers=make_optimizers(config))
 

@@ -17,7 +17,7 @@ import optax
 
 from emogen_jax import losses
 from emogen_jax.models import SyncNet
-from emogen_jax.train_state import TrainState, adam, create_state
+from emogen_jax.train_state import TrainState, adam, create_state, init_variables
 
 AXIS = "batch"
 TASK = "syncnet"          # input-pipeline task
@@ -45,7 +45,7 @@ def prepare(config, *, log=print) -> dict[str, Any]:
 def init_state(config, rng: jax.Array, setup: dict[str, Any] | None = None) -> TrainState:
   del setup
   model = make_model(config, bn_axis_name=None)
-  variables = model.init(jax.random.fold_in(rng, 1), jnp.zeros((1, 80, 16, 1)),
+  variables = init_variables(model, jax.random.fold_in(rng, 1), jnp.zeros((1, 80, 16, 1)),
                          jnp.zeros((1, 48, 96, 15)), train=False)
   return create_state(rng=rng, models={"syncnet": variables}, optimizers=make_optimizers(config))
 

@@ -40,6 +40,12 @@ class TrainState:
     return {kind: self.variables(kind) for kind in self.params}
 
 
+def init_variables(model, rng, *args, **kwargs):
+  """``model.init(rng, *args, **kwargs)`` compiled: eager init of a deep network runs hundreds of
+  small ops one by one and takes far longer than compiling it."""
+  return jax.jit(lambda r: model.init(r, *args, **kwargs))(rng)
+
+
 def adam(learning_rate, b1: float, b2: float) -> optax.GradientTransformation:
   """torch.optim.Adam (eps 1e-8 added to sqrt(v_hat), no weight decay) as optax.adam."""
   return optax.adam(learning_rate, b1=b1, b2=b2, eps=1e-8)
