@@ -10,6 +10,10 @@ iterator of dicts of numpy arrays with leading dims (num_devices, per_device_bat
   f32 (frame i of the target window f uses the window of frame f+i-1), sync_mel
   (80,16,1) f32 (window of f), target (5,96,96,3) f32 in [0,1], emotion () int32.
 
+Every batch also has ``mask`` () f32: 1 for a real example, 0 for the padding that
+completes the last batch of a finite evaluation stream (always 1 in training streams and
+in repeated ones), so that metrics can weight by it and count each example once.
+
 Frames are BGR (as stored by OpenCV). ``with_metadata=True`` adds ``clip_id`` (bytes),
 ``start`` (f: target / mel window start), ``other_start`` (g: the generator's
 reference start, or SyncNet's face start; equal to f for in-sync examples) for tests and
@@ -32,8 +36,8 @@ each clip yields ``eval_windows`` fixed windows evenly spaced over its valid sta
 reference / off-sync start g being the valid start half the clip away; SyncNet yields
 each window twice (in sync, then off sync), so labels are balanced. One pass is finite;
 its last batch is completed by cycling from the first examples (so every batch is full
-and a small split still yields a batch); ``repeat=True`` cycles forever, in the same
-order each pass.
+and a small split still yields a batch), those copies having ``mask`` 0; ``repeat=True``
+cycles forever, in the same order each pass.
 
 Multi-host: process i of n (jax.process_index() / process_count()) reads the i-th of n
 even sub-splits of the clips (tfds.even_splits). TensorFlow is kept off accelerators
@@ -222,15 +226,29 @@ def _assemble(task: str, x: tf.Tensor) -> dict:
   return {"video": x}
 
 
-def _finish(task: str, batch: dict, seed: tf.Tensor, do_augment: bool) -> dict:
+def _float_stage(task: str, do_augment: bool):
+  """uint8 frames (+ the noise parameters when augmenting) -> the task's float image inputs, as
+  ONE XLA-compiled function: cast, noise, clipping, /255 and the layout change (zero-masked
+  generator input, SyncNet's stacked lower halves) fuse into a single pass over the batch
+  (measured ~6x cheaper than the same ops as separate TF kernels)."""
+  if do_augment:
+    fn = lambda frames, noise: _assemble(task, augment_lib.to_unit_float(frames, noise))
+  else:
+    fn = lambda frames: _assemble(task, augment_lib.to_unit_float(frames))
+  return tf.function(fn, jit_compile=True, autograph=False)
+
+
+def _finish(task: str, batch: dict, seed: tf.Tensor, do_augment: bool, float_stage) -> dict:
   """A batch of raw examples -> the task's model inputs (augmented once per example)."""
   out = dict(batch)
   frames = out.pop("frames")
   if do_augment:
-    x = augment_lib.augment_examples(frames, seed)
+    x, sigma, noise_seed = augment_lib.augment_uint8(frames, seed)
+    out.update(float_stage(x, augment_lib.noise_fields(x, sigma, noise_seed)))
   else:
-    x = tf.cast(frames, tf.float32) * (1.0 / 255.0)
-  out.update(_assemble(task, x))
+    out.update(float_stage(frames))
+  if "mask" not in out:  # no padding in this stream
+    out["mask"] = tf.ones(tf.shape(frames)[:1], tf.float32)
   if task == "syncnet":
     out.pop("emotion")
   return out
@@ -302,11 +320,15 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
     num_examples = num_clips * k * (2 if task == "syncnet" else 1)
     num_batches = math.ceil(num_examples / global_batch)
     ds = ds.repeat().take(num_batches * global_batch)
+    # the last batch is completed by cycling from the first examples: mask 0 marks those copies
+    ds = ds.enumerate().map(lambda i, ex: {**ex, "mask": tf.cast(i < num_examples, tf.float32)})
   ds = ds.batch(global_batch, drop_remainder=True)
   aug_seed = tf.constant([seed, 0xA06], tf.int64)
+  float_stage = _float_stage(task, do_augment)
 
   def finish(i, batch):
-    return _finish(task, batch, tf.random.experimental.stateless_fold_in(aug_seed, i), do_augment)
+    return _finish(task, batch, tf.random.experimental.stateless_fold_in(aug_seed, i), do_augment,
+                   float_stage)
 
   ds = ds.enumerate().map(finish, num_parallel_calls=num_parallel, deterministic=True)
   return ds, num_examples

@@ -72,7 +72,8 @@ def test_syncnet_labels_follow_the_window_positions(data):
                          augment=False, with_metadata=True, seed=3)
   ex = _flat(_take(it, 6))
   assert ex["faces"].shape == (48, 48, 96, 15) and ex["label"].dtype == np.float32
-  assert set(ex) == {"mel", "faces", "label", "clip_id", "start", "other_start"}
+  assert set(ex) == {"mel", "faces", "label", "mask", "clip_id", "start", "other_start"}
+  np.testing.assert_array_equal(ex["mask"], np.ones(48, np.float32))  # training streams: no padding
   assert 0.25 < ex["label"].mean() < 0.75
   for i in range(48):
     clip = data["clips"][ex["clip_id"][i].decode()]
@@ -129,8 +130,18 @@ def test_eval_streams_are_deterministic_finite_and_balanced(data):
   assert first["label"].mean() == 0.5
   for i in range(n):
     assert first["label"][i] == float(first["start"][i] == first["other_start"][i])
-  # the padding of the last batch cycles from the first examples
+  # the padding of the last batch cycles from the first examples, and is masked out
   np.testing.assert_array_equal(ex["faces"][n:], ex["faces"][:len(ex["faces"]) - n])
+  assert ex["mask"].dtype == np.float32 and a[-1]["mask"].shape == (2, 3)
+  np.testing.assert_array_equal(ex["mask"], (np.arange(len(ex["mask"])) < n).astype(np.float32))
+  # a batch size that does not divide the split: the cycled copies get mask 0
+  gen = _flat(list(ip.create_dataset("generator", data["data_dir"], "validation", per_device_batch=5,
+                                     num_devices=1, train=False, with_metadata=True, eval_windows=2)))
+  m = n_clips * 2
+  assert len(gen["mask"]) == 5 * math.ceil(m / 5) > m
+  np.testing.assert_array_equal(gen["mask"], (np.arange(len(gen["mask"])) < m).astype(np.float32))
+  np.testing.assert_array_equal(gen["start"][m:], gen["start"][:len(gen["start"]) - m])
+  assert len(set(zip(gen["clip_id"][:m], gen["start"][:m]))) == m  # the real examples are distinct
   # no augmentation: the faces are the stored frames
   clip = data["clips"][first["clip_id"][0].decode()]
   v = int(first["other_start"][0])
@@ -140,6 +151,7 @@ def test_eval_streams_are_deterministic_finite_and_balanced(data):
                           train=False, repeat=True)
   more = _take(rep, len(a) + 2)
   np.testing.assert_array_equal(more[0]["faces"], a[0]["faces"])
+  assert all(m["mask"].all() for m in more)  # cycling forever: nothing is padding
 
 
 def test_per_host_sharding_splits_the_clips(data):
