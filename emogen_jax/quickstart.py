@@ -1,0 +1,432 @@
+"""The whole recipe end to end on a small synthetic corpus, on a CPU, in one command.
+
+    python -m emogen_jax.quickstart --out quickstart_out      (or: bash scripts/quickstart.sh)
+
+Stages (each one the library call behind the named CLI; a rerun with the same --out skips what
+is finished and resumes an interrupted training):
+  1. corpus      data_tools.make_synthetic: CREMA-D-like clips <Actor>_<Sentence>_<EMO>_<INT>.mp4
+  2. 25 fps      data_tools.convert_fps: the re-encode every real corpus needs (a no-op in effect
+                 here: the synthetic clips are already 25 fps)
+  3. preprocess  data_tools.preprocess (Haar face boxes, 96x96 crops, mels, TFDS shards,
+                 actor-disjoint train/validation/test splits)
+  4. training    the lip-sync expert, the emotion discriminator, then EmoGen using both
+                 (emogen_jax.stages.train_stages with the configs/*.py:smoke settings, width 0.25)
+  5. demo        emogen_jax.api: a held-out (test-split) clip re-voiced with its own audio in all
+                 six emotions side by side
+Ends with DIR/summary.json and DIR/summary.md: where every output is, the validation figures
+against the learnability targets and the wall time of each stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import json
+import math
+import os
+import sys
+import threading
+import time
+from typing import Any, Callable
+
+from emogen_jax.errors import UserError, cli_main
+
+# Defaults measured on a 2-core CPU so that everything (install check included) ends within
+# 15 minutes while the stages still meet their targets; see emogen_jax.stages.TARGETS.
+DEFAULTS = {"actors": 6, "clips_per_actor": 12, "syncnet_steps": 1500, "emotion_steps": 600,
+            "emogen_steps": 300}
+STATE_FILE = "quickstart_state.json"
+DEMO_NAME = "demo_all_emotions.mp4"
+
+
+# ------------------------------------------------------------------------------ feedback
+
+def banner(text: str) -> None:
+  line = "=" * min(100, len(text) + 8)
+  print(f"\n{line}\n=== {text}\n{line}", flush=True)
+
+
+# Held by a progress poller while it counts and draws: a fork (preprocess's worker pool) waits
+# for it, so that no child starts with a stderr/tqdm lock taken by the poller thread.
+_POLL_LOCK = threading.Lock()
+os.register_at_fork(before=_POLL_LOCK.acquire, after_in_parent=_POLL_LOCK.release,
+                    after_in_child=_POLL_LOCK.release)
+
+
+@contextlib.contextmanager
+def watch_files(pattern: str, total: int, desc: str, unit: str = "clip", enabled: bool = True,
+                exclude: str | None = None):
+  """A tqdm bar that counts files matching ``pattern`` (minus names ending in ``exclude``) while
+  the body runs: for library calls that work in worker processes and report nothing until done."""
+  from tqdm import tqdm
+  bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
+             dynamic_ncols=True)
+  stop = threading.Event()
+
+  def count() -> int:
+    names = glob.glob(pattern)
+    return min(total, sum(not (exclude and n.endswith(exclude)) for n in names))
+
+  def poll():
+    while not stop.wait(0.5):
+      with _POLL_LOCK:
+        bar.update(max(0, count() - bar.n))
+
+  thread = threading.Thread(target=poll, daemon=True)
+  thread.start()
+  try:
+    yield bar
+  finally:
+    stop.set()
+    thread.join()
+    bar.update(max(0, count() - bar.n))
+    bar.close()
+
+
+# ------------------------------------------------------------------------------ state
+
+class _State:
+  """DIR/quickstart_state.json: settings and the finished stages with their wall times."""
+
+  def __init__(self, out_dir: str, settings: dict):
+    self.path = os.path.join(out_dir, STATE_FILE)
+    self.data: dict[str, Any] = {"settings": settings, "stages": {}}
+    if os.path.isfile(self.path):
+      with open(self.path) as f:
+        old = json.load(f)
+      for key in ("actors", "clips_per_actor", "seed"):
+        if old["settings"].get(key) != settings[key]:
+          raise UserError(f"{out_dir} holds a quickstart made with {key}={old['settings'].get(key)}, "
+                          f"not {settings[key]}; rerun with the same settings or use another --out")
+      self.data["stages"] = old.get("stages", {})
+
+  def done(self, stage: str) -> bool:
+    return bool(self.data["stages"].get(stage, {}).get("done"))
+
+  def wall(self, stage: str) -> float:
+    return float(self.data["stages"].get(stage, {}).get("wall_s", 0.0))
+
+  def finish(self, stage: str, wall_s: float, **info) -> None:
+    self.data["stages"][stage] = {"done": True, "wall_s": round(wall_s, 1), **info}
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      json.dump(self.data, f, indent=2)
+    os.replace(tmp, self.path)
+
+
+# ------------------------------------------------------------------------------ stages
+
+def _corpus(src: str, actors: int, clips_per_actor: int, seed: int, jobs: int | None,
+            progress: bool) -> list[str]:
+  from data_tools import make_synthetic
+  total = actors * clips_per_actor
+  with watch_files(os.path.join(src, "*.mp4"), total, "rendering clips", enabled=progress):
+    paths = make_synthetic.make_corpus(src, num_actors=actors, clips_per_actor=clips_per_actor,
+                                       seed=seed, jobs=jobs)
+  print(f"wrote {len(paths)} clips to {src}", flush=True)
+  return paths
+
+
+def _convert(src: str, dst: str, jobs: int | None, progress: bool) -> dict:
+  from data_tools import convert_fps
+  total = len(convert_fps.find_videos(src))
+  # .part.mp4 files are the ones being written; only finished outputs count.
+  with watch_files(os.path.join(dst, "*.mp4"), total, "converting to 25 fps", enabled=progress,
+                   exclude=".part.mp4"):
+    report = convert_fps.convert_dir(src, dst, fps=25, jobs=jobs)
+  print(f"convert_fps: {report.summary()} -> {dst}", flush=True)
+  if report.failed:
+    raise UserError(f"convert_fps failed on {len(report.failed)} clip(s), first "
+                    f"{report.failed[0][0]}: {report.failed[0][1]}")
+  return {"converted": len(report.converted), "up_to_date": len(report.skipped)}
+
+
+def _preprocess(src: str, data_dir: str, jobs: int | None, progress: bool) -> dict:
+  from data_tools import convert_fps, preprocess
+  total = len(convert_fps.find_videos(src))
+  argv = ["--src", src, "--data-dir", data_dir, "--detector", "haar",
+          "--jobs", str(jobs or os.cpu_count() or 1)]
+  print("python -m data_tools.preprocess " + " ".join(argv), flush=True)
+  clips = os.path.join(data_dir, "cache", "clips", "*.json")
+  with watch_files(clips, total, "face crops + mels", enabled=progress):
+    # The undecorated CLI function: a UserError propagates to our caller instead of exiting.
+    code = preprocess.main.__wrapped__(argv)
+  if code:
+    raise UserError(f"preprocessing {src} failed (exit status {code}); see the messages above")
+  with open(os.path.join(data_dir, "preprocess_report.json")) as f:
+    report = json.load(f)
+  return {"clips_written": report["clips_written"], "clips_skipped": report["clips_skipped"],
+          "skipped_by_reason": report["skipped_by_reason"]}
+
+
+def demo_candidates(data_dir: str, split: str = "test") -> list[str]:
+  """Clip ids of ``split`` whose every frame had a detected face (best inference inputs) first."""
+  cache = os.path.join(data_dir, "cache")
+  with open(os.path.join(cache, "splits.json")) as f:
+    ids = json.load(f)[split]
+  full, partial = [], []
+  for cid in ids:
+    with open(os.path.join(cache, "clips", f"{cid}.json")) as f:
+      s = json.load(f)
+    (full if s.get("num_valid") == s.get("num_frames") else partial).append(cid)
+  return full + partial
+
+
+def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion: str = "all",
+                progress: bool = True) -> dict:
+  """The generator of ``workdir`` re-voicing a held-out clip (its face and its own audio)."""
+  from emogen_jax import api, infer
+  if not os.path.isdir(workdir):
+    raise UserError(f"generator workdir {workdir} not found; train EmoGen first")
+  talking = api.TalkingFace.load(workdir)
+  tried = []
+  for split in ("test", "validation"):
+    for cid in demo_candidates(data_dir, split):
+      clip = os.path.join(videos, f"{cid}.mp4")
+      if not os.path.isfile(clip):
+        continue
+      try:
+        frames, fps = talking.generate(face=clip, audio=clip, emotion=emotion, progress=progress)
+      except infer.NoFaceError as e:
+        tried.append(f"{cid} (no face in frame {e.frame_index})")
+        continue
+      api.to_video(frames, clip, out_path, fps)
+      return {"video": out_path, "source_clip": clip, "split": split, "frames": int(len(frames)),
+              "width": int(frames.shape[2]), "height": int(frames.shape[1]), "fps": float(fps),
+              "panel_width": int(frames.shape[2]) // max(1, len(infer.parse_emotions(emotion)))}
+  raise UserError(f"no held-out clip of {data_dir} could be used for the demo (tried: "
+                  f"{', '.join(tried) or 'none'}); make a larger corpus (--actors)")
+
+
+# ------------------------------------------------------------------------------ the run
+
+def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["actors"],
+                   clips_per_actor: int = DEFAULTS["clips_per_actor"],
+                   syncnet_steps: int = DEFAULTS["syncnet_steps"],
+                   emotion_steps: int = DEFAULTS["emotion_steps"],
+                   emogen_steps: int = DEFAULTS["emogen_steps"], seed: int = 0,
+                   width: float = 0.25, eval_batches: int = 8, jobs: int | None = None,
+                   emotion: str = "all", progress: bool = True) -> dict:
+  """Corpus -> 25 fps -> preprocess -> three trainings -> demo video; returns the summary
+  (also written to out_dir/summary.json and summary.md). Finished stages are skipped."""
+  from emogen_jax import stages
+  from emogen_jax.emotions import emotion_id
+  if emotion.strip().lower() != "all":
+    emotion_id(emotion)  # a bad --emotion fails now, not after the training (no JAX import yet)
+  if actors < 3:
+    raise UserError(f"--actors {actors}: the actor-disjoint split needs at least 3 actors "
+                    "(train, validation, test)")
+  if clips_per_actor < 1:
+    raise UserError(f"--clips-per-actor {clips_per_actor} must be at least 1")
+  t_start = time.time()
+  out_dir = os.path.abspath(out_dir)
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+  except OSError as e:
+    raise UserError(f"cannot create --out {out_dir} ({e.strerror}); choose a writable folder") from None
+  paths = {"out": out_dir,
+           "corpus": os.path.join(out_dir, "corpus"),
+           "corpus_25fps": os.path.join(out_dir, "corpus_25fps"),
+           "data_dir": os.path.join(out_dir, "data"),
+           "workdirs": os.path.join(out_dir, "train"),
+           "demo_video": os.path.join(out_dir, DEMO_NAME)}
+  settings = {"actors": actors, "clips_per_actor": clips_per_actor, "seed": seed,
+              "syncnet_steps": syncnet_steps, "emotion_steps": emotion_steps,
+              "emogen_steps": emogen_steps, "width": width, "eval_batches": eval_batches}
+  state = _State(out_dir, settings)
+  walls: dict[str, float] = {}
+  skipped: list[str] = []
+
+  def step(name: str, title: str, fn: Callable[[], dict | None]) -> None:
+    banner(title)
+    if state.done(name):
+      print(f"{name}: done in an earlier run; skipped", flush=True)
+      walls[name] = state.wall(name)
+      skipped.append(name)
+      return
+    t0 = time.time()
+    info = fn() or {}
+    walls[name] = round(time.time() - t0, 1)
+    state.finish(name, walls[name], **info)
+    print(f"{name}: {walls[name]:.1f} s", flush=True)
+
+  n_clips = actors * clips_per_actor
+  step("corpus", f"1/5 synthetic corpus: {actors} actors x {clips_per_actor} clips -> {paths['corpus']}",
+       lambda: {"clips": len(_corpus(paths["corpus"], actors, clips_per_actor, seed, jobs, progress))})
+  step("convert_fps", f"2/5 convert to 25 fps: {n_clips} clips -> {paths['corpus_25fps']}",
+       lambda: _convert(paths["corpus"], paths["corpus_25fps"], jobs, progress))
+  step("preprocess", f"3/5 preprocess (Haar faces, crops, mels, TFDS) -> {paths['data_dir']}",
+       lambda: _preprocess(paths["corpus_25fps"], paths["data_dir"], jobs, progress))
+
+  banner("4/5 training (configs/*.py:smoke, width %g)" % width)
+  results = stages.train_stages(paths["data_dir"], paths["workdirs"], syncnet_steps=syncnet_steps,
+                                emotion_steps=emotion_steps, emogen_steps=emogen_steps,
+                                width=width, seed=seed, eval_batches=eval_batches,
+                                progress=progress, banner=banner)
+  for name in stages.STAGE_NAMES:
+    walls[name] = results["wall_s"][name]
+    if results["skipped"][name]:
+      skipped.append(name)
+
+  def demo() -> dict:
+    return render_demo(results["workdirs"]["emogen"], paths["data_dir"], paths["corpus_25fps"],
+                       paths["demo_video"], emotion=emotion, progress=progress)
+
+  step("demo", f"5/5 demo video ({emotion}) -> {paths['demo_video']}", demo)
+  demo_info = {k: v for k, v in state.data["stages"]["demo"].items() if k not in ("done",)}
+
+  emogen_dir = results["workdirs"]["emogen"]
+  summary = {
+      "outputs": {
+          "corpus": paths["corpus"],
+          "corpus_25fps": paths["corpus_25fps"],
+          "data_dir": paths["data_dir"],
+          "preprocess_report": os.path.join(paths["data_dir"], "preprocess_report.json"),
+          "workdirs": results["workdirs"],
+          "tensorboard_logdir": paths["workdirs"],
+          "sample_grids": sorted(glob.glob(os.path.join(emogen_dir, "samples", "*.png"))),
+          "demo_video": paths["demo_video"],
+          "summary_json": os.path.join(out_dir, "summary.json"),
+          "summary_md": os.path.join(out_dir, "summary.md"),
+      },
+      "figures": {
+          "syncnet_val_accuracy": results["syncnet_accuracy"],
+          "syncnet_val_loss": results["syncnet_loss"],
+          "emotion_val_accuracy": results["emotion_accuracy"],
+          "emotion_val_loss": results["emotion_loss"],
+          "emogen_first_val_l1": results["emogen_first_l1"],
+          "emogen_last_val_l1": results["emogen_last_l1"],
+          "emogen_val_l1_decrease": results["emogen_l1_decrease"],
+          "emogen_val_sync_loss": results["emogen_val_sync"],
+      },
+      "targets": {k: {"value": results[k], "at_least": t, "passed": results["passed"][k]}
+                  for k, t in stages.TARGETS.items()},
+      "demo": demo_info,
+      "corpus": {k: state.data["stages"].get(k, {}) for k in ("corpus", "convert_fps", "preprocess")},
+      "settings": settings,
+      "wall_s": walls,
+      "skipped_stages": skipped,
+      "total_wall_s": round(time.time() - t_start, 1),
+  }
+  _write_summary(summary, results)
+  return summary
+
+
+def _fmt(v) -> str:
+  return f"{v:.4f}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+def _write_summary(summary: dict, results: dict) -> None:
+  from emogen_jax import stages
+  o, fig, s = summary["outputs"], summary["figures"], summary["settings"]
+  with open(o["summary_json"], "w") as f:
+    json.dump(summary, f, indent=2)
+  wd = o["workdirs"]
+  lines = [
+      "# EmoGen JAX quickstart",
+      "",
+      f"{s['actors']} synthetic actors x {s['clips_per_actor']} clips; SyncNet {s['syncnet_steps']}, "
+      f"emotion disc {s['emotion_steps']}, EmoGen {s['emogen_steps']} steps at width {s['width']} "
+      f"(configs/*.py:smoke). Total wall time {summary['total_wall_s']:.0f} s"
+      + (f" (skipped, done earlier: {', '.join(summary['skipped_stages'])})"
+         if summary["skipped_stages"] else "") + ".",
+      "",
+      "## Outputs",
+      "",
+      "| what | where |",
+      "|---|---|",
+      f"| demo video, six emotions side by side | `{o['demo_video']}` |",
+      f"| synthetic corpus | `{o['corpus']}` |",
+      f"| corpus at 25 fps (convert_fps) | `{o['corpus_25fps']}` |",
+      f"| preprocessed data (TFDS) + report | `{o['data_dir']}`, `{o['preprocess_report']}` |",
+      f"| SyncNet workdir | `{wd['syncnet']}` |",
+      f"| emotion-disc workdir | `{wd['emotion_disc']}` |",
+      f"| EmoGen workdir | `{wd['emogen']}` |",
+      f"| TensorBoard logs | `tensorboard --logdir {o['tensorboard_logdir']}` |",
+      f"| sample grids (reference, masked input, generated, target) | "
+      f"`{os.path.join(wd['emogen'], 'samples')}` ({len(o['sample_grids'])} PNGs) |",
+      "",
+      "## Validation figures",
+      "",
+      "| figure | value | target |",
+      "|---|---|---|",
+      f"| SyncNet accuracy (in sync vs off sync) | {_fmt(fig['syncnet_val_accuracy'])} | "
+      f">= {stages.TARGETS['syncnet_accuracy']} |",
+      f"| SyncNet loss | {_fmt(fig['syncnet_val_loss'])} | |",
+      f"| emotion-disc accuracy (6 classes) | {_fmt(fig['emotion_val_accuracy'])} | "
+      f">= {stages.TARGETS['emotion_accuracy']} |",
+      f"| EmoGen L1, before training | {_fmt(fig['emogen_first_val_l1'])} | |",
+      f"| EmoGen L1, at the end | {_fmt(fig['emogen_last_val_l1'])} | |",
+      f"| EmoGen L1 decrease | {_fmt(fig['emogen_val_l1_decrease'])} | "
+      f">= {stages.TARGETS['emogen_l1_decrease']} |",
+      "",
+      *[f"- {line}" for line in stages.target_lines(results)],
+      "",
+      "## Wall time per stage (s)",
+      "",
+      "| stage | seconds |",
+      "|---|---|",
+      *[f"| {k}{' (earlier run)' if k in summary['skipped_stages'] else ''} | {v:.1f} |"
+        for k, v in summary["wall_s"].items()],
+      f"| total (this run) | {summary['total_wall_s']:.1f} |",
+      "",
+      "## Next",
+      "",
+      f"    python -m emogen_jax.infer --checkpoint {wd['emogen']} --face FACE.mp4 "
+      "--audio SPEECH.wav --emotion HAP --out out.mp4",
+      f"    python -m emogen_jax.evaluate --help    # PSNR/SSIM/LSE/EmoAcc/FID on {o['data_dir']}",
+      "",
+  ]
+  with open(o["summary_md"], "w") as f:
+    f.write("\n".join(lines))
+
+
+def print_summary(summary: dict) -> None:
+  o, fig = summary["outputs"], summary["figures"]
+  banner(f"done in {summary['total_wall_s']:.0f} s")
+  print(f"demo video:      {o['demo_video']}")
+  print(f"workdirs:        {', '.join(o['workdirs'].values())}")
+  print(f"TensorBoard:     tensorboard --logdir {o['tensorboard_logdir']}")
+  print(f"sample grids:    {len(o['sample_grids'])} in {os.path.join(o['workdirs']['emogen'], 'samples')}")
+  print(f"data:            {o['data_dir']}")
+  for k, t in summary["targets"].items():
+    print(f"{k:24s} {_fmt(t['value'])} (target >= {t['at_least']}) "
+          f"{'PASS' if t['passed'] else 'FAIL'}")
+  print(f"EmoGen val L1:   {_fmt(fig['emogen_first_val_l1'])} -> {_fmt(fig['emogen_last_val_l1'])}")
+  print("wall time (s):   " + ", ".join(f"{k} {v:.0f}" for k, v in summary["wall_s"].items()))
+  print(f"summary:         {o['summary_md']} , {o['summary_json']}", flush=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m emogen_jax.quickstart",
+                              description=__doc__.split("\n")[0])
+  p.add_argument("--out", default="quickstart_out", help="output folder (a rerun resumes it)")
+  p.add_argument("--actors", type=int, default=DEFAULTS["actors"])
+  p.add_argument("--clips-per-actor", type=int, default=DEFAULTS["clips_per_actor"])
+  p.add_argument("--syncnet-steps", type=int, default=DEFAULTS["syncnet_steps"])
+  p.add_argument("--emotion-steps", type=int, default=DEFAULTS["emotion_steps"])
+  p.add_argument("--emogen-steps", type=int, default=DEFAULTS["emogen_steps"])
+  p.add_argument("--width", type=float, default=0.25, help="channel multiplier of the networks")
+  p.add_argument("--eval-batches", type=int, default=8, help="validation batches per evaluation")
+  p.add_argument("--emotion", default="all", help="demo emotion: ANG DIS FEA HAP NEU SAD or all")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
+  p.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
+  return p
+
+
+@cli_main
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  summary = run_quickstart(args.out, actors=args.actors, clips_per_actor=args.clips_per_actor,
+                           syncnet_steps=args.syncnet_steps, emotion_steps=args.emotion_steps,
+                           emogen_steps=args.emogen_steps, seed=args.seed, width=args.width,
+                           eval_batches=args.eval_batches, jobs=args.jobs, emotion=args.emotion,
+                           progress=not args.no_progress)
+  print_summary(summary)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,216 @@
+"""The three training stages in order, on one preprocessed corpus, with the learnability targets.
+
+  1. the lip-sync expert (configs/syncnet.py)          -> W/syncnet
+  2. the emotion discriminator (configs/emotion_disc.py) -> W/emotion_disc
+  3. EmoGen (configs/emogen.py), with 1. as its frozen expert and 2. as its initial emotion
+     discriminator                                      -> W/emogen
+
+``train_stages`` is shared by ``python -m emogen_jax.quickstart`` and
+``scripts/reproduce_training.py``. A stage whose workdir already holds the final metrics of the
+requested step count is skipped (its figures are read back); an unfinished one resumes from its
+latest checkpoint. The EmoGen stage validates once before its first step, the baseline of the
+"validation L1 falls" target.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+import time
+from typing import Any, Callable
+
+from emogen_jax.errors import UserError
+
+STAGE_NAMES = ("syncnet", "emotion_disc", "emogen")
+# What a CPU smoke run (width 0.25) on the synthetic corpus must reach to count as "learns".
+TARGETS = {"syncnet_accuracy": 0.75, "emotion_accuracy": 0.60, "emogen_l1_decrease": 0.30}
+TARGET_TEXT = {"syncnet_accuracy": "SyncNet validation accuracy (in sync vs off sync)",
+               "emotion_accuracy": "emotion-disc validation accuracy (6 classes)",
+               "emogen_l1_decrease": "EmoGen validation L1 decrease (1 - last/first)"}
+_STEP_LINE = re.compile(r"^step (\d+)/(\d+): (.*)$")
+
+
+def configs_dir() -> str:
+  """The repository's configs/ folder (next to the emogen_jax package in a source checkout)."""
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config(name: str, variant: str | None = "smoke", **overrides):
+  """configs/<name>.py:<variant> as a ConfigDict, with ``overrides`` applied."""
+  path = os.path.join(configs_dir(), f"{name}.py")
+  if not os.path.isfile(path):
+    raise UserError(f"training config {path} not found; run from a source checkout of emogen_jax "
+                    "(git clone ... && pip install -e .), which has the configs/ folder")
+  spec = importlib.util.spec_from_file_location(f"_emogen_cfg_{name}", path)
+  mod = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(mod)
+  config = mod.get_config(variant)
+  for k, v in overrides.items():
+    config[k] = v
+  return config
+
+
+def finished_summary(workdir: str, steps: int) -> dict | None:
+  """W/final_metrics.json when the run in W reached ``steps``, else None."""
+  path = os.path.join(workdir, "final_metrics.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    summary = json.load(f)
+  return summary if int(summary.get("step", -1)) >= steps else None
+
+
+def scalar_history(workdir: str, tag: str) -> dict[int, float]:
+  """{step: value} of one scalar from W's TensorBoard event files (the record of earlier runs)."""
+  import tensorflow as tf
+  out: dict[int, float] = {}
+  for path in sorted(glob.glob(os.path.join(workdir, "events.out.tfevents.*"))):
+    try:
+      for event in tf.compat.v1.train.summary_iterator(path):
+        for v in event.summary.value:
+          if v.tag == tag:
+            out[int(event.step)] = float(tf.make_ndarray(v.tensor)) if v.HasField("tensor") \
+                else float(v.simple_value)
+    except tf.errors.DataLossError:  # a run killed while writing: keep what was read
+      continue
+  return out
+
+
+class StageProgress:
+  """A ``log`` for train.train_and_evaluate: a tqdm bar over the steps (moved by its step lines,
+  with their metrics as the postfix); every other line is printed above the bar."""
+
+  def __init__(self, name: str, total: int, enabled: bool = True):
+    from tqdm import tqdm
+    self.bar = tqdm(total=total, desc=name, unit="step", disable=not enabled, file=sys.stderr,
+                    dynamic_ncols=True)
+    self.enabled = enabled
+
+  def __call__(self, msg: str) -> None:
+    if not self.enabled:
+      print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+      return
+    m = _STEP_LINE.match(msg)
+    if m:
+      done = int(m.group(1))
+      self.bar.update(max(0, done - self.bar.n))
+      self.bar.set_postfix_str(m.group(3)[:90], refresh=True)
+    else:
+      self.bar.write(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: float = 0.25,
+              seed: int = 0, eval_every: int = 0, eval_batches: int = 8, progress: bool = True,
+              **extra) -> dict:
+  """Trains one stage (smoke config + overrides) in ``workdir``; returns its final summary plus
+  ``wall_s`` and ``skipped`` (True when the workdir had already finished these steps)."""
+  done = finished_summary(workdir, steps)
+  if done is not None:
+    return {**done, "wall_s": done.get("wall_s", 0.0), "skipped": True}
+  from emogen_jax import train
+  every = eval_every or max(1, steps // 10)
+  config = load_config(name, data_dir=data_dir, width=width, seed=seed, num_train_steps=steps,
+                       eval_every_steps=every, checkpoint_every_steps=every,
+                       eval_batches=eval_batches, log_every_steps=max(1, min(25, steps // 50)),
+                       **extra)
+  log = StageProgress(name, steps, enabled=progress)
+  t0 = time.time()
+  try:
+    summary = train.train_and_evaluate(config, workdir, log=log)
+  finally:
+    log.close()
+  summary["wall_s"] = round(time.time() - t0, 1)
+  summary["skipped"] = False
+  # Kept with the run, so that a later call that skips this stage reports its wall time too.
+  path = os.path.join(workdir, "final_metrics.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      stored = json.load(f)
+    stored["wall_s"] = summary["wall_s"]
+    with open(path, "w") as f:
+      json.dump(stored, f, indent=2, sort_keys=True)
+  return summary
+
+
+def _first_l1(workdir: str, summary: dict) -> float:
+  """EmoGen's validation L1 before its first step: from the run's history, or (after a resume,
+  whose history starts later) from the TensorBoard record of the first run."""
+  hist = summary.get("validation_history") or []
+  if hist and int(hist[0].get("step", -1)) == 0:
+    return float(hist[0]["l1"])
+  recorded = scalar_history(workdir, "val/l1")
+  if 0 in recorded:
+    return recorded[0]
+  return float(hist[0]["l1"]) if hist else float("nan")
+
+
+def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_steps: int,
+                 emogen_steps: int, width: float = 0.25, seed: int = 0, eval_every: int = 0,
+                 eval_batches: int = 8, progress: bool = True,
+                 banner: Callable[[str], None] | None = None) -> dict[str, Any]:
+  """Runs the three stages into W/{syncnet,emotion_disc,emogen}; returns the figures, per-stage
+  wall times, the targets and which were met (also written to W/stages.json)."""
+  if not os.path.isdir(data_dir):
+    raise UserError(f"data dir {data_dir!r} not found; preprocess a corpus first "
+                    "(python -m data_tools.preprocess --src VIDEOS --data-dir DIR)")
+  for key, n in (("syncnet_steps", syncnet_steps), ("emotion_steps", emotion_steps),
+                 ("emogen_steps", emogen_steps)):
+    if int(n) < 1:
+      raise UserError(f"{key}={n} must be at least 1")
+  banner = banner or (lambda text: print(f"\n=== {text} ===", flush=True))
+  os.makedirs(workdir, exist_ok=True)
+  dirs = {name: os.path.abspath(os.path.join(workdir, name)) for name in STAGE_NAMES}
+  common = {"data_dir": os.path.abspath(data_dir), "width": width, "seed": seed,
+            "eval_every": eval_every, "eval_batches": eval_batches, "progress": progress}
+  steps = {"syncnet": int(syncnet_steps), "emotion_disc": int(emotion_steps),
+           "emogen": int(emogen_steps)}
+  extra = {"emogen": {"eval_at_start": True, "syncnet_checkpoint": dirs["syncnet"],
+                      "emotion_disc_checkpoint": dirs["emotion_disc"]}}
+  titles = {"syncnet": "lip-sync expert (SyncNet)", "emotion_disc": "emotion discriminator",
+            "emogen": "EmoGen generator (frozen expert + emotion disc from the stages above)"}
+  runs = {}
+  for i, name in enumerate(STAGE_NAMES, 1):
+    banner(f"training {i}/3: {titles[name]}, {steps[name]} steps -> {dirs[name]}")
+    runs[name] = run_stage(name, dirs[name], steps=steps[name], **common, **extra.get(name, {}))
+    if runs[name]["skipped"]:
+      print(f"{name}: already trained to step {runs[name]['step']} in {dirs[name]}; skipped",
+            flush=True)
+
+  sync, emo, gen = runs["syncnet"], runs["emotion_disc"], runs["emogen"]
+  first_l1 = _first_l1(dirs["emogen"], gen)
+  last_l1 = float(gen["validation"]["l1"])
+  results: dict[str, Any] = {
+      "syncnet_accuracy": float(sync["validation"]["accuracy"]),
+      "syncnet_loss": float(sync["validation"]["loss"]),
+      "emotion_accuracy": float(emo["validation"]["accuracy"]),
+      "emotion_loss": float(emo["validation"]["loss"]),
+      "emogen_first_l1": first_l1,
+      "emogen_last_l1": last_l1,
+      "emogen_l1_decrease": 1.0 - last_l1 / first_l1 if first_l1 and math.isfinite(first_l1)
+                            else float("nan"),
+      "emogen_val_sync": gen["validation"].get("sync"),
+      "wall_s": {name: runs[name]["wall_s"] for name in STAGE_NAMES},
+      "skipped": {name: runs[name]["skipped"] for name in STAGE_NAMES},
+      "steps": steps,
+      "workdirs": dirs,
+      "width": width,
+      "targets": dict(TARGETS),
+  }
+  results["passed"] = {k: bool(results[k] >= t) for k, t in TARGETS.items()}
+  with open(os.path.join(workdir, "stages.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  return results
+
+
+def target_lines(results: dict) -> list[str]:
+  """One line per target: value, threshold, PASS/FAIL."""
+  return [f"{TARGET_TEXT[k]}: {results[k]:.3f} (target >= {t}) "
+          f"{'PASS' if results['passed'][k] else 'FAIL'}" for k, t in TARGETS.items()]
