@@ -12,33 +12,25 @@ Trains, with the :smoke configs (width 0.25, tiny batches), in this order:
 and checks the validation results against the targets:
   in-sync accuracy >= 75 %, emotion accuracy >= 60 %, EmoGen validation L1 at least 30 % below its
   first validation (taken before the first step).
-Writes W/reproduce.json; exit status 0 when every target is met, 1 otherwise. An existing W resumes.
+Writes W/reproduce.json; exit status 0 when every target is met, 1 otherwise. An existing W resumes
+(finished stages are skipped). The staging itself is emogen_jax.stages.train_stages, shared with
+python -m emogen_jax.quickstart.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
-import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-TARGETS = {"syncnet_accuracy": 0.75, "emotion_accuracy": 0.60, "emogen_l1_decrease": 0.30}
+from emogen_jax import stages  # noqa: E402  (after the sys.path entry for a plain checkout)
+from emogen_jax.errors import UserError  # noqa: E402
 
-
-def _config(name: str, overrides: dict):
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}",
-                                                os.path.join(REPO, "configs", f"{name}.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  c = mod.get_config("smoke")
-  for k, v in overrides.items():
-    c[k] = v
-  return c
+TARGETS = stages.TARGETS
 
 
 def main(argv=None) -> int:
@@ -52,60 +44,26 @@ def main(argv=None) -> int:
   p.add_argument("--eval-batches", type=int, default=8)
   p.add_argument("--width", type=float, default=0.25)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
   args = p.parse_args(argv)
 
-  from emogen_jax import train
-  from emogen_jax.errors import UserError
-
-  os.makedirs(args.workdir, exist_ok=True)
-  common = {"data_dir": args.data_dir, "width": args.width, "seed": args.seed,
-            "eval_batches": args.eval_batches, "log_every_steps": 25}
-
-  def run(name, steps, **extra):
-    every = args.eval_every or max(1, steps // 10)
-    c = _config(name, {**common, "num_train_steps": steps, "eval_every_steps": every,
-                       "checkpoint_every_steps": every, **extra})
-    t0 = time.time()
-    summary = train.train_and_evaluate(c, os.path.join(args.workdir, name))
-    summary["wall_s"] = round(time.time() - t0, 1)
-    return summary
-
   try:
-    sync = run("syncnet", args.syncnet_steps)
-    emo = run("emotion_disc", args.emotion_steps)
-    gen = run("emogen", args.emogen_steps, eval_at_start=True,
-              syncnet_checkpoint=os.path.join(args.workdir, "syncnet"),
-              emotion_disc_checkpoint=os.path.join(args.workdir, "emotion_disc"))
+    results = stages.train_stages(
+        args.data_dir, args.workdir, syncnet_steps=args.syncnet_steps,
+        emotion_steps=args.emotion_steps, emogen_steps=args.emogen_steps, width=args.width,
+        seed=args.seed, eval_every=args.eval_every, eval_batches=args.eval_batches,
+        progress=not args.no_progress)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
-  hist = gen["validation_history"]
-  first_l1 = hist[0]["l1"] if hist else float("nan")
-  last_l1 = gen["validation"]["l1"]
-  results = {
-      "syncnet_accuracy": sync["validation"]["accuracy"],
-      "syncnet_loss": sync["validation"]["loss"],
-      "emotion_accuracy": emo["validation"]["accuracy"],
-      "emotion_loss": emo["validation"]["loss"],
-      "emogen_first_l1": first_l1,
-      "emogen_last_l1": last_l1,
-      "emogen_l1_decrease": 1.0 - last_l1 / first_l1 if first_l1 else float("nan"),
-      "emogen_val_sync": gen["validation"].get("sync"),
-      "wall_s": {"syncnet": sync["wall_s"], "emotion_disc": emo["wall_s"], "emogen": gen["wall_s"]},
-      "steps": {"syncnet": args.syncnet_steps, "emotion_disc": args.emotion_steps,
-                "emogen": args.emogen_steps},
-  }
-  passed = {k: results[k] >= t for k, t in TARGETS.items()}
-  results["targets"] = TARGETS
-  results["passed"] = passed
   with open(os.path.join(args.workdir, "reproduce.json"), "w") as f:
     json.dump(results, f, indent=2)
-  for k, t in TARGETS.items():
-    print(f"{k}: {results[k]:.3f} (target >= {t}) {'PASS' if passed[k] else 'FAIL'}")
-  print(f"EmoGen validation L1 {first_l1:.4f} -> {last_l1:.4f}; "
+  for line in stages.target_lines(results):
+    print(line)
+  print(f"EmoGen validation L1 {results['emogen_first_l1']:.4f} -> {results['emogen_last_l1']:.4f}; "
         f"wall time {results['wall_s']}; {os.path.join(args.workdir, 'reproduce.json')}")
-  return 0 if all(passed.values()) else 1
+  return 0 if all(results["passed"].values()) else 1
 
 
 if __name__ == "__main__":
