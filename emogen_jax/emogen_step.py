@@ -243,11 +243,16 @@ def make_eval_step(config, setup: dict[str, Any]):
   def eval_step(state: TrainState, batch: dict[str, Any]):
     g = gen.apply(state.variables("generator"), batch["mel"], batch["face"], batch["emotion"],
                   train=False)
-    terms = _generated_terms(g, batch, state, state.params["emotion_disc"], expert, disc, vgg)
+    # per example (each term of a batch of 1), so that the padding of the last validation
+    # batch (mask 0) is left out
+    inputs = {k: batch[k] for k in ("sync_mel", "target", "emotion")}
+    terms = jax.vmap(lambda g1, b1: _generated_terms(
+        g1[None], jax.tree_util.tree_map(lambda x: x[None], b1), state, state.params["emotion_disc"],
+        expert, disc, vgg))(g, inputs)
     terms["loss"] = total_loss(terms, state.extras["w_sync"], w_pl, w_emo)
     logits = disc.apply({"params": state.params["emotion_disc"]}, batch["target"])
-    terms["disc_accuracy"] = losses.accuracy(logits, batch["emotion"])
-    return jax.lax.pmean(terms, AXIS)
+    terms["disc_accuracy"] = losses.per_example(losses.accuracy, logits, batch["emotion"])
+    return losses.masked_mean(terms, batch.get("mask"), AXIS)
 
   return eval_step
 

@@ -101,8 +101,10 @@ def make_eval_step(config, setup: dict[str, Any] | None = None):
 
   def eval_step(state: TrainState, batch: dict[str, Any]):
     logits = model.apply(state.variables("emotion_disc"), batch["video"])
-    return jax.lax.pmean({"loss": losses.cross_entropy(logits, batch["emotion"]),
-                          "accuracy": losses.accuracy(logits, batch["emotion"])}, AXIS)
+    # per example, so that the padding of the last validation batch (mask 0) is left out
+    return losses.masked_mean({"loss": losses.per_example(losses.cross_entropy, logits, batch["emotion"]),
+                               "accuracy": losses.per_example(losses.accuracy, logits, batch["emotion"])},
+                              batch.get("mask"), AXIS)
 
   return eval_step
 

@@ -93,3 +93,24 @@ def global_norm(tree) -> jax.Array:
   if not leaves:
     return jnp.zeros((), jnp.float32)
   return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def per_example(metric_fn, *args) -> jax.Array:
+  """(B,) values of a batch-mean metric computed on each example alone (a batch of 1)."""
+  return jax.vmap(lambda *xs: metric_fn(*(x[None] for x in xs)))(*args)
+
+
+def masked_mean(per_example_metrics: dict, mask, axis_name) -> dict:
+  """{name: (B,)} -> {name: mean over the examples with mask 1 on all ``axis_name`` devices},
+  plus "examples": how many such examples (to weight batches when averaging several).
+
+  ``mask`` (B,) is the input pipeline's 1 = real example / 0 = padding (None: all real), so a
+  padded evaluation batch counts each example once.
+  """
+  first = next(iter(per_example_metrics.values()))
+  mask = jnp.ones(first.shape[:1], jnp.float32) if mask is None else mask.astype(jnp.float32)
+  count = jax.lax.psum(jnp.sum(mask), axis_name)
+  out = {k: jax.lax.psum(jnp.sum(v.astype(jnp.float32) * mask), axis_name) / jnp.maximum(count, 1.0)
+         for k, v in per_example_metrics.items()}
+  out["examples"] = count
+  return out

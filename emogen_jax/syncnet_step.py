@@ -98,9 +98,10 @@ def make_eval_step(config, setup: dict[str, Any] | None = None):
 
   def eval_step(state: TrainState, batch: dict[str, Any]):
     a, v = model.apply(state.variables("syncnet"), batch["mel"], batch["faces"], train=False)
-    metrics = {"loss": losses.sync_loss(a, v, batch["label"]),
-               "accuracy": losses.sync_accuracy(a, v, batch["label"])}
-    return jax.lax.pmean(metrics, AXIS)
+    # per example, so that the padding of the last validation batch (mask 0) is left out
+    metrics = {"loss": losses.per_example(losses.sync_loss, a, v, batch["label"]),
+               "accuracy": losses.per_example(losses.sync_accuracy, a, v, batch["label"])}
+    return losses.masked_mean(metrics, batch.get("mask"), AXIS)
 
   return eval_step
 

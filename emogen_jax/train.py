@@ -216,20 +216,23 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   def evaluate(state, step) -> dict[str, float]:
     it = make_stream(config, stage, "validation", seed=config.seed, per_device_batch=per_device)
     sums: dict[str, float] = {}
-    n = 0
+    n = examples = 0
     for _ in range(max(1, int(config.eval_batches))):
       try:
         batch = next(it)
       except StopIteration:
         break
       m = jax.device_get(p_eval(state, batch))
+      # batch means over its real examples (mask 1), weighted by how many there are
+      w = float(np.asarray(m.pop("examples"))[0])
       for k, v in m.items():
-        sums[k] = sums.get(k, 0.0) + float(np.asarray(v)[0])
+        sums[k] = sums.get(k, 0.0) + float(np.asarray(v)[0]) * w
       n += 1
+      examples += w
     if n == 0:
       raise UserError(f"the validation split of {config.data_dir!r} is empty; preprocess more "
                       "clips or change the split options")
-    metrics = {k: v / n for k, v in sums.items()}
+    metrics = {k: v / max(examples, 1.0) for k, v in sums.items()}
     history.append({"step": int(step), **metrics})
     if n < config.eval_batches:
       log(f"validation: only {n} of {config.eval_batches} batches available")
