@@ -28,9 +28,11 @@ example's frames at once, ops 3-5 composed into one 256-entry table per channel
 (rounded/clipped to uint8 after each op, like albumentations' uint8 LUTs) applied with
 one ``cv2.LUT`` call per example, the shuffle as a channel re-ordering. OpenCV releases
 the GIL, so tf.data's parallel map scales; the same ops as pure TF kernels (gathers,
-float pow, rgb_to_hsv) measured 3-6x slower. Op 7 is TF: one (H, W, 3) noise field per
-example added to all its frames (what albumentations does when the frames are
-additional targets of one call), then the float conversion.
+float pow, rgb_to_hsv) measured 3-6x slower. Op 7: one (H, W, 3) noise field per example
+(drawn by TF's stateless RNG, only for the examples that drew the op) added to all its
+frames (what albumentations does when the frames are additional targets of one call);
+the addition, clipping and float conversion are dense ops that the input pipeline fuses
+with its layout change into one XLA-compiled pass.
 """
 
 from __future__ import annotations
