@@ -270,11 +270,16 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
       skipped.append(name)
 
   def demo() -> dict:
-    return render_demo(results["workdirs"]["emogen"], paths["data_dir"], paths["corpus_25fps"],
+    info = render_demo(results["workdirs"]["emogen"], paths["data_dir"], paths["corpus_25fps"],
                        paths["demo_video"], emotion=emotion, progress=progress)
+    # Stored relative to --out, so that a moved or copied output folder stays consistent.
+    return {**info, "video": os.path.relpath(info["video"], out_dir),
+            "source_clip": os.path.relpath(info["source_clip"], out_dir)}
 
   step("demo", f"5/5 demo video ({emotion}) -> {paths['demo_video']}", demo)
   demo_info = {k: v for k, v in state.data["stages"]["demo"].items() if k not in ("done",)}
+  for key in ("video", "source_clip"):
+    demo_info[key] = os.path.join(out_dir, demo_info[key])
 
   emogen_dir = results["workdirs"]["emogen"]
   summary = {

@@ -116,7 +116,8 @@ def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: floa
   if done is not None:
     return {**done, "wall_s": done.get("wall_s", 0.0), "skipped": True}
   from emogen_jax import train
-  every = eval_every or max(1, steps // 10)
+  # Ten validations per run, but not closer than 25 steps (each one also saves a checkpoint).
+  every = eval_every or max(steps // 10, min(steps, 25))
   config = load_config(name, data_dir=data_dir, width=width, seed=seed, num_train_steps=steps,
                        eval_every_steps=every, checkpoint_every_steps=every,
                        eval_batches=eval_batches, log_every_steps=max(1, min(25, steps // 50)),

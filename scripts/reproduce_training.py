@@ -40,7 +40,7 @@ def main(argv=None) -> int:
   p.add_argument("--syncnet-steps", type=int, default=1500)
   p.add_argument("--emotion-steps", type=int, default=600)
   p.add_argument("--emogen-steps", type=int, default=300)
-  p.add_argument("--eval-every", type=int, default=0, help="default: a tenth of each stage's steps")
+  p.add_argument("--eval-every", type=int, default=0, help="default: a tenth of each stage's steps, at least 25")
   p.add_argument("--eval-batches", type=int, default=8)
   p.add_argument("--width", type=float, default=0.25)
   p.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,110 @@
+"""The one-command quickstart (python -m emogen_jax.quickstart) on a tiny corpus: every stage runs,
+the outputs and the summary are where it says, the demo video has six faces and the audio, a rerun
+skips every finished stage, and bad settings give one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+
+import pytest
+
+from emogen_jax.media import ffmpeg_exe
+from tests import _quickstart_fixtures as qf
+
+STAGES = ("corpus", "convert_fps", "preprocess", "syncnet", "emotion_disc", "emogen", "demo")
+
+
+def _probe(path: str) -> dict:
+  ffprobe = os.path.join(os.path.dirname(ffmpeg_exe()), "ffprobe")
+  ffprobe = ffprobe if os.path.exists(ffprobe) else "ffprobe"
+  out = subprocess.run([ffprobe, "-v", "error", "-show_entries",
+                        "stream=codec_type,width,height", "-of", "json", path],
+                       capture_output=True, text=True, check=True).stdout
+  return json.loads(out)
+
+
+def test_quickstart_outputs_and_summary():
+  run = qf.tiny_quickstart()
+  s, out = run["summary"], run["out"]
+  o = s["outputs"]
+  # Every output named in the summary exists, inside --out.
+  for key in ("corpus", "corpus_25fps", "data_dir", "preprocess_report", "demo_video",
+              "summary_json", "summary_md", "tensorboard_logdir"):
+    assert os.path.exists(o[key]), key
+    assert os.path.abspath(o[key]).startswith(os.path.abspath(out)), key
+  n_clips = qf.TINY["actors"] * qf.TINY["clips_per_actor"]
+  assert len([f for f in os.listdir(o["corpus"]) if f.endswith(".mp4")]) == n_clips
+  assert len([f for f in os.listdir(o["corpus_25fps"]) if f.endswith(".mp4")]) == n_clips
+  for name, steps in (("syncnet", "syncnet_steps"), ("emotion_disc", "emotion_steps"),
+                      ("emogen", "emogen_steps")):
+    with open(os.path.join(o["workdirs"][name], "final_metrics.json")) as f:
+      assert json.load(f)["step"] == qf.TINY[steps]
+    assert any(n.startswith("events.out.tfevents") for n in os.listdir(o["workdirs"][name]))
+  assert o["sample_grids"] and all(os.path.isfile(p) for p in o["sample_grids"])
+
+  # The figures are finite numbers in their ranges, and the targets are judged on them.
+  fig = s["figures"]
+  for key in ("syncnet_val_accuracy", "emotion_val_accuracy", "emogen_first_val_l1",
+              "emogen_last_val_l1", "emogen_val_l1_decrease", "syncnet_val_loss"):
+    assert isinstance(fig[key], float) and math.isfinite(fig[key]), key
+  assert 0.0 <= fig["syncnet_val_accuracy"] <= 1.0 and 0.0 <= fig["emotion_val_accuracy"] <= 1.0
+  assert 0.0 < fig["emogen_last_val_l1"] < 1.0 and 0.0 < fig["emogen_first_val_l1"] < 1.0
+  assert fig["emogen_val_l1_decrease"] == pytest.approx(
+      1 - fig["emogen_last_val_l1"] / fig["emogen_first_val_l1"])
+  t = s["targets"]["syncnet_accuracy"]
+  assert t["passed"] == (t["value"] >= t["at_least"])
+  # The first EmoGen validation is the one before any step (the learning-curve baseline).
+  with open(os.path.join(o["workdirs"]["emogen"], "final_metrics.json")) as f:
+    hist = json.load(f)["validation_history"]
+  assert hist[0]["step"] == 0 and hist[0]["l1"] == pytest.approx(fig["emogen_first_val_l1"])
+
+  assert set(s["wall_s"]) == set(STAGES)
+  assert all(v > 0 for v in s["wall_s"].values()) and s["skipped_stages"] == []
+  assert s["total_wall_s"] >= sum(s["wall_s"].values()) - 1.0
+  with open(o["summary_md"]) as f:
+    md = f.read()
+  assert o["demo_video"] in md and o["workdirs"]["emogen"] in md
+  assert f"{fig['emogen_first_val_l1']:.4f}" in md and f"{fig['syncnet_val_accuracy']:.4f}" in md
+
+
+def test_quickstart_demo_video_has_six_faces_and_audio():
+  s = qf.tiny_quickstart()["summary"]
+  demo = _probe(s["outputs"]["demo_video"])
+  source = _probe(s["demo"]["source_clip"])
+  video = [st for st in demo["streams"] if st["codec_type"] == "video"]
+  src_video = [st for st in source["streams"] if st["codec_type"] == "video"]
+  assert len(video) == 1 and any(st["codec_type"] == "audio" for st in demo["streams"])
+  assert video[0]["width"] == 6 * src_video[0]["width"]
+  assert video[0]["height"] == src_video[0]["height"]
+  # The demo face is a held-out clip (the actor-disjoint test split).
+  with open(os.path.join(s["outputs"]["data_dir"], "cache", "splits.json")) as f:
+    splits = json.load(f)
+  clip_id = os.path.splitext(os.path.basename(s["demo"]["source_clip"]))[0]
+  assert s["demo"]["split"] == "test" and clip_id in splits["test"]
+
+
+def test_quickstart_rerun_skips_finished_stages():
+  run = qf.tiny_quickstart()
+  proc = qf.run_cli(qf.tiny_args(run["out"]), timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(os.path.join(run["out"], "summary.json")) as f:
+    again = json.load(f)
+  assert sorted(again["skipped_stages"]) == sorted(STAGES)
+  assert again["figures"] == pytest.approx(run["summary"]["figures"])
+  assert again["wall_s"] == run["summary"]["wall_s"]  # the earlier run's times are kept
+  assert "skipped" in proc.stdout
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--actors", "2"], "at least 3 actors"),
+    (["--emotion", "JOY"], "unknown emotion"),
+])
+def test_quickstart_bad_settings_are_one_line_errors(tmp_path, args, words):
+  proc = qf.run_cli(["--out", str(tmp_path / "q"), *args], timeout=120)
+  assert proc.returncode == 2
+  lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+  assert lines[-1].startswith("error: ") and words in lines[-1]
+  assert "Traceback" not in proc.stderr
