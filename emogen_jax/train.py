@@ -9,8 +9,9 @@ over ``jax.device_count()`` devices (all hosts). Checkpoints: ``W/checkpoints/<s
 async, last ``keep_checkpoints`` kept); a run on a workdir with checkpoints resumes from the latest.
 Exact resume: the state holds step, RNG, optimizer states and stage extras (the EmoGen sync
 weight); the training stream is re-seeded with (seed, s) at every multiple s of
-``data_segment_steps`` and a resume inside a segment skips the batches already used, so a resumed
-run sees the same batches as an uninterrupted one. SIGTERM saves a checkpoint and exits cleanly.
+``data_segment_steps`` (default: checkpoint_every_steps) and a resume inside a segment skips the
+batches already used, so a resumed run sees the same batches as an uninterrupted one (keep the
+segment length unchanged across a resume; a change is warned about). SIGTERM saves a checkpoint and exits cleanly.
 Feedback (process 0 only): progress lines, TensorBoard + console via clu, validation every
 ``eval_every_steps``, sample grids under W/samples/, W/final_metrics.json at the end.
 """
@@ -77,12 +78,19 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int) 
                                             train=split == "train", **kwargs))
 
 
+def _segment(config) -> int:
+  """Steps per training-stream segment (see train_batches); config may be a dict."""
+  get = config.get
+  return int(get("data_segment_steps", 0) or 0) or int(get("checkpoint_every_steps", 0) or 0) \
+      or 1_000_000_000
+
+
 def train_batches(config, stage, *, start_step: int, end_step: int, per_device_batch: int,
                   log: Callable[[str], None]) -> Iterator[tuple[int, dict]]:
   """(step, batch) for step = start_step .. end_step - 1: the stream of segment s0 (the last
   multiple of the segment length <= step) is seeded with stream_seed(seed, s0), so the batch of a
   step is the same whether or not the run was interrupted before it."""
-  segment = int(config.data_segment_steps) or int(config.checkpoint_every_steps) or 1_000_000_000
+  segment = _segment(config)
   step = start_step
   s0 = step - step % segment
   it = make_stream(config, stage, "train", seed=stream_seed(config.seed, s0),
@@ -198,12 +206,17 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   restored = checkpoints.restore_training(
       manager, models_target=host_state.trained_models(), train_target=_train_item(host_state))
   if restored is not None:
-    step, models, train, _ = restored
+    step, models, train, old_meta = restored
     host_state = host_state.replace(
         step=train["step"], rng=train["rng"], opt_state=train["opt_state"],
         extras=train["extras"], params={k: v["params"] for k, v in models.items()},
         batch_stats={k: v["batch_stats"] for k, v in models.items() if "batch_stats" in v})
     log(f"resuming from the checkpoint of step {step} in {workdir}")
+    old = old_meta.get("config", {})
+    if old and _segment(old) != _segment(config):
+      log(f"warning: data segment length {_segment(config)} differs from the saved run's "
+          f"{_segment(old)} (data_segment_steps / checkpoint_every_steps changed): the resumed "
+          "run sees other batches than an uninterrupted one would")
   start_step = int(host_state.step)
   last_saved = start_step if restored is not None else None
 
