@@ -16,24 +16,54 @@ _LOG_CLAMP = -100.0
 _COSINE_EPS = 1e-8
 
 
+def _safe_norm(x: jax.Array) -> jax.Array:
+  """||x|| along the last axis with gradient 0 (not NaN) at x = 0, like PyTorch's norm."""
+  s = jnp.sum(jnp.square(x), axis=-1)
+  nonzero = s > 0
+  return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, s, 1.0)), 0.0)
+
+
 def cosine_similarity(a: jax.Array, v: jax.Array, eps: float = _COSINE_EPS) -> jax.Array:
   """(B, D), (B, D) -> (B,): a.v / max(|a| |v|, eps), as torch.nn.functional.cosine_similarity."""
   a = a.astype(jnp.float32)
   v = v.astype(jnp.float32)
   dot = jnp.sum(a * v, axis=-1)
-  norm = jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(v, axis=-1)
-  return dot / jnp.maximum(norm, eps)
+  return dot / jnp.maximum(_safe_norm(a) * _safe_norm(v), eps)
+
+
+@jax.custom_vjp
+def _bce_terms(p: jax.Array, y: jax.Array) -> jax.Array:
+  """Per-element BCE with both logs clamped at -100 (PyTorch BCELoss forward)."""
+  log_p = jnp.maximum(jnp.log(p), _LOG_CLAMP)
+  log_1mp = jnp.maximum(jnp.log1p(-p), _LOG_CLAMP)
+  return -(y * log_p + (1.0 - y) * log_1mp)
+
+
+def _bce_fwd(p, y):
+  return _bce_terms(p, y), (p, y)
+
+
+def _bce_bwd(res, g):
+  # PyTorch's BCELoss backward: (p - y) / max(p (1 - p), 1e-12). Finite at p = 0 or 1, where
+  # differentiating the clamped logs would give 0 * inf = NaN (a ReLU'd embedding pair with
+  # disjoint supports has cos = 0 exactly and stalled a smoke run with a NaN gradient).
+  p, y = res
+  return g * (p - y) / jnp.maximum(p * (1.0 - p), 1e-12), jnp.zeros_like(y)
+
+
+_bce_terms.defvjp(_bce_fwd, _bce_bwd)
 
 
 def binary_cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
-  """Mean BCE of probabilities ``p`` against labels ``y`` with both logs clamped at -100 (BCELoss)."""
+  """Mean BCE of probabilities ``p`` against labels ``y`` with both logs clamped at -100 and
+  PyTorch's BCELoss gradient (finite at p = 0 and p = 1)."""
   # Embeddings come out of a ReLU, so cos >= 0; the clip only guards against rounding past 1
   # (bfloat16), where log(1 - p) would be NaN (PyTorch's BCELoss rejects such inputs).
-  p = jnp.clip(p.astype(jnp.float32), 0.0, 1.0)
-  y = y.astype(jnp.float32)
-  log_p = jnp.maximum(jnp.log(p), _LOG_CLAMP)
-  log_1mp = jnp.maximum(jnp.log1p(-p), _LOG_CLAMP)
-  return jnp.mean(-(y * log_p + (1.0 - y) * log_1mp))
+  # (straight-through: the value is clipped, the gradient passes unchanged, also at p = 0 or 1.)
+  p = p.astype(jnp.float32)
+  p = p + jax.lax.stop_gradient(jnp.clip(p, 0.0, 1.0) - p)
+  y = jnp.broadcast_to(y.astype(jnp.float32), p.shape)
+  return jnp.mean(_bce_terms(p, y))
 
 
 def sync_loss(audio_emb: jax.Array, face_emb: jax.Array, label: jax.Array) -> jax.Array:

@@ -81,3 +81,23 @@ def test_lower_half_stack_layout():
       np.testing.assert_allclose(out[:, :, :, 3 * ti + c],
                                  10 * ti + c + np.arange(48, 96)[None, :, None] / 1000 + 0 * out[:, :, :, 0],
                                  rtol=0, atol=1e-4)
+
+
+def test_bce_gradient_is_pytorchs_and_finite_at_the_ends():
+  """At p = 0 or 1 (cos = 0 exactly for ReLU'd embeddings with disjoint supports) the clamped
+  logs have no usable derivative; the gradient must be BCELoss's finite one, never NaN."""
+  import jax
+  torch = pytest.importorskip("torch")
+  p = np.array([0.0, 0.3, 1.0, 0.7, 1.0, 0.0], np.float32)
+  y = np.array([1, 0, 0, 1, 1, 0], np.float32)
+  tp = torch.tensor(p, requires_grad=True)
+  ref = torch.nn.BCELoss()(tp, torch.tensor(y))
+  ref.backward()
+  got = jax.value_and_grad(losses.binary_cross_entropy)(jnp.asarray(p), jnp.asarray(y))
+  assert float(got[0]) == pytest.approx(ref.item(), rel=1e-6)
+  np.testing.assert_allclose(np.asarray(got[1]), tp.grad.numpy(), rtol=1e-5)
+  # Through the cosine similarity, a zero embedding and orthogonal ones: finite gradients.
+  a = jnp.array([[1.0, 0, 0], [0, 0, 0]])
+  v = jnp.array([[0.0, 1, 0], [1, 0, 0]])
+  g = jax.grad(losses.sync_loss, argnums=(0, 1))(a, v, jnp.ones(2))
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in g)
