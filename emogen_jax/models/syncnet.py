@@ -35,7 +35,8 @@ AUDIO_ENCODER = (
 
 def l2_normalize(x, eps: float = 1e-12):
   """x / max(||x||, eps) along the last axis (PyTorch's F.normalize)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=-1, keepdims=True))
+  # max(s, eps^2) inside the sqrt: same values as max(norm, eps), but a finite gradient at x = 0.
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=-1, keepdims=True), eps * eps))
   return x / jnp.maximum(norm, eps)
 
 
