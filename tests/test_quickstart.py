@@ -64,6 +64,7 @@ def test_quickstart_outputs_and_summary():
   assert set(s["wall_s"]) == set(STAGES)
   assert all(v > 0 for v in s["wall_s"].values()) and s["skipped_stages"] == []
   assert s["total_wall_s"] >= sum(s["wall_s"].values()) - 1.0
+  assert s["stages_wall_s"] == pytest.approx(sum(s["wall_s"].values()), abs=0.2)
   with open(o["summary_md"]) as f:
     md = f.read()
   assert o["demo_video"] in md and o["workdirs"]["emogen"] in md
@@ -95,6 +96,7 @@ def test_quickstart_rerun_skips_finished_stages():
   assert sorted(again["skipped_stages"]) == sorted(STAGES)
   assert again["figures"] == pytest.approx(run["summary"]["figures"])
   assert again["wall_s"] == run["summary"]["wall_s"]  # the earlier run's times are kept
+  assert again["stages_wall_s"] == run["summary"]["stages_wall_s"]
   assert "skipped" in proc.stdout
 
 
