@@ -7,7 +7,6 @@ of the same step (e.g. train, stop, resume) compile it once.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import socket
 import subprocess
@@ -17,19 +16,10 @@ import tempfile
 import jax
 import numpy as np
 
+from emogen_jax.stages import load_config  # noqa: F401  (re-exported for the tests)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), f"emogen_jax_train_test_cache_{os.getuid()}")
-
-
-def load_config(name: str, variant: str | None = "smoke", **overrides):
-  path = os.path.join(REPO, "configs", f"{name}.py")
-  spec = importlib.util.spec_from_file_location(f"_cfg_{name}", path)
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  config = mod.get_config(variant)
-  for k, v in overrides.items():
-    config[k] = v
-  return config
 
 
 def subprocess_env(devices: int = 1) -> dict[str, str]:
