@@ -108,7 +108,7 @@ class StageProgress:
 
 
 def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: float = 0.25,
-              seed: int = 0, eval_every: int = 0, eval_batches: int = 8, progress: bool = True,
+              seed: int = 0, eval_every: int = 0, eval_batches: int = 0, progress: bool = True,
               **extra) -> dict:
   """Trains one stage (smoke config + overrides) in ``workdir``; returns its final summary plus
   ``wall_s`` and ``skipped`` (True when the workdir had already finished these steps)."""
@@ -155,10 +155,14 @@ def _first_l1(workdir: str, summary: dict) -> float:
 
 def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_steps: int,
                  emogen_steps: int, width: float = 0.25, seed: int = 0, eval_every: int = 0,
-                 eval_batches: int = 8, progress: bool = True,
+                 eval_batches: int = 0, progress: bool = True,
                  banner: Callable[[str], None] | None = None) -> dict[str, Any]:
   """Runs the three stages into W/{syncnet,emotion_disc,emogen}; returns the figures, per-stage
-  wall times, the targets and which were met (also written to W/stages.json)."""
+  wall times, the targets and which were met (also written to W/stages.json).
+
+  eval_batches: validation batches per evaluation; 0 (the default) scores the whole validation
+  split, each clip at the smoke configs' eval_windows fixed windows.
+  """
   if not os.path.isdir(data_dir):
     raise UserError(f"data dir {data_dir!r} not found; preprocess a corpus first "
                     "(python -m data_tools.preprocess --src VIDEOS --data-dir DIR)")
@@ -198,6 +202,9 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
       "emogen_l1_decrease": 1.0 - last_l1 / first_l1 if first_l1 and math.isfinite(first_l1)
                             else float("nan"),
       "emogen_val_sync": gen["validation"].get("sync"),
+      # How many validation examples each final figure averages (SyncNet: windows in and off sync).
+      "validation_examples": {name: int(runs[name].get("validation_examples", 0))
+                              for name in STAGE_NAMES},
       "wall_s": {name: runs[name]["wall_s"] for name in STAGE_NAMES},
       "skipped": {name: runs[name]["skipped"] for name in STAGE_NAMES},
       "steps": steps,

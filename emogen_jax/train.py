@@ -72,6 +72,8 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int) 
   kwargs = {}
   if config.get("shuffle_buffer", 0):
     kwargs["shuffle_buffer"] = int(config.shuffle_buffer)
+  if split != "train":
+    kwargs["eval_windows"] = int(config.get("eval_windows", 2))
   return iter(input_pipeline.create_dataset(stage.TASK, config.data_dir, split,
                                             per_device_batch=per_device_batch,
                                             num_devices=jax.local_device_count(), seed=seed,
@@ -230,7 +232,8 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
     it = make_stream(config, stage, "validation", seed=config.seed, per_device_batch=per_device)
     sums: dict[str, float] = {}
     n = examples = 0
-    for _ in range(max(1, int(config.eval_batches))):
+    limit = int(config.eval_batches)  # 0: the whole (finite) validation pass
+    while limit == 0 or n < limit:
       try:
         batch = next(it)
       except StopIteration:
@@ -246,11 +249,11 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
       raise UserError(f"the validation split of {config.data_dir!r} is empty; preprocess more "
                       "clips or change the split options")
     metrics = {k: v / max(examples, 1.0) for k, v in sums.items()}
-    history.append({"step": int(step), **metrics})
-    if n < config.eval_batches:
+    history.append({"step": int(step), **metrics, "examples": int(examples)})
+    if 0 < n < config.eval_batches:
       log(f"validation: only {n} of {config.eval_batches} batches available")
     writer.write_scalars(step, {f"val/{k}": v for k, v in metrics.items()})
-    log(f"validation at step {step} ({n} batches): {_fmt(metrics)}")
+    log(f"validation at step {step} ({n} batches, {int(examples)} examples): {_fmt(metrics)}")
     return metrics
 
   sampler = _make_sampler(config, stage, setup, workdir, per_device, main, log)
@@ -339,6 +342,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   if not val_metrics:
     val_metrics = evaluate(state, final_step)
   summary = {"stage": config.stage, "step": final_step, "validation": val_metrics,
+             "validation_examples": history[-1]["examples"] if history else 0,
              "train": last_train, "validation_history": history}
   if main:
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:

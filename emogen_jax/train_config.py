@@ -27,7 +27,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Feedback and checkpoints.
   c.log_every_steps = 100
   c.eval_every_steps = 3_000
-  c.eval_batches = 50
+  c.eval_batches = 50           # 0 = one whole pass over the validation split
+  # Fixed windows per validation clip (evenly spaced; SyncNet scores each in and off sync).
+  c.eval_windows = 2
   c.eval_at_start = False       # also validate before the first step (a learning-curve baseline)
   c.checkpoint_every_steps = 10_000
   c.keep_checkpoints = 3
@@ -52,6 +54,8 @@ def apply_smoke(c: ml_collections.ConfigDict, batch_size: int) -> ml_collections
   c.log_every_steps = 1
   c.eval_every_steps = 10
   c.eval_batches = 2
+  # Small validation splits (a held-out actor or two): more windows per clip steady the figures.
+  c.eval_windows = 6
   c.checkpoint_every_steps = 10
   c.keep_checkpoints = 2
   c.allow_random_init = True
@@ -70,11 +74,11 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
   if c.compute_dtype not in COMPUTE_DTYPES:
     raise UserError(f"config.compute_dtype={c.compute_dtype!r}; use float32 or bfloat16")
   for name in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
-               "eval_batches", "checkpoint_every_steps", "keep_checkpoints", "sample_every_steps",
+               "eval_batches", "eval_windows", "checkpoint_every_steps", "keep_checkpoints", "sample_every_steps",
                "data_segment_steps"):
     if int(c[name]) < 0:
       raise UserError(f"config.{name}={c[name]} must not be negative")
-  for name in ("batch_size", "log_every_steps", "keep_checkpoints"):
+  for name in ("batch_size", "log_every_steps", "keep_checkpoints", "eval_windows"):
     if int(c[name]) == 0:
       raise UserError(f"config.{name} must be at least 1")
   if not c.width > 0:
@@ -84,6 +88,9 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
   if c.batch_size % device_count:
     raise UserError(f"config.batch_size={c.batch_size} (global) does not divide evenly over the "
                     f"{device_count} devices; use a multiple of {device_count}")
+  if c.synthetic_data and int(c.eval_batches) == 0:
+    raise UserError("config.eval_batches=0 (a whole validation pass) needs a finite validation "
+                    "split, but config.synthetic_data=True streams forever; set eval_batches >= 1")
   if not c.synthetic_data:
     if not c.data_dir:
       raise UserError("config.data_dir is empty: pass --config.data_dir=DIR (a dataset made by "

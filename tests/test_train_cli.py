@@ -79,6 +79,8 @@ def test_config_errors_are_one_line(capsys, tmp_path):
   smoke = ["--config", "configs/emotion_disc.py:smoke", "--config.synthetic_data=True"]
   assert "num_train_steps=-5" in _main_error(capsys, smoke + w + ["--config.num_train_steps=-5"])
   assert "config.stage='gan'" in _main_error(capsys, smoke + w + ["--config.stage=gan"])
+  assert "eval_batches=0" in _main_error(capsys, smoke + w + ["--config.eval_batches=0"])
+  assert "eval_windows must be at least 1" in _main_error(capsys, smoke + w + ["--config.eval_windows=0"])
   assert "data_dir is empty" in _main_error(capsys, ["--config", "configs/syncnet.py:smoke"] + w)
   assert "not a directory" in _main_error(
       capsys, ["--config", "configs/syncnet.py:smoke", "--config.data_dir=/nonexistent"] + w)
