@@ -196,18 +196,12 @@ def _atomic_write(path: str, data: bytes) -> None:
 def read_frames(path: str):
   """-> (list of BGR frames, fps); ([], 0) when OpenCV cannot read it."""
   import cv2
+  from emogen_jax.video_io import capture_frames
   cap = cv2.VideoCapture(path)
   if not cap.isOpened():
     return [], 0.0
   fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-  frames = []
-  while True:
-    ok, frame = cap.read()
-    if not ok:
-      break
-    frames.append(frame)
-  cap.release()
-  return frames, fps
+  return list(capture_frames(cap)), fps
 
 
 def process_clip(clip: dict, detector, opts: dict) -> dict:

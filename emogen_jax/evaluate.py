@@ -74,7 +74,7 @@ def iter_clips(data_dir: str, split: str, max_clips: int | None = None) -> Itera
   """
   from emogen_jax import input_pipeline
   import tensorflow_datasets as tfds
-  builder = input_pipeline._builder(data_dir)  # the dataset reader shared with the input pipeline
+  builder = input_pipeline.dataset_builder(data_dir)
   seen = set()
   count = 0
   for name in split_names(data_dir, split):

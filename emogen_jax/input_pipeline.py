@@ -98,7 +98,9 @@ def _dataset_dir(data_dir: str) -> str:
                   f"dataset_info.json not found); {hint}")
 
 
-def _builder(data_dir: str):
+def dataset_builder(data_dir: str):
+  """The TFDS reader of a preprocessed dataset (data_dir or its emogen_clips/<version>), for
+  code that reads whole clips rather than training windows (evaluation, sync checks)."""
   _hide_accelerators()  # before TF first lists devices
   import tensorflow_datasets as tfds
   return tfds.builder_from_directory(_dataset_dir(data_dir))
@@ -106,7 +108,7 @@ def _builder(data_dir: str):
 
 def dataset_info(data_dir: str) -> dict:
   """{"dir", "splits": {split: clips}, "num_clips", "report" (the preprocess report or None)}."""
-  builder = _builder(data_dir)
+  builder = dataset_builder(data_dir)
   splits = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
   report = None
   for p in (os.path.join(data_dir, "preprocess_report.json"),):
@@ -272,7 +274,7 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
   import tensorflow_datasets as tfds
   if task not in TASKS:
     raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-  builder = _builder(data_dir)
+  builder = dataset_builder(data_dir)
   splits = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
   if split not in splits or splits[split] == 0:
     avail = ", ".join(f"{k}={v}" for k, v in splits.items()) or "none"

@@ -45,15 +45,7 @@ def read_video(path: str, max_frames: int | None = None) -> tuple[list[np.ndarra
   if not cap.isOpened():
     raise UserError(f"face file {path!r} could not be opened as a video; give an mp4/avi/mov or an image")
   fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-  frames = []
-  try:
-    while max_frames is None or len(frames) < max_frames:
-      ok, frame = cap.read()
-      if not ok:
-        break
-      frames.append(frame)
-  finally:
-    cap.release()
+  frames = list(capture_frames(cap, max_frames))
   if not frames:
     raise UserError(f"face file {path!r} has no readable video frame; is it a video with a picture?")
   if not fps > 0 or not np.isfinite(fps):
@@ -185,14 +177,21 @@ def probe(path: str) -> dict:
   return json.loads(out.stdout)
 
 
-def iter_video(path: str) -> Iterator[np.ndarray]:
-  """Frames of a video one at a time (BGR uint8), for long files."""
-  cap = cv2.VideoCapture(path)
+def capture_frames(cap: cv2.VideoCapture, max_frames: int | None = None) -> Iterator[np.ndarray]:
+  """The frames of an opened capture one at a time (BGR uint8), releasing it at the end: the one
+  OpenCV read loop of the project (inference, preprocessing and the tests use it)."""
   try:
-    while True:
+    n = 0
+    while max_frames is None or n < max_frames:
       ok, frame = cap.read()
       if not ok:
         return
+      n += 1
       yield frame
   finally:
     cap.release()
+
+
+def iter_video(path: str) -> Iterator[np.ndarray]:
+  """Frames of a video one at a time (BGR uint8), for long files; none when unreadable."""
+  return capture_frames(cv2.VideoCapture(path))

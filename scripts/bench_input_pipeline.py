@@ -72,7 +72,7 @@ def export_naive_layout(data_dir: str, src: str, out: str) -> list:
             for p in glob.glob(os.path.join(src, "**", "*"), recursive=True)
             if os.path.splitext(p)[1].lower() in (".mp4", ".avi", ".mov", ".mkv", ".flv")}
   dirs = []
-  for ex in tfds.as_numpy(ip._builder(data_dir).as_dataset(split="train")):
+  for ex in tfds.as_numpy(ip.dataset_builder(data_dir).as_dataset(split="train")):
     cid = ex["clip_id"].decode()
     d = os.path.join(out, cid)
     dirs.append(d)

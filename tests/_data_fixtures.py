@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from data_tools import make_synthetic
+from emogen_jax import video_io
 from emogen_jax.media import ffmpeg_exe
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
@@ -59,14 +60,7 @@ def make_test_video(path: str, fps: float = 30, seconds: float = 2.0, size: int 
 
 def read_frames(path: str) -> np.ndarray:
   """All frames of a video as uint8 BGR (n, h, w, 3) via OpenCV."""
-  cap = cv2.VideoCapture(str(path))
-  frames = []
-  while True:
-    ok, frame = cap.read()
-    if not ok:
-      break
-    frames.append(frame)
-  cap.release()
+  frames = list(video_io.iter_video(str(path)))
   return np.stack(frames) if frames else np.zeros((0, 0, 0, 3), np.uint8)
 
 

@@ -22,7 +22,7 @@ def data():
   # every clip of the dataset with its stored frames decoded by OpenCV (BGR), validity and mel
   clips = {}
   import tensorflow_datasets as tfds
-  b = ip._builder(d["data_dir"])
+  b = ip.dataset_builder(d["data_dir"])
   for split in ip.SPLITS:
     for ex in tfds.as_numpy(b.as_dataset(split=split)):
       clips[ex["clip_id"].decode()] = {
