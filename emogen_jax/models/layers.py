@@ -8,9 +8,11 @@ Submodule names (``conv``, ``bn``) mirror the original's ``conv_block.0`` / ``co
 weight conversion is a rename plus a transpose. Parameters are float32; ``dtype`` is the compute
 dtype.
 
-BatchNorm: momentum 0.9 (PyTorch's 0.1), eps 1e-5. One known difference to PyTorch: Flax updates
-the running variance with the biased batch variance where PyTorch uses the unbiased one (factor
-n/(n-1), n = batch*H*W; it matters only for the 1x1 layers at small batches).
+BatchNorm (``BatchNorm`` below): PyTorch's BatchNorm2d exactly: momentum 0.1 (Flax's 0.9), eps 1e-5,
+normalisation by the biased batch variance, running variance updated with the unbiased one (factor
+n/(n-1), n = batch*H*W over all devices of ``axis_name``), statistics in float32 whatever the
+compute dtype. flax.linen.BatchNorm updates with the biased variance, which drifts from a PyTorch
+run at small batches and in the 1x1 layers.
 """
 
 from __future__ import annotations
@@ -38,9 +40,52 @@ def channels(c: int, width: float) -> int:
   return max(1, int(round(c * width)))
 
 
-def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPSILON,
-                      axis_name=axis_name, dtype=dtype, param_dtype=jnp.float32, name="bn")
+class BatchNorm(nn.Module):
+  """BatchNorm over the last axis with PyTorch's BatchNorm2d semantics. (..., C) -> (..., C).
+
+  Variables as flax.linen.BatchNorm's (params scale/bias, batch_stats mean/var), so checkpoints
+  and weight conversion see the same tree. ``train``: batch statistics (over every device of
+  ``axis_name`` when given) and a running-statistics update; else the running statistics.
+  """
+  train: bool
+  axis_name: str | None = None
+  dtype: Any = jnp.float32
+  momentum: float = BN_MOMENTUM
+  epsilon: float = BN_EPSILON
+
+  @nn.compact
+  def __call__(self, x):
+    c = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
+    xf = x.astype(jnp.float32)
+    if not self.train:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      sync = self.axis_name is not None and not self.is_initializing()
+      n = float(np.prod(x.shape[:-1]))
+      mean = jnp.mean(xf, axes)
+      if sync:
+        mean = jax.lax.pmean(mean, self.axis_name)
+        n = n * jax.lax.psum(1, self.axis_name)
+      # Two passes (mean, then squared deviations): exact where E[x^2] - E[x]^2 cancels.
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      if sync:
+        var = jax.lax.pmean(var, self.axis_name)
+      if not self.is_initializing():
+        unbiased = var * (n / jnp.maximum(n - 1.0, 1.0))
+        m = self.momentum
+        ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+        ra_var.value = m * ra_var.value + (1.0 - m) * unbiased
+    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype)
+
+
+def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
+  return BatchNorm(train=train, axis_name=axis_name, dtype=dtype, name="bn")
 
 
 def _conv(features, kernel_size, strides, padding, dtype, name) -> nn.Conv:
