@@ -30,6 +30,20 @@ def _to_numpy(tree):
   return jax.tree_util.tree_map(np.asarray, tree)
 
 
+def fingerprint(tree) -> str:
+  """A short content hash of a pytree of arrays (paths, dtypes, shapes and bytes): tells whether
+  two networks are the same weights without storing them."""
+  import hashlib
+  import jax
+  h = hashlib.sha256()
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  for path, leaf in sorted(leaves, key=lambda kv: jax.tree_util.keystr(kv[0])):
+    a = np.ascontiguousarray(np.asarray(leaf))
+    h.update(f"{jax.tree_util.keystr(path)}|{a.dtype}|{a.shape}|".encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
 def save_models(path: str, models: Mapping[str, Any], **meta) -> str:
   """Writes ``{kind: variables}`` as a model checkpoint at ``path`` (overwritten). Returns the path."""
   for kind in models:

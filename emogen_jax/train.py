@@ -214,6 +214,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
         extras=train["extras"], params={k: v["params"] for k, v in models.items()},
         batch_stats={k: v["batch_stats"] for k, v in models.items() if "batch_stats" in v})
     log(f"resuming from the checkpoint of step {step} in {workdir}")
+    _check_frozen(old_meta.get("frozen", {}), meta.get("frozen", {}), workdir)
     old = old_meta.get("config", {})
     if old and _segment(old) != _segment(config):
       log(f"warning: data segment length {_segment(config)} differs from the saved run's "
@@ -352,6 +353,16 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   log(f"done: {config.stage} step {final_step}, validation {_fmt(val_metrics)} "
       f"(W/final_metrics.json)")
   return summary
+
+
+def _check_frozen(saved: dict, now: dict, workdir: str) -> None:
+  """A resumed run must use the frozen networks (expert, VGG) its first part trained against."""
+  for name, info in now.items():
+    old = saved.get(name)
+    if old and old.get("fingerprint") != info.get("fingerprint"):
+      raise UserError(f"the frozen {name} now given ({info.get('source')}) is not the one the run in "
+                      f"{workdir} started with ({old.get('source')}; weights differ); pass that "
+                      "checkpoint again, or start a new --workdir")
 
 
 def _train_item(state: TrainState) -> dict[str, Any]:

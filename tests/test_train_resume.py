@@ -1,7 +1,8 @@
 """(c) Exact resume through the real CLI and orbax checkpoints: training 4 steps equals training
 2 steps, stopping, and resuming for 2 more (bit-identical networks, optimizer states, RNG, and the
 EmoGen sync-loss weight that switched on at step 2); and a resume in the middle of a data segment
-(3 + 1 steps) that re-creates the stream and skips the batches already used."""
+(3 + 1 steps) that re-creates the stream and skips the batches already used; a resume against
+another frozen expert is refused."""
 
 from __future__ import annotations
 
@@ -57,6 +58,16 @@ def test_emogen_resume_is_bit_identical(tmp_path):
   with open(os.path.join(b, "final_metrics.json")) as f:
     final = json.load(f)
   assert final["step"] == 4 and np.isfinite(final["validation"]["l1"])
+
+  # The frozen expert is not saved with the run, its fingerprint is: resuming against another
+  # expert (here: another seed draws another random one) is refused before any step.
+  assert meta["frozen"]["syncnet"]["source"] == "random init"
+  other = train_cli(_EMOGEN + ["--workdir", b, "--config.num_train_steps=6", "--config.seed=1"],
+                    check=False)
+  assert other.returncode == 2, other.stderr[-2000:]
+  err = [l for l in other.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "frozen syncnet" in err[0] and "weights differ" in err[0], err
+  assert checkpoints.load_meta(b)["step"] == 4
 
 
 def test_resume_inside_a_data_segment_skips_used_batches(tmp_path):
