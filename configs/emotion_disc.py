@@ -24,8 +24,9 @@ def get_config(arg: str | None = None):
   if arg == "smoke":
     apply_smoke(c, batch_size=8)
     # lr 1e-6 moves nothing in a few hundred steps; the smoke run checks that the stage learns.
-    # On the synthetic corpus (600 steps, batch 8): validation accuracy 0.58 at 3e-4, 0.33 at 1e-4
-    # and 0.38 at 1e-3 (one held-out actor, 24 windows: noisy).
+    # On the quickstart's 16-actor synthetic corpus (batch 8): validation accuracy 0.80 after 200
+    # steps, 0.92-0.95 after 800. With 6 actors (4 for training) it memorised identities (0.58 at
+    # 600 steps at this rate; 0.33 at 1e-4, 0.38 at 1e-3).
     c.learning_rate = 3e-4
     c.steps_per_epoch = 10
   elif arg:

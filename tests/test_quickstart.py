@@ -54,6 +54,13 @@ def test_quickstart_outputs_and_summary():
   assert 0.0 < fig["emogen_last_val_l1"] < 1.0 and 0.0 < fig["emogen_first_val_l1"] < 1.0
   assert fig["emogen_val_l1_decrease"] == pytest.approx(
       1 - fig["emogen_last_val_l1"] / fig["emogen_first_val_l1"])
+  # eval_batches=0: every figure averages the whole validation split, eval_windows (6) fixed
+  # windows per clip, SyncNet's each in sync and off sync.
+  with open(os.path.join(o["data_dir"], "cache", "splits.json")) as f:
+    n_val = len(json.load(f)["validation"])
+  assert n_val >= 1
+  assert s["validation_examples"] == {"syncnet": n_val * 6 * 2, "emotion_disc": n_val * 6,
+                                      "emogen": n_val * 6}
   t = s["targets"]["syncnet_accuracy"]
   assert t["passed"] == (t["value"] >= t["at_least"])
   # The first EmoGen validation is the one before any step (the learning-curve baseline).
