@@ -27,7 +27,7 @@ import optax
 from emogen_jax import checkpoints, losses
 from emogen_jax.errors import UserError
 from emogen_jax.models import EmotionDiscriminator, Generator, SyncNet, VGG19Features
-from emogen_jax.train_state import TrainState, adam, create_state, init_variables
+from emogen_jax.train_state import TrainState, adam, create_state, init_variables, learning_rate
 
 AXIS = "batch"
 TASK = "generator"
@@ -124,7 +124,7 @@ def make_models(config, setup: dict[str, Any]):
 
 
 def make_optimizers(config) -> dict[str, optax.GradientTransformation]:
-  return {"generator": adam(config.learning_rate, config.b1, config.b2),
+  return {"generator": adam(learning_rate(config, config.learning_rate), config.b1, config.b2),
           "emotion_disc": adam(config.disc_learning_rate, config.b1, config.b2)}
 
 

@@ -17,7 +17,7 @@ import optax
 
 from emogen_jax import losses
 from emogen_jax.models import SyncNet
-from emogen_jax.train_state import TrainState, adam, create_state, init_variables
+from emogen_jax.train_state import TrainState, adam, create_state, init_variables, learning_rate
 
 AXIS = "batch"
 TASK = "syncnet"          # input-pipeline task
@@ -33,7 +33,7 @@ def make_model(config, *, bn_axis_name: str | None = AXIS) -> SyncNet:
 
 
 def make_optimizers(config) -> dict[str, optax.GradientTransformation]:
-  return {"syncnet": adam(config.learning_rate, config.b1, config.b2)}
+  return {"syncnet": adam(learning_rate(config, config.learning_rate), config.b1, config.b2)}
 
 
 def prepare(config, *, log=print) -> dict[str, Any]:

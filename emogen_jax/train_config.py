@@ -24,6 +24,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.learning_rate = 1e-4
   c.b1 = 0.5
   c.b2 = 0.999
+  # "constant" (the original's) or "cosine": decay to lr * lr_final_fraction over lr_decay_steps
+  # (0 = num_train_steps). The SyncNet and generator optimizers; the emotion disc has its own.
+  c.lr_schedule = "constant"
+  c.lr_decay_steps = 0
+  c.lr_final_fraction = 0.05
   # Feedback and checkpoints.
   c.log_every_steps = 100
   c.eval_every_steps = 3_000
@@ -64,6 +69,7 @@ def apply_smoke(c: ml_collections.ConfigDict, batch_size: int) -> ml_collections
 
 STAGES = ("syncnet", "emotion_disc", "emogen")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
@@ -83,6 +89,11 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
       raise UserError(f"config.{name} must be at least 1")
   if not c.width > 0:
     raise UserError(f"config.width={c.width} must be > 0 (1.0 = reference size)")
+  if c.lr_schedule not in LR_SCHEDULES:
+    raise UserError(f"config.lr_schedule={c.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
+  if not 0.0 <= float(c.lr_final_fraction) <= 1.0 or int(c.lr_decay_steps) < 0:
+    raise UserError(f"config.lr_final_fraction={c.lr_final_fraction} must be in [0, 1] and "
+                    f"config.lr_decay_steps={c.lr_decay_steps} >= 0")
   if not c.learning_rate > 0:
     raise UserError(f"config.learning_rate={c.learning_rate} must be > 0")
   if c.batch_size % device_count:

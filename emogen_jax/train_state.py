@@ -51,6 +51,17 @@ def adam(learning_rate, b1: float, b2: float) -> optax.GradientTransformation:
   return optax.adam(learning_rate, b1=b1, b2=b2, eps=1e-8)
 
 
+def learning_rate(config, base: float):
+  """``base`` (config.lr_schedule "constant", the original's) or a cosine decay from ``base`` to
+  ``base * config.lr_final_fraction`` over config.lr_decay_steps (0: num_train_steps), which
+  ends a short run on a settled network instead of one still jumping at the full rate."""
+  kind = config.get("lr_schedule", "constant")
+  if kind == "constant":
+    return base
+  steps = int(config.get("lr_decay_steps", 0) or 0) or int(config.num_train_steps)
+  return optax.cosine_decay_schedule(base, max(1, steps), alpha=float(config.lr_final_fraction))
+
+
 def create_state(*, rng, models: Mapping[str, Mapping[str, Any]], optimizers: Mapping[str, Any],
                  extras: Mapping[str, Any] | None = None,
                  frozen: Mapping[str, Any] | None = None) -> TrainState:

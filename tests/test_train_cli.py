@@ -79,6 +79,7 @@ def test_config_errors_are_one_line(capsys, tmp_path):
   smoke = ["--config", "configs/emotion_disc.py:smoke", "--config.synthetic_data=True"]
   assert "num_train_steps=-5" in _main_error(capsys, smoke + w + ["--config.num_train_steps=-5"])
   assert "config.stage='gan'" in _main_error(capsys, smoke + w + ["--config.stage=gan"])
+  assert "lr_schedule='linear'" in _main_error(capsys, smoke + w + ["--config.lr_schedule=linear"])
   assert "eval_batches=0" in _main_error(capsys, smoke + w + ["--config.eval_batches=0"])
   assert "eval_windows must be at least 1" in _main_error(capsys, smoke + w + ["--config.eval_windows=0"])
   assert "data_dir is empty" in _main_error(capsys, ["--config", "configs/syncnet.py:smoke"] + w)
@@ -90,6 +91,18 @@ def test_config_errors_are_one_line(capsys, tmp_path):
   # The reference EmoGen config refuses to start without its expert (and names the way out).
   msg = _main_error(capsys, ["--config", "configs/emogen.py", "--config.synthetic_data=True"] + w)
   assert "config.syncnet_checkpoint" in msg and "configs/syncnet.py" in msg and "convert" in msg
+
+
+def test_learning_rate_schedules():
+  from emogen_jax.train_state import learning_rate
+  c = load_config("syncnet", synthetic_data=True, num_train_steps=1000)
+  assert learning_rate(c, 5e-4) == 5e-4  # the original's constant rate by default
+  c.lr_schedule = "cosine"
+  sched = learning_rate(c, 5e-4)
+  np.testing.assert_allclose([float(sched(k)) for k in (0, 500, 1000, 2000)],
+                             [5e-4, 5e-4 * (0.05 + 0.95 * 0.5), 5e-4 * 0.05, 5e-4 * 0.05], rtol=1e-5)
+  c.lr_decay_steps = 100  # decays over its own span, not num_train_steps
+  assert float(learning_rate(c, 5e-4)(100)) == pytest.approx(5e-4 * 0.05)
 
 
 def test_batch_must_divide_over_devices():
