@@ -95,8 +95,9 @@ def test_config_errors_are_one_line(capsys, tmp_path):
 
 def test_learning_rate_schedules():
   from emogen_jax.train_state import learning_rate
-  c = load_config("syncnet", synthetic_data=True, num_train_steps=1000)
-  assert learning_rate(c, 5e-4) == 5e-4  # the original's constant rate by default
+  c = load_config("syncnet", None, synthetic_data=True, num_train_steps=1000)
+  assert learning_rate(c, 5e-4) == 5e-4  # the reference config: the original's constant rate
+  assert load_config("syncnet").lr_schedule == "cosine"  # the smoke variant decays
   c.lr_schedule = "cosine"
   sched = learning_rate(c, 5e-4)
   np.testing.assert_allclose([float(sched(k)) for k in (0, 500, 1000, 2000)],
