@@ -264,9 +264,11 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
                      shuffle_buffer: int = 512, num_parallel=tf.data.AUTOTUNE,
                      windows_per_clip: int = 16, eval_windows: int = 2, repeat: Optional[bool] = None,
                      with_metadata: bool = False, process_index: int = 0,
-                     process_count: int = 1) -> tuple:
+                     process_count: int = 1, min_batches: int = 0) -> tuple:
   """The tf.data.Dataset of batches with leading dim global_batch (create_dataset's core).
 
+  A finite evaluation pass is padded (mask 0) to at least ``min_batches`` batches: hosts of a
+  multi-host run must run the same number of pmapped steps (see ``eval_pass_batches``).
   Returns (dataset, num_examples_per_pass or None for infinite training streams). Iterate
   an augmented dataset through ``NumpyBatches`` (or close the iterator before exiting):
   see its docstring.
@@ -320,7 +322,7 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
     ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
   elif not repeat:
     num_examples = num_clips * k * (2 if task == "syncnet" else 1)
-    num_batches = math.ceil(num_examples / global_batch)
+    num_batches = max(math.ceil(num_examples / global_batch), int(min_batches))
     ds = ds.repeat().take(num_batches * global_batch)
     # the last batch is completed by cycling from the first examples: mask 0 marks those copies
     ds = ds.enumerate().map(lambda i, ex: {**ex, "mask": tf.cast(i < num_examples, tf.float32)})
@@ -336,12 +338,27 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
   return ds, num_examples
 
 
+def eval_pass_batches(task: str, data_dir: str, split: str, *, global_batch: int,
+                      eval_windows: int, process_count: int = 1) -> list[int]:
+  """Batches in one evaluation pass of each host (index = process index), from the split sizes
+  alone: every host can compute every host's count, so they agree on a common pass length
+  without a collective."""
+  import tensorflow_datasets as tfds
+  builder = dataset_builder(data_dir)
+  specs = tfds.even_splits(split, n=process_count, drop_remainder=False) if process_count > 1 \
+      else [split]
+  per_clip = eval_windows * (2 if task == "syncnet" else 1)
+  return [math.ceil(int(builder.info.splits[s].num_examples) * per_clip / global_batch)
+          for s in specs]
+
+
 def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: int,
                    num_devices: Optional[int] = None, seed: int = 0, train: bool = True,
                    augment: Optional[bool] = None, shuffle_buffer: int = 512,
                    num_parallel=tf.data.AUTOTUNE, windows_per_clip: int = 16,
                    eval_windows: int = 2, repeat: Optional[bool] = None,
-                   with_metadata: bool = False, prefetch: int = 2) -> Iterator[dict]:
+                   with_metadata: bool = False, prefetch: int = 2,
+                   min_batches: int = 0) -> Iterator[dict]:
   """Batches of ``task`` examples from ``split``: dicts of numpy arrays, leading dims
   (num_devices, per_device_batch). See the module docstring for the contents and rules.
 
@@ -364,6 +381,7 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
     repeat: default = train; with train=False, True cycles the fixed stream forever.
     with_metadata: also return clip_id, start and other_start per example.
     prefetch: batches prefetched.
+    min_batches: pad a finite evaluation pass (mask 0) to at least this many batches.
   """
   _hide_accelerators()
   if per_device_batch < 1:
@@ -377,7 +395,8 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
                            seed=seed, train=train, augment=augment, shuffle_buffer=shuffle_buffer,
                            num_parallel=num_parallel, windows_per_clip=windows_per_clip,
                            eval_windows=eval_windows, repeat=repeat, with_metadata=with_metadata,
-                           process_index=jax.process_index(), process_count=jax.process_count())
+                           process_index=jax.process_index(), process_count=jax.process_count(),
+                           min_batches=min_batches)
 
   def to_devices(batch):
     return {k: tf.reshape(v, tf.concat([[num_devices, per_device_batch], tf.shape(v)[1:]], 0))

@@ -65,7 +65,8 @@ def synthetic_stream(stage, *, seed: int, split: str, per_device_batch: int) -> 
     index += 1
 
 
-def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int) -> Iterator[dict]:
+def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int,
+                min_batches: int = 0) -> Iterator[dict]:
   if config.synthetic_data:
     return synthetic_stream(stage, seed=seed, split=split, per_device_batch=per_device_batch)
   from emogen_jax import input_pipeline  # tf.data: imported only when real data is used
@@ -74,6 +75,7 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int) 
     kwargs["shuffle_buffer"] = int(config.shuffle_buffer)
   if split != "train":
     kwargs["eval_windows"] = int(config.get("eval_windows", 2))
+    kwargs["min_batches"] = min_batches
   return iter(input_pipeline.create_dataset(stage.TASK, config.data_dir, split,
                                             per_device_batch=per_device_batch,
                                             num_devices=jax.local_device_count(), seed=seed,
@@ -229,11 +231,14 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   p_train = jax.pmap(stage.make_train_step(config, setup), axis_name="batch", donate_argnums=(0,))
   p_eval = jax.pmap(stage.make_eval_step(config, setup), axis_name="batch")
 
+  limit = eval_steps(config, stage, per_device)
+
   def evaluate(state, step) -> dict[str, float]:
-    it = make_stream(config, stage, "validation", seed=config.seed, per_device_batch=per_device)
+    # Several hosts: each pads its shard's pass to the common length (see eval_steps).
+    it = make_stream(config, stage, "validation", seed=config.seed, per_device_batch=per_device,
+                     min_batches=limit if jax.process_count() > 1 else 0)
     sums: dict[str, float] = {}
     n = examples = 0
-    limit = int(config.eval_batches)  # 0: the whole (finite) validation pass
     while limit == 0 or n < limit:
       try:
         batch = next(it)
@@ -353,6 +358,23 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   log(f"done: {config.stage} step {final_step}, validation {_fmt(val_metrics)} "
       f"(W/final_metrics.json)")
   return summary
+
+
+def eval_steps(config, stage, per_device: int) -> int:
+  """Validation batches per evaluation, the same on every host (0: until the stream ends).
+
+  Each host reads its own shard of the split, and shards can differ by a clip: a host whose
+  pass ended early would leave the others waiting in a collective. So with several hosts every
+  host runs the longest host's pass (config.eval_batches=0) or config.eval_batches batches
+  (capped by that pass), its shorter stream padded with masked examples."""
+  want = int(config.eval_batches)
+  if jax.process_count() == 1 or config.synthetic_data:
+    return want
+  from emogen_jax import input_pipeline
+  longest = max(input_pipeline.eval_pass_batches(
+      stage.TASK, config.data_dir, "validation", global_batch=jax.local_device_count() * per_device,
+      eval_windows=int(config.get("eval_windows", 2)), process_count=jax.process_count()))
+  return min(want, longest) if want else longest
 
 
 def _check_frozen(saved: dict, now: dict, workdir: str) -> None:

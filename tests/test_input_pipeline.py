@@ -165,6 +165,27 @@ def test_per_host_sharding_splits_the_clips(data):
   assert len(ids[0] | ids[1]) == n_train
 
 
+def test_hosts_agree_on_the_evaluation_pass_length(data):
+  """Shards of an odd number of clips give passes of different lengths; padded to the longest
+  (mask 0), every host runs the same number of pmapped evaluation steps and still counts each
+  of its real examples once."""
+  n_train = sum(c["split"] == "train" for c in data["clips"].values())
+  assert n_train % 2 == 1  # the shards differ by a clip
+  want = ip.eval_pass_batches("syncnet", data["data_dir"], "train", global_batch=2, eval_windows=1,
+                              process_count=2)
+  assert want[0] != want[1]
+  for p in range(2):
+    ds, n = ip.build_tf_dataset("syncnet", data["data_dir"], "train", global_batch=2, train=False,
+                                eval_windows=1, process_index=p, process_count=2)
+    assert len(list(ds.as_numpy_iterator())) == want[p] == -(-n // 2)
+    padded, n2 = ip.build_tf_dataset("syncnet", data["data_dir"], "train", global_batch=2,
+                                     train=False, eval_windows=1, process_index=p, process_count=2,
+                                     min_batches=max(want))
+    batches = list(padded.as_numpy_iterator())
+    assert n2 == n and len(batches) == max(want)
+    assert sum(float(b["mask"].sum()) for b in batches) == n
+
+
 def test_augmentation_is_identical_across_frames_and_changes_examples():
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (16, 1, 96, 96, 3), dtype=np.uint8)

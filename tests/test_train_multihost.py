@@ -5,6 +5,7 @@ are averaged over all 4 devices of both hosts; each host feeds its own half of t
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -50,3 +51,52 @@ def test_two_processes_match_one_process(tmp_path):
   # so 3 steps agree to ~1e-5 rather than to the ~1e-8 of a single step.
   assert stats < 1e-4 and params < 1e-4, (stats, params)
   assert checkpoints.load_meta(two)["step"] == 3
+
+
+def test_two_hosts_validate_the_whole_split_like_one(tmp_path):
+  """Real shards: the validation split's clips divide unevenly over 2 hosts, so their passes
+  differ in length. Each host pads its pass to the longest (masked examples), so neither waits
+  forever in a collective, and the figures of 2 processes x 1 device equal those of 1 process x
+  2 devices over the same examples."""
+  import json
+
+  import tensorflow_datasets as tfds
+
+  from emogen_jax import input_pipeline
+  from tests import _pipeline_fixtures as fx
+  data_dir = fx.preprocessed()["data_dir"]
+  n_val = int(input_pipeline.dataset_builder(data_dir).info.splits["validation"].num_examples)
+  per_host = [int(input_pipeline.dataset_builder(data_dir).info.splits[s].num_examples)
+              for s in tfds.even_splits("validation", n=2, drop_remainder=False)]
+  assert per_host[0] != per_host[1], per_host  # uneven shards: the case that used to hang
+  args = ["--config", "configs/syncnet.py:smoke", f"--config.data_dir={data_dir}",
+          "--config.width=0.0625", "--config.batch_size=2", "--config.eval_batches=0",
+          "--config.eval_windows=3",
+          # No step: the hosts train on their own shards (other batches than one process), so
+          # only the initial networks are the same; the final validation still runs.
+          "--config.num_train_steps=0"]
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  port = free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, "-m", "emogen_jax.train", *args, "--workdir", two,
+       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+      cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
+  outs = []
+  try:
+    for p in procs:
+      outs.append(p.communicate(timeout=400))
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, f"{out[-2000:]}\n{err[-4000:]}"
+  train_cli(args + ["--workdir", one], devices=2)
+  with open(os.path.join(two, "final_metrics.json")) as f:
+    got = json.load(f)
+  with open(os.path.join(one, "final_metrics.json")) as f:
+    want = json.load(f)
+  assert got["validation_examples"] == want["validation_examples"] == n_val * 3 * 2
+  for k in ("accuracy", "loss"):
+    assert abs(got["validation"][k] - want["validation"][k]) < 1e-5, (k, got, want)
