@@ -278,10 +278,9 @@ def maybe_enable_sync(config, w_sync: float, val_metrics: dict[str, float]) -> f
 def checkpoint_meta(config, setup: dict[str, Any]) -> dict[str, Any]:
   # The frozen networks are not saved with the run (the expert alone is 16M parameters per
   # checkpoint); their fingerprints are, so that a resume refuses another expert or VGG.
-  frozen = {name: checkpoints.fingerprint(setup[key]) for name, key in
-            (("syncnet", "syncnet"), ("vgg19", "vgg19")) if key in setup}
   sources = {"syncnet": config.syncnet_checkpoint or "random init", "vgg19": config.vgg_checkpoint}
   return {"width": float(config.width), "stage": "emogen",
           "widths": {"generator": float(config.width), "emotion_disc": setup["disc_width"]},
           "original_layout": setup["disc_original_layout"],
-          "frozen": {name: {"fingerprint": fp, "source": sources[name]} for name, fp in frozen.items()}}
+          "frozen": {name: {"fingerprint": checkpoints.fingerprint(setup[name]), "source": src}
+                     for name, src in sources.items() if name in setup}}

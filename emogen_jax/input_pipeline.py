@@ -282,11 +282,7 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
     avail = ", ".join(f"{k}={v}" for k, v in splits.items()) or "none"
     raise UserError(f"split {split!r} of {data_dir} is empty or missing (clips per split: {avail}); "
                     "preprocess more actors/clips or use another split")
-  if process_count > 1:
-    per = tfds.even_splits(split, n=process_count, drop_remainder=False)
-    split_spec = per[process_index]
-  else:
-    split_spec = split
+  split_spec = host_splits(split, process_count)[process_index]
   num_clips = int(builder.info.splits[split_spec].num_examples)
   if num_clips == 0:
     raise UserError(f"split {split!r} has no clip for process {process_index} of {process_count}; "
@@ -321,7 +317,7 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
   if train:
     ds = ds.shuffle(shuffle_buffer, seed=seed + 1, reshuffle_each_iteration=True)
   elif not repeat:
-    num_examples = num_clips * k * (2 if task == "syncnet" else 1)
+    num_examples = eval_pass_examples(task, num_clips, k)
     num_batches = max(math.ceil(num_examples / global_batch), int(min_batches))
     ds = ds.repeat().take(num_batches * global_batch)
     # the last batch is completed by cycling from the first examples: mask 0 marks those copies
@@ -338,18 +334,27 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
   return ds, num_examples
 
 
+def host_splits(split: str, process_count: int = 1) -> list[str]:
+  """The TFDS split spec each host reads (index = process index): even sub-splits of the clips."""
+  import tensorflow_datasets as tfds
+  if process_count == 1:
+    return [split]
+  return tfds.even_splits(split, n=process_count, drop_remainder=False)
+
+
+def eval_pass_examples(task: str, num_clips: int, eval_windows: int) -> int:
+  """Examples in one evaluation pass over ``num_clips`` clips (SyncNet: each window twice)."""
+  return num_clips * eval_windows * (2 if task == "syncnet" else 1)
+
+
 def eval_pass_batches(task: str, data_dir: str, split: str, *, global_batch: int,
                       eval_windows: int, process_count: int = 1) -> list[int]:
   """Batches in one evaluation pass of each host (index = process index), from the split sizes
   alone: every host can compute every host's count, so they agree on a common pass length
   without a collective."""
-  import tensorflow_datasets as tfds
-  builder = dataset_builder(data_dir)
-  specs = tfds.even_splits(split, n=process_count, drop_remainder=False) if process_count > 1 \
-      else [split]
-  per_clip = eval_windows * (2 if task == "syncnet" else 1)
-  return [math.ceil(int(builder.info.splits[s].num_examples) * per_clip / global_batch)
-          for s in specs]
+  info = dataset_builder(data_dir).info
+  return [math.ceil(eval_pass_examples(task, int(info.splits[s].num_examples), eval_windows)
+                    / global_batch) for s in host_splits(split, process_count)]
 
 
 def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: int,

@@ -74,7 +74,7 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int,
   if config.get("shuffle_buffer", 0):
     kwargs["shuffle_buffer"] = int(config.shuffle_buffer)
   if split != "train":
-    kwargs["eval_windows"] = int(config.get("eval_windows", 2))
+    kwargs["eval_windows"] = int(config.eval_windows)
     kwargs["min_batches"] = min_batches
   return iter(input_pipeline.create_dataset(stage.TASK, config.data_dir, split,
                                             per_device_batch=per_device_batch,
@@ -373,7 +373,7 @@ def eval_steps(config, stage, per_device: int) -> int:
   from emogen_jax import input_pipeline
   longest = max(input_pipeline.eval_pass_batches(
       stage.TASK, config.data_dir, "validation", global_batch=jax.local_device_count() * per_device,
-      eval_windows=int(config.get("eval_windows", 2)), process_count=jax.process_count()))
+      eval_windows=int(config.eval_windows), process_count=jax.process_count()))
   return min(want, longest) if want else longest
 
 

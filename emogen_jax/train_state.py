@@ -55,10 +55,9 @@ def learning_rate(config, base: float):
   """``base`` (config.lr_schedule "constant", the original's) or a cosine decay from ``base`` to
   ``base * config.lr_final_fraction`` over config.lr_decay_steps (0: num_train_steps), which
   ends a short run on a settled network instead of one still jumping at the full rate."""
-  kind = config.get("lr_schedule", "constant")
-  if kind == "constant":
+  if config.lr_schedule == "constant":
     return base
-  steps = int(config.get("lr_decay_steps", 0) or 0) or int(config.num_train_steps)
+  steps = int(config.lr_decay_steps) or int(config.num_train_steps)
   return optax.cosine_decay_schedule(base, max(1, steps), alpha=float(config.lr_final_fraction))
 
 

@@ -18,14 +18,15 @@ _ARGS = ["--config", "configs/syncnet.py:smoke", "--config.synthetic_data=True",
          "--config.eval_every_steps=0", "--config.eval_batches=1"]
 
 
-def test_two_processes_match_one_process(tmp_path):
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+def _train_two_processes(args: list[str], workdir: str, *, devices: int) -> list[tuple[str, str]]:
+  """``python -m emogen_jax.train ARGS`` as 2 processes x ``devices`` CPU devices joined on
+  127.0.0.1; asserts both exit 0 and returns their (stdout, stderr)."""
   port = free_port()
   procs = [subprocess.Popen(
-      [sys.executable, "-m", "emogen_jax.train", *_ARGS, "--workdir", two,
+      [sys.executable, "-m", "emogen_jax.train", *args, "--workdir", workdir,
        f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=subprocess_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
+      cwd=REPO, env=subprocess_env(devices), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+      text=True) for i in range(2)]
   outs = []
   try:
     for p in procs:
@@ -36,6 +37,12 @@ def test_two_processes_match_one_process(tmp_path):
         p.kill()
   for p, (out, err) in zip(procs, outs):
     assert p.returncode == 0, f"{out[-2000:]}\n{err[-4000:]}"
+  return outs
+
+
+def test_two_processes_match_one_process(tmp_path):
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  outs = _train_two_processes(_ARGS, two, devices=2)
   # Only process 0 reports.
   assert "2 process(es), 4 device(s) (2 local" in outs[0][0]
   assert "checkpoint: step 3" in outs[0][0]
@@ -60,14 +67,12 @@ def test_two_hosts_validate_the_whole_split_like_one(tmp_path):
   2 devices over the same examples."""
   import json
 
-  import tensorflow_datasets as tfds
-
   from emogen_jax import input_pipeline
   from tests import _pipeline_fixtures as fx
   data_dir = fx.preprocessed()["data_dir"]
-  n_val = int(input_pipeline.dataset_builder(data_dir).info.splits["validation"].num_examples)
-  per_host = [int(input_pipeline.dataset_builder(data_dir).info.splits[s].num_examples)
-              for s in tfds.even_splits("validation", n=2, drop_remainder=False)]
+  splits = input_pipeline.dataset_builder(data_dir).info.splits
+  n_val = int(splits["validation"].num_examples)
+  per_host = [int(splits[s].num_examples) for s in input_pipeline.host_splits("validation", 2)]
   assert per_host[0] != per_host[1], per_host  # uneven shards: the case that used to hang
   args = ["--config", "configs/syncnet.py:smoke", f"--config.data_dir={data_dir}",
           "--config.width=0.0625", "--config.batch_size=2", "--config.eval_batches=0",
@@ -76,22 +81,7 @@ def test_two_hosts_validate_the_whole_split_like_one(tmp_path):
           # only the initial networks are the same; the final validation still runs.
           "--config.num_train_steps=0"]
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  port = free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, "-m", "emogen_jax.train", *args, "--workdir", two,
-       f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-      cwd=REPO, env=subprocess_env(1), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-      for i in range(2)]
-  outs = []
-  try:
-    for p in procs:
-      outs.append(p.communicate(timeout=400))
-  finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-  for p, (out, err) in zip(procs, outs):
-    assert p.returncode == 0, f"{out[-2000:]}\n{err[-4000:]}"
+  _train_two_processes(args, two, devices=1)
   train_cli(args + ["--workdir", one], devices=2)
   with open(os.path.join(two, "final_metrics.json")) as f:
     got = json.load(f)
