@@ -8,6 +8,7 @@ import json
 import math
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -116,4 +117,20 @@ def test_quickstart_bad_settings_are_one_line_errors(tmp_path, args, words):
   assert proc.returncode == 2
   lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
   assert lines[-1].startswith("error: ") and words in lines[-1]
+  assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--actors", "2"], "at least 3 actors"),
+    (["--data-dir", "/nonexistent/data"], "not found"),
+    (["--data-dir", "{tmp}", "--syncnet-steps", "0"], "syncnet_steps=0 must be at least 1"),
+])
+def test_reproduce_training_bad_settings_are_one_line_errors(tmp_path, args, words):
+  args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+  proc = subprocess.run([sys.executable, os.path.join(qf.REPO, "scripts", "reproduce_training.py"),
+                         "--workdir", str(tmp_path / "w"), "--no-progress", *args], cwd=qf.REPO,
+                        env=qf.env(), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+  assert lines[-1].startswith("error: ") and words in lines[-1], lines[-3:]
   assert "Traceback" not in proc.stderr
