@@ -10,7 +10,7 @@ ImageNet VGG-19 weights for the perceptual loss (python -m emogen_jax.convert).
 
 from __future__ import annotations
 
-from emogen_jax.train_config import apply_smoke, base_config
+from emogen_jax.train.config import apply_smoke, base_config
 
 
 def get_config(arg: str | None = None):

@@ -5,7 +5,7 @@ Adam lr 1e-6, betas (0.5, 0.999), lr x0.1 every 150 epochs, batch 64, cross-entr
 
 from __future__ import annotations
 
-from emogen_jax.train_config import apply_smoke, base_config
+from emogen_jax.train.config import apply_smoke, base_config
 
 
 def get_config(arg: str | None = None):

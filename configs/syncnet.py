@@ -6,7 +6,7 @@ python -m emogen_jax.train --config configs/syncnet.py:smoke ...   (tiny, CPU)
 
 from __future__ import annotations
 
-from emogen_jax.train_config import apply_smoke, base_config
+from emogen_jax.train.config import apply_smoke, base_config
 
 
 def get_config(arg: str | None = None):

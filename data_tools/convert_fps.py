@@ -18,8 +18,8 @@ import subprocess
 import sys
 import time
 
+from emogen_jax.data.media import ffmpeg_exe
 from emogen_jax.errors import UserError, cli_main
-from emogen_jax.media import ffmpeg_exe
 
 VIDEO_EXTENSIONS = (".mp4", ".flv", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv")
 

@@ -35,10 +35,10 @@ import wave
 import cv2
 import numpy as np
 
-from emogen_jax.audio import load_wav
-from emogen_jax.emotions import EMOTIONS
+from emogen_jax.data.audio import load_wav
+from emogen_jax.data.emotions import EMOTIONS
+from emogen_jax.data.media import ffmpeg_exe
 from emogen_jax.errors import UserError, cli_main
-from emogen_jax.media import ffmpeg_exe
 
 FPS = 25
 SAMPLE_RATE = 16000

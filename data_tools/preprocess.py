@@ -46,7 +46,7 @@ from typing import Optional
 
 import numpy as np
 
-from emogen_jax.emotions import EMOTIONS, INTENSITIES
+from emogen_jax.data.emotions import EMOTIONS, INTENSITIES
 from emogen_jax.errors import UserError, cli_main
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm", ".mpg", ".mpeg", ".m4v")
@@ -110,7 +110,7 @@ def read_labels_csv(path: str) -> dict:
   ``file`` may be a path relative to --src or a bare file name or stem; emotion a code
   (ANG) or name (angry/anger are accepted as in emotions.emotion_id).
   """
-  from emogen_jax.emotions import emotion_id
+  from emogen_jax.data.emotions import emotion_id
   if not os.path.isfile(path):
     raise UserError(f"labels CSV {path} not found; give a CSV with columns file,emotion,actor")
   with open(path, newline="") as f:
@@ -196,7 +196,7 @@ def _atomic_write(path: str, data: bytes) -> None:
 def read_frames(path: str):
   """-> (list of BGR frames, fps); ([], 0) when OpenCV cannot read it."""
   import cv2
-  from emogen_jax.video_io import capture_frames
+  from emogen_jax.data.video_io import capture_frames
   cap = cv2.VideoCapture(path)
   if not cap.isOpened():
     return [], 0.0
@@ -208,7 +208,7 @@ def process_clip(clip: dict, detector, opts: dict) -> dict:
   """One clip -> cache record: {"status": "ok", frames (JPEG bytes), valid, mel, labels...}
   or {"status": "skipped", "reason": ..., "detail": ...}. Never raises for bad input."""
   import cv2
-  from emogen_jax import audio, face_detection
+  from emogen_jax.data import audio, face_detection
   base = {"clip_id": clip["clip_id"], "rel": clip["rel"], **clip["labels"]}
   skip = lambda reason, detail="": {**base, "status": "skipped", "reason": reason, "detail": detail}
   frames, fps = read_frames(clip["path"])
@@ -247,7 +247,7 @@ _WORKER = {}
 def _init_worker(opts):
   import cv2
   cv2.setNumThreads(1)  # one clip per core; OpenCV's own threads would oversubscribe
-  from emogen_jax.face_detection import make_detector
+  from emogen_jax.data.face_detection import make_detector
   _WORKER["opts"] = opts
   _WORKER["detector"] = make_detector(opts["detector"], weights=opts["s3fd_weights"])
 
@@ -435,7 +435,7 @@ def main(argv=None) -> int:
   if args.jobs < 1:
     raise UserError("--jobs must be >= 1")
   # Fail on a bad detector choice before any work (and before forking workers).
-  from emogen_jax.face_detection import make_detector
+  from emogen_jax.data.face_detection import make_detector
   make_detector(args.detector, weights=args.s3fd_weights)
 
   data_dir = os.path.abspath(args.data_dir)

@@ -381,7 +381,7 @@ def save_torch_file(path: str, kind: str, state_dict: Mapping[str, np.ndarray],
 def convert_file(src: str, out: str, kind: str | None = None, original_layout: bool | None = None,
                  trust_pickle: bool = False) -> tuple[str, dict]:
   """PyTorch ``.pth`` -> our checkpoint directory. Returns (kind, meta)."""
-  from emogen_jax import checkpoints
+  from emogen_jax.models import checkpoints
 
   sd = normalize_state_dict(load_torch_file(src, trust_pickle))
   if kind is None:
@@ -405,7 +405,7 @@ def convert_file(src: str, out: str, kind: str | None = None, original_layout: b
 
 def export_file(src: str, out: str, kind: str | None = None) -> tuple[str, dict]:
   """Our checkpoint (or training workdir) -> PyTorch ``.pth`` the original code loads."""
-  from emogen_jax import checkpoints
+  from emogen_jax.models import checkpoints
 
   models = checkpoints.load_models(src)
   meta = checkpoints.load_meta(src)

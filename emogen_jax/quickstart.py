@@ -10,8 +10,8 @@ is finished and resumes an interrupted training):
   3. preprocess  data_tools.preprocess (Haar face boxes, 96x96 crops, mels, TFDS shards,
                  actor-disjoint train/validation/test splits)
   4. training    the lip-sync expert, the emotion discriminator, then EmoGen using both
-                 (emogen_jax.stages.train_stages with the configs/*.py:smoke settings, width 0.25)
-  5. demo        emogen_jax.api: a held-out (test-split) clip re-voiced with its own audio in all
+                 (emogen_jax.train.recipe.train_stages with the configs/*.py:smoke settings, width 0.25)
+  5. demo        emogen_jax.inference.api: a held-out (test-split) clip re-voiced with its own audio in all
                  six emotions side by side
 Ends with DIR/summary.json and DIR/summary.md: where every output is, the validation figures
 against the learnability targets and the wall time of each stage.
@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from emogen_jax.errors import UserError, cli_main
 
-# The learnability recipe of issue "training" (emogen_jax.stages.TARGETS), measured on the idle
+# The learnability recipe of issue "training" (emogen_jax.train.recipe.TARGETS), measured on the idle
 # 2-core CPU: 16 actors leave 12 for training and 2 each for validation and test; with fewer
 # (6 actors: 4 for training) the emotion disc memorises identities and SyncNet learns slower.
 DEFAULTS = {"actors": 16, "clips_per_actor": 12, "syncnet_steps": 3000, "emotion_steps": 800,
@@ -177,7 +177,7 @@ def demo_candidates(data_dir: str, split: str = "test") -> list[str]:
 def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion: str = "all",
                 progress: bool = True) -> dict:
   """The generator of ``workdir`` re-voicing a held-out clip (its face and its own audio)."""
-  from emogen_jax import api, infer
+  from emogen_jax.inference import api, renderer as infer
   if not os.path.isdir(workdir):
     raise UserError(f"generator workdir {workdir} not found; train EmoGen first")
   talking = api.TalkingFace.load(workdir)
@@ -211,8 +211,8 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
                    emotion: str = "all", progress: bool = True) -> dict:
   """Corpus -> 25 fps -> preprocess -> three trainings -> demo video; returns the summary
   (also written to out_dir/summary.json and summary.md). Finished stages are skipped."""
-  from emogen_jax import stages
-  from emogen_jax.emotions import emotion_id
+  from emogen_jax.data.emotions import emotion_id
+  from emogen_jax.train import recipe as stages
   if emotion.strip().lower() != "all":
     emotion_id(emotion)  # a bad --emotion fails now, not after the training (no JAX import yet)
   if actors < 3:
@@ -330,7 +330,7 @@ def _fmt(v) -> str:
 
 
 def _write_summary(summary: dict, results: dict) -> None:
-  from emogen_jax import stages
+  from emogen_jax.train import recipe as stages
   o, fig, s = summary["outputs"], summary["figures"], summary["settings"]
   with open(o["summary_json"], "w") as f:
     json.dump(summary, f, indent=2)

@@ -6,7 +6,7 @@ Both run on the same preprocessed clips (the train split of DATA, videos in VIDE
 the audio) and produce the same generator examples (10 face crops + 5 per-frame mels +
 the SyncNet mel, augmented):
 
-* ours: emogen_jax.input_pipeline (the training configuration: parallel clip reads,
+* ours: emogen_jax.data.input_pipeline (the training configuration: parallel clip reads,
   several windows per decoded clip, per-batch augmentation);
 * naive: the original's design, per sample in Python: one JPEG file per frame on disk
   (written once here from the shards), a random clip and window, cv2.imread + resize of
@@ -46,7 +46,7 @@ def _cpu() -> float:
 
 
 def bench_ours(data_dir: str, batch: int, batches: int, warmup: int = 3) -> dict:
-  from emogen_jax import input_pipeline as ip
+  from emogen_jax.data import input_pipeline as ip
   ip._hide_accelerators()
   ds, _ = ip.build_tf_dataset("generator", data_dir, "train", global_batch=batch, train=True, seed=0)
   it = ip.NumpyBatches(ds.prefetch(2))
@@ -66,8 +66,8 @@ def bench_ours(data_dir: str, batch: int, batches: int, warmup: int = 3) -> dict
 def export_naive_layout(data_dir: str, src: str, out: str) -> list:
   """The original's on-disk layout from our shards: out/<clip>/<i>.jpg + out/<clip>/audio.wav."""
   import tensorflow_datasets as tfds
-  from emogen_jax import input_pipeline as ip
-  from emogen_jax.media import ffmpeg_exe
+  from emogen_jax.data import input_pipeline as ip
+  from emogen_jax.data.media import ffmpeg_exe
   videos = {os.path.splitext(os.path.basename(p))[0]: p
             for p in glob.glob(os.path.join(src, "**", "*"), recursive=True)
             if os.path.splitext(p)[1].lower() in (".mp4", ".avi", ".mov", ".mkv", ".flv")}
@@ -132,7 +132,7 @@ def naive_example(dirs: list, rng: random.Random):
   """One generator example the original's way (Wav2Lip/EmoGen Dataset.__getitem__)."""
   import cv2
   import librosa
-  from emogen_jax import audio
+  from emogen_jax.data import audio
   while True:
     d = rng.choice(dirs)
     names = glob.glob(os.path.join(d, "*.jpg"))

@@ -52,9 +52,9 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str) -
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from emogen_jax import train
   from emogen_jax.models import VGG19Features
-  from emogen_jax.train_state import replicate
+  from emogen_jax.train import loop as train
+  from emogen_jax.train.state import replicate
 
   config = _config(stage, size, batch)
   config.compute_dtype = dtype

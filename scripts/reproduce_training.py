@@ -28,8 +28,10 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from emogen_jax import quickstart, stages  # noqa: E402  (after the sys.path entry for a plain checkout)
+from emogen_jax import quickstart  # noqa: E402  (after the sys.path entry for a plain checkout)
+
 from emogen_jax.errors import UserError  # noqa: E402
+from emogen_jax.train import recipe as stages
 
 D = quickstart.DEFAULTS
 

@@ -12,8 +12,8 @@ import cv2
 import numpy as np
 
 from data_tools import make_synthetic
-from emogen_jax import video_io
-from emogen_jax.media import ffmpeg_exe
+from emogen_jax.data import video_io
+from emogen_jax.data.media import ffmpeg_exe
 
 HAAR_FILE = "haarcascade_frontalface_default.xml"
 

@@ -39,8 +39,8 @@ def random_variables(model, *example_inputs, seed: int = 0, **kwargs):
 def make_generator_checkpoint(path: str, width: float = TINY_WIDTH, seed: int = 0) -> str:
   """A random small-width Generator saved as a model checkpoint (meta records width)."""
   import jax.numpy as jnp
-  from emogen_jax import checkpoints
   from emogen_jax.models import Generator
+  from emogen_jax.models import checkpoints
   variables = random_variables(Generator(width=width), jnp.zeros((1, 80, 16, 1)),
                                jnp.zeros((1, 96, 96, 6)), jnp.zeros((1,), jnp.int32), train=False,
                                seed=seed)
@@ -50,8 +50,8 @@ def make_generator_checkpoint(path: str, width: float = TINY_WIDTH, seed: int = 
 def make_model_checkpoint(path: str, kind: str, width: float = TINY_WIDTH, seed: int = 0) -> str:
   """A random small SyncNet or EmotionDiscriminator checkpoint."""
   import jax.numpy as jnp
-  from emogen_jax import checkpoints
   from emogen_jax.models import EmotionDiscriminator, SyncNet
+  from emogen_jax.models import checkpoints
   if kind == "syncnet":
     variables = random_variables(SyncNet(width=width), jnp.zeros((1, 80, 16, 1)),
                                  jnp.zeros((1, 48, 96, 15)), train=False, seed=seed)
@@ -88,7 +88,7 @@ def face_frames(n: int, size: tuple[int, int] = (128, 160)) -> list[np.ndarray]:
 
 
 def write_face_video(path: str, n: int = 12, fps: float = 25.0, size=(128, 160)) -> str:
-  from emogen_jax import video_io
+  from emogen_jax.data import video_io
   video_io.write_video(path, face_frames(n, size), fps)
   return path
 
@@ -110,7 +110,7 @@ def synth_speech(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
 
 
 def write_speech(path: str, seconds: float, sr: int = 16000) -> str:
-  from emogen_jax import video_io
+  from emogen_jax.data import video_io
   video_io.write_wav(path, synth_speech(seconds, sr), sr)
   return path
 

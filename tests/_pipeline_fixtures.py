@@ -25,7 +25,7 @@ import cv2
 import numpy as np
 
 from data_tools import make_synthetic
-from emogen_jax.media import ffmpeg_exe
+from emogen_jax.data.media import ffmpeg_exe
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_ACTORS = 3

@@ -16,7 +16,7 @@ import tempfile
 import jax
 import numpy as np
 
-from emogen_jax.stages import load_config  # noqa: F401  (re-exported for the tests)
+from emogen_jax.train.recipe import load_config  # noqa: F401  (re-exported for the tests)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _CACHE_DIR = os.path.join(tempfile.gettempdir(), f"emogen_jax_train_test_cache_{os.getuid()}")

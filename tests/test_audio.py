@@ -11,9 +11,9 @@ import pytest
 import scipy.io.wavfile
 import scipy.signal
 
-from emogen_jax import audio
+from emogen_jax.data import audio
+from emogen_jax.data.media import ffmpeg_exe
 from emogen_jax.errors import UserError
-from emogen_jax.media import ffmpeg_exe
 
 
 def _reference_mel(wav: np.ndarray) -> np.ndarray:

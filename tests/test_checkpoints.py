@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from emogen_jax import checkpoints
 from emogen_jax.errors import UserError
+from emogen_jax.models import checkpoints
 
 
 def _variables(seed):

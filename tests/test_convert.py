@@ -15,8 +15,9 @@ torch = pytest.importorskip("torch")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from emogen_jax import checkpoints, convert  # noqa: E402
+from emogen_jax import convert
 from emogen_jax.errors import UserError  # noqa: E402
+from emogen_jax.models import checkpoints  # noqa: E402
 from emogen_jax.models import (EmotionDiscriminator, Generator, QualityDiscriminator,  # noqa: E402
                                SyncNet, VGG19Features)
 from tests import _torch_reference as ref  # noqa: E402

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_tools import convert_fps
-from emogen_jax import audio
+from emogen_jax.data import audio
 from emogen_jax.errors import UserError
 from tests import _data_fixtures as fx
 

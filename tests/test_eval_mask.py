@@ -6,7 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from emogen_jax import emogen_step, emotion_disc_step, losses, syncnet_step, train_state
+from emogen_jax.train import losses, state as train_state
+from emogen_jax.train.stages import emogen as emogen_step, emotion_disc as emotion_disc_step, syncnet as syncnet_step
 from tests._train_fixtures import load_config
 
 STAGES = {"syncnet": syncnet_step, "emotion_disc": emotion_disc_step, "emogen": emogen_step}

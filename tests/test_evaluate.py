@@ -6,9 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from emogen_jax import audio as audio_lib
-from emogen_jax import evaluate as ev
-from emogen_jax import infer, metrics
+from emogen_jax.data import audio as audio_lib
+from emogen_jax.evaluation import evaluate as ev
+from emogen_jax.evaluation import metrics
+from emogen_jax.inference import renderer as infer
 from tests import _infer_fixtures as F
 
 N_FRAMES = 20

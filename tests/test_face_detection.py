@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import skimage.data
 
-from emogen_jax import face_detection as fd
+from emogen_jax.data import face_detection as fd
 from emogen_jax.errors import UserError
 
 # skimage's astronaut (512x512): Eileen Collins' face spans about x 174..273, y 64..163.

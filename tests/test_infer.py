@@ -8,8 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from emogen_jax import audio as audio_lib
-from emogen_jax import infer, video_io
+from emogen_jax.data import audio as audio_lib
+from emogen_jax.data import video_io
+from emogen_jax.inference import cli as infer_cli
+from emogen_jax.inference import renderer as infer
 from tests import _infer_fixtures as F
 
 FPS = 25.0
@@ -111,7 +113,7 @@ def test_synthetic_corpus_clip_with_its_own_audio_track(files, capsys):
   from data_tools.make_synthetic import make_corpus
   clip = make_corpus(str(files["dir"] / "synth"), 1, 1, frames_range=(20, 24), jobs=1)[0]
   out = str(files["dir"] / "synth_out.mp4")
-  rc = infer.main(["--checkpoint", files["ckpt"], "--face", clip, "--audio", clip, "--emotion", "FEA",
+  rc = infer_cli.main(["--checkpoint", files["ckpt"], "--face", clip, "--audio", clip, "--emotion", "FEA",
                    "--nosmooth", "--batch-size", "8", "--out", out])
   assert rc == 0, capsys.readouterr().err
   s = _streams(out)
@@ -156,7 +158,7 @@ def test_error_paths(files, capsys, case, message):
   elif case == "short_audio":
     args["--audio"] = F.write_speech(str(d / "short.wav"), 0.1)
   argv = [x for kv in args.items() for x in kv]
-  rc = infer.main(argv)
+  rc = infer_cli.main(argv)
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2
   assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
@@ -169,7 +171,7 @@ def test_no_face_names_the_frame_and_saves_it(files, capsys):
   frames[3] = np.full_like(frames[3], 127)  # no face in frame 3
   video = video_io.write_video(str(d / "noface.mp4"), frames, FPS) and str(d / "noface.mp4")
   out = str(d / "noface_out.mp4")
-  rc = infer.main(["--checkpoint", files["ckpt"], "--face", video, "--audio", files["speech"],
+  rc = infer_cli.main(["--checkpoint", files["ckpt"], "--face", video, "--audio", files["speech"],
                    "--out", out])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and len(err) == 1
@@ -198,7 +200,7 @@ def test_renderer_compiles_once_and_padding_does_not_change_results(files):
 
 
 def test_api_generate_matches_schedule_and_colour_order(files):
-  from emogen_jax.api import TalkingFace, show
+  from emogen_jax.inference.api import TalkingFace, show
   tf = TalkingFace.load(files["ckpt"], batch_size=8)
   src = F.face_frames(VIDEO_FRAMES)
   wav = F.synth_speech(SPEECH_SECONDS)

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from emogen_jax import audio
-from emogen_jax import augment as augment_lib
-from emogen_jax import input_pipeline as ip
+from emogen_jax.data import audio
+from emogen_jax.data import augment as augment_lib
+from emogen_jax.data import input_pipeline as ip
 from emogen_jax.errors import UserError
 from tests import _pipeline_fixtures as fx
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from emogen_jax import losses
+from emogen_jax.train import losses
 
 
 def _emb(seed, n=6, d=8):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from data_tools import make_synthetic
-from emogen_jax import audio
-from emogen_jax.emotions import EMOTIONS
+from emogen_jax.data import audio
+from emogen_jax.data.emotions import EMOTIONS
 from tests import _data_fixtures as fx
 
 NAME = re.compile(r"^(\d{4})_([A-Z]{3})_(ANG|DIS|FEA|HAP|NEU|SAD)_(XX|LO|MD|HI)\.mp4$")

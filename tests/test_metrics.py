@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from emogen_jax import metrics
+from emogen_jax.evaluation import metrics
 
 
 def _frames(seed, n=3, h=40, w=48):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from emogen_jax import emotions
+from emogen_jax.data import emotions
 from emogen_jax.errors import UserError, cli_main
 
 

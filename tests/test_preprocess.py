@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from data_tools import preprocess as pp
-from emogen_jax import audio, face_detection
+from emogen_jax.data import audio, face_detection
 from emogen_jax.errors import UserError
 from tests import _pipeline_fixtures as fx
 
@@ -81,7 +81,7 @@ def test_records_match_the_source_video_and_audio(data):
   assert invalid >= set(fx.BLANK_FRAMES) and len(invalid) <= len(fx.BLANK_FRAMES) + 2
   # labels from the name
   assert ex["emotion"] == 4 and ex["intensity"] == 0 and ex["actor"] == b"1002" and ex["sentence"] == b"WSI"
-  # mel: exactly emogen_jax.audio on the clip's audio track
+  # mel: exactly emogen_jax.data.audio on the clip's audio track
   np.testing.assert_allclose(ex["mel"], audio.melspectrogram(audio.load_wav(src)), atol=1e-6)
   # pixels: the stored JPEG is the source frame cropped at the recorded box (pads + smoothing)
   boxes = fx.load_cached_clip(cache, fx.PARTIAL)["boxes"]

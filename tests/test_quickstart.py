@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from emogen_jax.media import ffmpeg_exe
+from emogen_jax.data.media import ffmpeg_exe
 from tests import _quickstart_fixtures as qf
 
 STAGES = ("corpus", "convert_fps", "preprocess", "syncnet", "emotion_disc", "emogen", "demo")

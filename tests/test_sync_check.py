@@ -7,8 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from emogen_jax import evaluate as ev
-from emogen_jax import sync_check
+from emogen_jax.evaluation import evaluate as ev
+from emogen_jax.evaluation import sync_check
 from tests import _infer_fixtures as F
 
 N_FRAMES = 30

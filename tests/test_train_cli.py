@@ -13,8 +13,9 @@ import time
 import numpy as np
 import pytest
 
-from emogen_jax import checkpoints, train, train_config
 from emogen_jax.errors import UserError
+from emogen_jax.models import checkpoints
+from emogen_jax.train import loop as train, config as train_config
 from tests._train_fixtures import REPO, load_config, subprocess_env, train_cli
 
 _DISC = ["--config", "configs/emotion_disc.py:smoke", "--config.synthetic_data=True",
@@ -97,7 +98,7 @@ def test_config_errors_are_one_line(capsys, tmp_path):
 
 
 def test_learning_rate_schedules():
-  from emogen_jax.train_state import learning_rate
+  from emogen_jax.train.state import learning_rate
   c = load_config("syncnet", None, synthetic_data=True, num_train_steps=1000)
   assert learning_rate(c, 5e-4) == 5e-4  # the reference config: the original's constant rate
   assert load_config("syncnet").lr_schedule == "cosine"  # the smoke variant decays
@@ -117,7 +118,7 @@ def test_batch_must_divide_over_devices():
 
 
 def test_emogen_checkpoint_requirements(tmp_path):
-  from emogen_jax import emogen_step
+  from emogen_jax.train.stages import emogen as emogen_step
   logs = []
   ref = load_config("emogen", None, synthetic_data=True)
   with pytest.raises(UserError, match="syncnet_checkpoint"):

@@ -9,7 +9,7 @@ import os
 import subprocess
 import sys
 
-from emogen_jax import checkpoints
+from emogen_jax.models import checkpoints
 from tests._train_fixtures import (REPO, drop_bias_before_bn, free_port, relative_diff,
                                    subprocess_env, train_cli)
 
@@ -67,7 +67,7 @@ def test_two_hosts_validate_the_whole_split_like_one(tmp_path):
   2 devices over the same examples."""
   import json
 
-  from emogen_jax import input_pipeline
+  from emogen_jax.data import input_pipeline
   from tests import _pipeline_fixtures as fx
   data_dir = fx.preprocessed()["data_dir"]
   splits = input_pipeline.dataset_builder(data_dir).info.splits

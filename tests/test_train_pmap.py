@@ -23,7 +23,8 @@ import json, sys, time
 import jax, numpy as np
 from tests._train_fixtures import (clear_gradient_params, drop_bias_before_bn, first_moments,
                                   load_config, relative_diff)
-from emogen_jax import emogen_step, syncnet_step, train_state
+from emogen_jax.train import state as train_state
+from emogen_jax.train.stages import emogen as emogen_step, syncnet as syncnet_step
 
 assert jax.device_count() == 8, jax.devices()
 out = {}

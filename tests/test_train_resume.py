@@ -12,7 +12,7 @@ import os
 import numpy as np
 import orbax.checkpoint as ocp
 
-from emogen_jax import checkpoints
+from emogen_jax.models import checkpoints
 from tests._train_fixtures import assert_trees_equal, train_cli
 
 _EMOGEN = ["--config", "configs/emogen.py:smoke", "--config.synthetic_data=True",

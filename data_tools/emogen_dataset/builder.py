@@ -9,7 +9,7 @@ and ``<manual_dir>/splits.json`` ({split: [clip_id, ...]}). Each record holds:
 * ``valid``: bool per frame, False where the detector found no face (the crop there
   comes from an interpolated box and must not be trained on); frames are never
   dropped, so frame i stays aligned with the audio at i / 25 s;
-* ``mel``: (80, T) float32 log-mel of the clip's 16 kHz mono audio (emogen_jax.audio);
+* ``mel``: (80, T) float32 log-mel of the clip's 16 kHz mono audio (emogen_jax.data.audio);
 * ``emotion`` (ClassLabel over EMOTIONS), ``intensity`` (XX/LO/MD/HI), ``actor``,
   ``sentence``, ``clip_id``, ``num_frames``.
 """
@@ -23,7 +23,7 @@ import pickle
 import numpy as np
 import tensorflow_datasets as tfds
 
-from emogen_jax.emotions import EMOTIONS, INTENSITIES
+from emogen_jax.data.emotions import EMOTIONS, INTENSITIES
 
 NAME = "emogen_clips"
 VERSION = "1.0.0"

@@ -66,7 +66,7 @@ class EmotionDiscriminator(nn.Module):
   """Emotion classifier of a clip.
 
   ``__call__(video)``: video (B, T, 96, 96, 3) in [0, 1] -> logits (B, 6) (order of
-  ``emogen_jax.emotions.EMOTIONS``).
+  ``emogen_jax.data.emotions.EMOTIONS``).
 
   Per frame: five Conv(3x3, stride 2, pad 1) -> LeakyReLU(0.3), channels 64, 128, 256, 512, 512
   (96 -> 48 -> 24 -> 12 -> 6 -> 3), flattened in PyTorch's (C, H, W) order (4608 values) so that

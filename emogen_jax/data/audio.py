@@ -14,8 +14,8 @@ import subprocess
 
 import numpy as np
 
+from emogen_jax.data.media import ffmpeg_exe
 from emogen_jax.errors import UserError
-from emogen_jax.media import ffmpeg_exe
 
 SAMPLE_RATE = 16000
 N_FFT = 800

@@ -1,6 +1,6 @@
 """Notebook API over the inference core of ``emogen_jax.infer``.
 
-    from emogen_jax.api import TalkingFace, show
+    from emogen_jax.inference.api import TalkingFace, show
     tf = TalkingFace.load("checkpoints/emogen")          # loads and compiles once
     frames, fps = tf.generate(face="face.mp4", audio="speech.wav", emotion="HAP")
     show(tf.to_video(frames, "speech.wav", "out.mp4", fps))
@@ -17,11 +17,11 @@ from typing import Sequence
 
 import numpy as np
 
-from emogen_jax import audio as audio_lib
-from emogen_jax import face_detection
-from emogen_jax import infer
-from emogen_jax import video_io
+from emogen_jax.data import audio as audio_lib
+from emogen_jax.data import face_detection
+from emogen_jax.data import video_io
 from emogen_jax.errors import UserError
+from emogen_jax.inference import renderer as infer
 
 
 def _face_frames(face, fps: float | None, rgb: bool) -> tuple[list[np.ndarray], float]:

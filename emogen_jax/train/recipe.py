@@ -37,7 +37,7 @@ _STEP_LINE = re.compile(r"^step (\d+)/(\d+): (.*)$")
 
 def configs_dir() -> str:
   """The repository's configs/ folder (next to the emogen_jax package in a source checkout)."""
-  return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+  return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "configs")
 
 
 def load_config(name: str, variant: str | None = "smoke", **overrides):
@@ -115,7 +115,7 @@ def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: floa
   done = finished_summary(workdir, steps)
   if done is not None:
     return {**done, "wall_s": done.get("wall_s", 0.0), "skipped": True}
-  from emogen_jax import train
+  from emogen_jax.train import loop as train
   # Ten validations per run, but not closer than 25 steps (each one also saves a checkpoint).
   every = eval_every or max(steps // 10, min(steps, 25))
   config = load_config(name, data_dir=data_dir, width=width, seed=seed, num_train_steps=steps,

@@ -27,7 +27,7 @@ with 5 valid frames; SyncNet is in sync with p = 0.5.
 
 Training streams (train=True): files and clips shuffled, repeated forever; each clip read
 and decoded once yields ``windows_per_clip`` examples (only the JPEGs those windows use
-are decoded), then examples are shuffled across clips, augmented (emogen_jax.augment,
+are decoded), then examples are shuffled across clips, augmented (emogen_jax.data.augment,
 one parameter set per example, shared by all its frames) and batched. All randomness is
 stateless and keyed by (seed, clip read index), so the same seed gives the same batches.
 
@@ -56,7 +56,7 @@ from typing import Iterator, Optional
 import numpy as np
 import tensorflow as tf
 
-from emogen_jax import augment as augment_lib
+from emogen_jax.data import augment as augment_lib
 from emogen_jax.errors import UserError
 
 TASKS = ("syncnet", "emotion", "generator")

@@ -28,10 +28,12 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from emogen_jax import checkpoints, distributed, emogen_step, emotion_disc_step, syncnet_step
-from emogen_jax import train_config
 from emogen_jax.errors import UserError, cli_main
-from emogen_jax.train_state import TrainState, replicate, unreplicate_to_host
+from emogen_jax.models import checkpoints
+from emogen_jax.train import config as train_config
+from emogen_jax.train import distributed
+from emogen_jax.train.stages import emogen as emogen_step, emotion_disc as emotion_disc_step, syncnet as syncnet_step
+from emogen_jax.train.state import TrainState, replicate, unreplicate_to_host
 
 STAGES = {"syncnet": syncnet_step, "emotion_disc": emotion_disc_step, "emogen": emogen_step}
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -69,7 +71,7 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int,
                 min_batches: int = 0) -> Iterator[dict]:
   if config.synthetic_data:
     return synthetic_stream(stage, seed=seed, split=split, per_device_batch=per_device_batch)
-  from emogen_jax import input_pipeline  # tf.data: imported only when real data is used
+  from emogen_jax.data import input_pipeline  # tf.data: imported only when real data is used
   kwargs = {}
   if config.get("shuffle_buffer", 0):
     kwargs["shuffle_buffer"] = int(config.shuffle_buffer)
@@ -370,7 +372,7 @@ def eval_steps(config, stage, per_device: int) -> int:
   want = int(config.eval_batches)
   if jax.process_count() == 1 or config.synthetic_data:
     return want
-  from emogen_jax import input_pipeline
+  from emogen_jax.data import input_pipeline
   longest = max(input_pipeline.eval_pass_batches(
       stage.TASK, config.data_dir, "validation", global_batch=jax.local_device_count() * per_device,
       eval_windows=int(config.eval_windows), process_count=jax.process_count()))

@@ -24,10 +24,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emogen_jax import checkpoints, losses
 from emogen_jax.errors import UserError
 from emogen_jax.models import EmotionDiscriminator, Generator, SyncNet, VGG19Features
-from emogen_jax.train_state import TrainState, adam, create_state, init_variables, learning_rate
+from emogen_jax.models import checkpoints
+from emogen_jax.train import losses
+from emogen_jax.train.state import TrainState, adam, create_state, init_variables, learning_rate
 
 AXIS = "batch"
 TASK = "generator"

@@ -14,8 +14,8 @@ from typing import Iterable, Iterator
 import cv2
 import numpy as np
 
+from emogen_jax.data.media import ffmpeg_exe
 from emogen_jax.errors import UserError
-from emogen_jax.media import ffmpeg_exe
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from emogen_jax import losses
 from emogen_jax.models import EmotionDiscriminator
-from emogen_jax.train_state import TrainState, adam, create_state, init_variables
+from emogen_jax.train import losses
+from emogen_jax.train.state import TrainState, adam, create_state, init_variables
 
 AXIS = "batch"
 TASK = "emotion"

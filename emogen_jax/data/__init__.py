@@ -1,0 +1,10 @@
+"""Data: from media files to training batches.
+
+- ``audio``: wav loading and the mel-spectrogram features.
+- ``timing``: the time rules linking video frames to mel steps (windows, chunks).
+- ``video_io``: reading frames from videos and images; ``media``: the ffmpeg binary.
+- ``face_detection``: face detectors and the box helpers (pad, smooth, crop).
+- ``emotions``: the emotion table (codes, names, label ids).
+- ``augment``: the training augmentations.
+- ``input_pipeline``: the tf.data pipelines over the preprocessed shards.
+"""

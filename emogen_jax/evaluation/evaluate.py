@@ -1,0 +1,436 @@
+"""Evaluation of a generator on a preprocessed split: PSNR, SSIM, LSE-D/LSE-C, EmoAcc, FID.
+
+    python -m emogen_jax.evaluate --checkpoint CKPT --data-dir DATA --out eval/ \\
+        [--split test] [--syncnet S] [--emotion-classifier E] [--inception F] [--max-clips N]
+
+Each test clip is regenerated frame by frame exactly as the inference CLI does it (same core:
+``emogen_jax.inference.renderer.Renderer``): generator input [zeros, the frame's own crop], mel window of
+frame f from int(80 * f / 25), the clip's own emotion. Against the ground-truth crops (96x96):
+
+* PSNR and SSIM (skimage) over the frames where the preprocessing found a face;
+* LSE-D / LSE-C with a SyncNet (``--syncnet``, ours or converted), the syncnet_python protocol
+  (``emogen_jax.evaluation.metrics.lse``: offset search over +-15 frames, mean distance at the best offset,
+  confidence = median - minimum), per clip, averaged over clips; the ground truth's values are
+  reported too as the reference point. Our SyncNet's embeddings are L2-normalised, so the numbers
+  are on a different scale than syncnet_python's (the paper's LSE-C 6.663 is not comparable);
+* EmoAcc (``--emotion-classifier``, an EmotionDiscriminator checkpoint): every clip is generated
+  with each of the six target emotions; a clip counts as recognised when the classifier's mean
+  softmax over its 5-frame windows peaks at the target; the classifier's accuracy on the real
+  clips is reported as its own reference;
+* FID (``--inception``, Keras InceptionV3 "notop" weights, e.g.
+  inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5): 2048-d pool features of generated
+  vs real crops (resized to 299, RGB); otherwise "not computed".
+
+Writes ``metrics.json`` and ``metrics.md`` into ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from emogen_jax.data.emotions import EMOTIONS
+from emogen_jax.errors import UserError, cli_main
+from emogen_jax.evaluation import metrics
+from emogen_jax.inference import renderer as infer
+from emogen_jax.models import checkpoints
+
+WINDOW = 5          # frames per SyncNet / emotion-classifier window
+MEL_WINDOW = 16
+FPS = 25
+FID_NOT_COMPUTED = "not computed (no Inception weights; --inception)"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def split_names(data_dir: str, split: str) -> list[str]:
+  """The split names to read: one, or every non-empty one for "all"."""
+  from emogen_jax.data import input_pipeline
+  info = input_pipeline.dataset_info(data_dir)
+  avail = {k: v for k, v in info["splits"].items() if v > 0}
+  if split == "all":
+    return sorted(avail)
+  if split not in avail:
+    listing = ", ".join(f"{k}={v}" for k, v in info["splits"].items()) or "none"
+    raise UserError(f"split {split!r} of {data_dir} is empty or missing (clips per split: "
+                    f"{listing}); pick another --split")
+  return [split]
+
+
+def iter_clips(data_dir: str, split: str, max_clips: int | None = None) -> Iterator[dict]:
+  """Whole clips of the preprocessed dataset, in dataset order (deterministic).
+
+  Yields {"clip_id": str, "frames": (N, 96, 96, 3) uint8 BGR, "valid": (N,) bool,
+  "mel": (80, T) float32, "emotion": int, "split": str}; with split "all" a clip present in two
+  splits (the random protocol's validation == test) is read once.
+  """
+  from emogen_jax.data import input_pipeline
+  import tensorflow_datasets as tfds
+  builder = input_pipeline.dataset_builder(data_dir)
+  seen = set()
+  count = 0
+  for name in split_names(data_dir, split):
+    ds = builder.as_dataset(split=name, shuffle_files=False,
+                            read_config=tfds.ReadConfig(add_tfds_id=False, try_autocache=False))
+    for ex in ds.as_numpy_iterator():
+      cid = ex["clip_id"].decode() if isinstance(ex["clip_id"], bytes) else str(ex["clip_id"])
+      if cid in seen:
+        continue
+      seen.add(cid)
+      # OpenCV wrote BGR crops; its decoder gives them back as BGR.
+      frames = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+                         for b in ex["frames"]])
+      yield {"clip_id": cid, "frames": frames, "valid": np.asarray(ex["valid"], bool),
+             "mel": np.asarray(ex["mel"], np.float32), "emotion": int(ex["emotion"]), "split": name}
+      count += 1
+      if max_clips is not None and count >= max_clips:
+        return
+
+
+def num_mel_frames(num_frames: int, mel_steps: int, fps: float = FPS) -> int:
+  """How many leading frames have their whole 16-step mel window inside the clip's mel."""
+  n = 0
+  while n < num_frames and int(80 * n / fps) + MEL_WINDOW <= mel_steps:
+    n += 1
+  return n
+
+
+def mel_windows(mel: np.ndarray, n: int, fps: float = FPS) -> np.ndarray:
+  """(80, T) -> (n, 80, 16): the window of frame f starts at int(80 * f / fps)."""
+  starts = [int(80 * f / fps) for f in range(n)]
+  return np.stack([mel[:, s:s + MEL_WINDOW] for s in starts]).astype(np.float32)
+
+
+def lower_half_windows(frames: np.ndarray) -> np.ndarray:
+  """(N, 96, 96, 3) uint8 -> (N - 4, 48, 96, 15) float32 in [0, 1]: lower halves of frames f..f+4
+  stacked frame-major on channels (channel 3*t+c), SyncNet's face input for window f."""
+  n = len(frames) - WINDOW + 1
+  half = frames[:, frames.shape[1] // 2:].astype(np.float32) / 255.0
+  return np.stack([np.concatenate(list(half[f:f + WINDOW]), axis=-1) for f in range(max(n, 0))]) \
+      if n > 0 else np.zeros((0, 48, 96, 15), np.float32)
+
+
+# ---------------------------------------------------------------------------- models
+
+
+class FixedBatch:
+  """Applies a jitted function in batches of one fixed size (padding the last), so it compiles once."""
+
+  def __init__(self, fn: Callable, batch_size: int):
+    import jax
+    self.batch_size = batch_size
+    self.trace_count = 0
+
+    def counted(*args):
+      self.trace_count += 1
+      return fn(*args)
+
+    self._fn = jax.jit(counted)
+
+  def __call__(self, *arrays):
+    n = len(arrays[0])
+    b = self.batch_size
+    outs = []
+    for s in range(0, n, b):
+      chunk = [a[s:s + b] for a in arrays]
+      k = len(chunk[0])
+      chunk = [np.concatenate([c, np.zeros((b - k,) + c.shape[1:], c.dtype)]) if k < b else c
+               for c in chunk]
+      res = self._fn(*chunk)
+      outs.append([np.asarray(r)[:k] for r in (res if isinstance(res, tuple) else (res,))])
+    if not outs:
+      raise ValueError("nothing to apply the function to")
+    cat = [np.concatenate(parts) for parts in zip(*outs)]
+    return tuple(cat) if len(cat) > 1 else cat[0]
+
+
+def load_syncnet(checkpoint: str, batch_size: int = 32) -> FixedBatch:
+  """A function (mel (B,80,16,1), faces (B,48,96,15)) -> (audio_emb, face_emb), inference mode."""
+  from emogen_jax.models import SyncNet
+  variables = checkpoints.load_model(checkpoint, "syncnet")
+  width = float(checkpoints.load_meta(checkpoint).get("width", 1.0))
+  model = SyncNet(width=width)
+  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+  return FixedBatch(lambda mel, faces: model.apply(variables, mel, faces, train=False), batch_size)
+
+
+def load_emotion_classifier(checkpoint: str, batch_size: int = 16) -> FixedBatch:
+  """A function (video (B,5,96,96,3) float in [0,1], BGR as in training) -> logits (B,6)."""
+  from emogen_jax.models import EmotionDiscriminator
+  variables = checkpoints.load_model(checkpoint, "emotion_disc")
+  meta = checkpoints.load_meta(checkpoint)
+  model = EmotionDiscriminator(width=float(meta.get("width", 1.0)),
+                               original_layout=bool(meta.get("original_layout", False)))
+  variables = {"params": variables["params"]}
+  return FixedBatch(lambda video: model.apply(variables, video), batch_size)
+
+
+def sync_embeddings(syncnet: FixedBatch, frames: np.ndarray, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """(video_emb, audio_emb) of every 5-frame window f (face frames f..f+4, mel window of f)."""
+  n = min(len(frames) - WINDOW + 1, num_mel_frames(len(frames), mel.shape[1]))
+  if n < 1:
+    raise ValueError(f"clip too short for a SyncNet window ({len(frames)} frames)")
+  faces = lower_half_windows(frames[:n + WINDOW - 1])
+  a, v = syncnet(mel_windows(mel, n)[..., None], faces)
+  return v, a
+
+
+def clip_windows(frames: np.ndarray) -> np.ndarray:
+  """(N, 96, 96, 3) uint8 -> (N // 5, 5, 96, 96, 3) float32 [0, 1]: non-overlapping 5-frame windows."""
+  k = len(frames) // WINDOW
+  return frames[:k * WINDOW].reshape((k, WINDOW) + frames.shape[1:]).astype(np.float32) / 255.0
+
+
+def classify_clip(classifier: FixedBatch, frames: np.ndarray) -> int:
+  """The classifier's label for a clip: argmax of the mean softmax over its 5-frame windows."""
+  logits = np.asarray(classifier(clip_windows(frames)), np.float64)
+  p = np.exp(logits - logits.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  return int(np.argmax(p.mean(0)))
+
+
+class InceptionFeatures:
+  """2048-d average-pool features of Keras InceptionV3 from a local "notop" weights file."""
+
+  def __init__(self, weights: str, batch_size: int = 32):
+    if not os.path.isfile(weights):
+      raise UserError(f"Inception weights {weights!r} not found; give Keras InceptionV3 'notop' "
+                      "weights (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5)")
+    import tensorflow as tf
+    tf.config.set_visible_devices([], "GPU")  # keep TensorFlow off the accelerator JAX uses
+    import keras
+    try:
+      self.model = keras.applications.InceptionV3(include_top=False, weights=weights,
+                                                  pooling="avg", input_shape=(299, 299, 3))
+    except Exception as e:
+      raise UserError(f"cannot load Inception weights {weights!r} ({type(e).__name__}: "
+                      f"{str(e).splitlines()[0] if str(e) else ''}); expected Keras InceptionV3 "
+                      "notop weights") from None
+    self.batch_size = batch_size
+
+  def __call__(self, crops_bgr: np.ndarray) -> np.ndarray:
+    feats = []
+    for s in range(0, len(crops_bgr), self.batch_size):
+      x = np.stack([cv2.resize(c, (299, 299), interpolation=cv2.INTER_LINEAR)[:, :, ::-1]
+                    for c in crops_bgr[s:s + self.batch_size]]).astype(np.float32)
+      x = x / 127.5 - 1.0  # InceptionV3's preprocess_input
+      feats.append(np.asarray(self.model(x, training=False)))
+    return np.concatenate(feats).astype(np.float64)
+
+
+# ---------------------------------------------------------------------------- evaluation
+
+
+def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str | None = None,
+             emotion_classifier: str | None = None, inception: str | None = None,
+             max_clips: int | None = None, batch_size: int = 16, vshift: int = metrics.DEFAULT_VSHIFT,
+             progress: bool = True) -> dict:
+  """All metrics as a JSON-able dict (see the module docstring)."""
+  from tqdm import tqdm
+  split_names(data_dir, split)  # a bad data dir or split fails here, before any model loads
+  model, variables, meta = infer.load_generator(checkpoint)
+  renderer = infer.Renderer(model, variables, batch_size)
+  sync_fn = load_syncnet(syncnet) if syncnet else None
+  emo_fn = load_emotion_classifier(emotion_classifier) if emotion_classifier else None
+  incep = InceptionFeatures(inception) if inception else None
+
+  psnrs, ssims, weights = [], [], []
+  sync_gen, sync_gt = [], []
+  emo_pred, emo_target, real_pred, real_target = [], [], [], []
+  feats_gen, feats_real = [], []
+  skipped = {"too_short": [], "no_valid_frame": []}
+  frames_total = frames_no_face = 0
+  clips = 0
+  t0 = time.perf_counter()
+  for clip in tqdm(iter_clips(data_dir, split, max_clips), desc="evaluating", unit="clip",
+                   disable=not progress, file=sys.stderr):
+    n = num_mel_frames(len(clip["frames"]), clip["mel"].shape[1])
+    if n < WINDOW:
+      skipped["too_short"].append(clip["clip_id"])
+      continue
+    gt = clip["frames"][:n]
+    valid = clip["valid"][:n]
+    if not valid.any():
+      skipped["no_valid_frame"].append(clip["clip_id"])
+      continue
+    clips += 1
+    mels = mel_windows(clip["mel"], n)
+    gen = renderer(mels, gt, np.full((n,), clip["emotion"], np.int32))
+    frames_total += n
+    frames_no_face += int((~valid).sum())
+    psnrs.append(metrics.psnr(gen[valid], gt[valid]))
+    ssims.append(metrics.ssim(gen[valid], gt[valid]))
+    weights.append(int(valid.sum()))
+    if sync_fn is not None:
+      sync_gen.append(metrics.lse(*sync_embeddings(sync_fn, gen, clip["mel"]), vshift=vshift).as_dict())
+      sync_gt.append(metrics.lse(*sync_embeddings(sync_fn, gt, clip["mel"]), vshift=vshift).as_dict())
+    if emo_fn is not None:
+      real_pred.append(classify_clip(emo_fn, gt))
+      real_target.append(clip["emotion"])
+      for e in range(len(EMOTIONS)):
+        out = gen if e == clip["emotion"] else renderer(mels, gt, np.full((n,), e, np.int32))
+        emo_pred.append(classify_clip(emo_fn, out))
+        emo_target.append(e)
+    if incep is not None:
+      feats_gen.append(incep(gen[valid]))
+      feats_real.append(incep(gt[valid]))
+  seconds = time.perf_counter() - t0
+  if clips == 0:
+    raise UserError(f"no clip of split {split!r} in {data_dir} could be evaluated "
+                    f"(too short: {len(skipped['too_short'])}, no face: {len(skipped['no_valid_frame'])})")
+
+  finite = [p for p in psnrs if np.isfinite(p)]
+  result = {
+      "checkpoint": os.path.abspath(checkpoint),
+      "generator_width": float(meta.get("width", 1.0)),
+      "data_dir": os.path.abspath(data_dir),
+      "split": split,
+      "clips": clips,
+      "frames": frames_total,
+      "frames_without_face_excluded_from_psnr_ssim": frames_no_face,
+      "skipped_clips": {k: len(v) for k, v in skipped.items()},
+      "skipped_clip_ids": skipped,
+      # PSNR: frame-count-weighted mean of per-clip PSNR (identical clips give inf).
+      "psnr": (float(np.average(finite, weights=[w for p, w in zip(psnrs, weights) if np.isfinite(p)]))
+               if len(finite) == len(psnrs) else float("inf")),
+      "ssim": float(np.average(ssims, weights=weights)),
+      "seconds": seconds,
+  }
+  if sync_fn is not None:
+    for name, rows in (("generated", sync_gen), ("ground_truth", sync_gt)):
+      result[f"lse_{name}"] = {
+          "lse_d": float(np.mean([r["lse_d"] for r in rows])),
+          "lse_c": float(np.mean([r["lse_c"] for r in rows])),
+          "offset_zero_fraction": float(np.mean([r["offset"] == 0 for r in rows])),
+          "median_abs_offset": float(np.median([abs(r["offset"]) for r in rows])),
+      }
+    result["lse_d"] = result["lse_generated"]["lse_d"]
+    result["lse_c"] = result["lse_generated"]["lse_c"]
+    result["syncnet"] = os.path.abspath(syncnet)
+    result["lse_vshift"] = vshift
+  else:
+    result["lse_d"] = result["lse_c"] = "not computed (no SyncNet; --syncnet)"
+  if emo_fn is not None:
+    result["emo_acc"] = metrics.accuracy(np.array(emo_pred), np.array(emo_target))
+    result["emo_acc_per_target"] = {
+        EMOTIONS[e]: metrics.accuracy(np.array(emo_pred)[np.array(emo_target) == e],
+                                      np.array(emo_target)[np.array(emo_target) == e])
+        for e in range(len(EMOTIONS))}
+    result["emo_confusion"] = metrics.confusion_matrix(np.array(emo_pred), np.array(emo_target),
+                                                       len(EMOTIONS)).tolist()
+    result["classifier_acc_on_real"] = metrics.accuracy(np.array(real_pred), np.array(real_target))
+    result["emotion_classifier"] = os.path.abspath(emotion_classifier)
+  else:
+    result["emo_acc"] = "not computed (no emotion classifier; --emotion-classifier)"
+  if incep is not None:
+    fg, fr = np.concatenate(feats_gen), np.concatenate(feats_real)
+    if len(fg) < 2:
+      result["fid"] = "not computed (fewer than 2 frames)"
+    else:
+      result["fid"] = metrics.fid_from_features(fg, fr)
+      result["fid_frames"] = int(len(fg))
+  else:
+    result["fid"] = FID_NOT_COMPUTED
+  result["compilations"] = {"generator": renderer.trace_count,
+                            **({"syncnet": sync_fn.trace_count} if sync_fn else {}),
+                            **({"emotion_classifier": emo_fn.trace_count} if emo_fn else {})}
+  return result
+
+
+def _fmt(v) -> str:
+  if isinstance(v, float):
+    return "inf" if v == float("inf") else f"{v:.4f}"
+  return str(v)
+
+
+def to_markdown(r: dict) -> str:
+  """The headline metrics as a markdown table (with the published numbers where they exist)."""
+  rows = [
+      ("PSNR (dB)", r["psnr"], "-"),
+      ("SSIM", r["ssim"], "-"),
+      ("LSE-D", r["lse_d"], "-"),
+      ("LSE-C", r["lse_c"], "6.663 (syncnet_python scale)"),
+      ("EmoAcc", f"{100 * r['emo_acc']:.1f} %" if isinstance(r["emo_acc"], float) else r["emo_acc"],
+       "83.2 %"),
+      ("FID", r["fid"], "5.29"),
+  ]
+  lines = [f"# Evaluation of {r['checkpoint']}", "",
+           f"Split `{r['split']}` of `{r['data_dir']}`: {r['clips']} clips, {r['frames']} frames "
+           f"({r['frames_without_face_excluded_from_psnr_ssim']} without a detected face left out of "
+           f"PSNR/SSIM); skipped clips: {r['skipped_clips']}.", "",
+           "| metric | value | published (CREMA-D) |", "|---|---|---|"]
+  lines += [f"| {name} | {_fmt(v)} | {pub} |" for name, v, pub in rows]
+  if "lse_ground_truth" in r:
+    g = r["lse_ground_truth"]
+    lines += ["", f"Ground-truth clips with the same SyncNet: LSE-D {_fmt(g['lse_d'])}, LSE-C "
+              f"{_fmt(g['lse_c'])}, best offset 0 in {100 * g['offset_zero_fraction']:.0f} % of clips."]
+  if "classifier_acc_on_real" in r:
+    lines += ["", f"Emotion classifier accuracy on the real clips: "
+              f"{100 * r['classifier_acc_on_real']:.1f} %; EmoAcc per target: "
+              + ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["emo_acc_per_target"].items()) + "."]
+  return "\n".join(lines) + "\n"
+
+
+def _json_safe(x):
+  if isinstance(x, float) and not np.isfinite(x):
+    return str(x)
+  if isinstance(x, dict):
+    return {k: _json_safe(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_json_safe(v) for v in x]
+  return x
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m emogen_jax.evaluate",
+                              description="PSNR, SSIM, LSE-D/C, EmoAcc and FID of a generator "
+                                          "on a preprocessed split.")
+  p.add_argument("--checkpoint", required=True, help="generator: training workdir or checkpoint")
+  p.add_argument("--data-dir", required=True, help="preprocessed dataset (data_tools.preprocess)")
+  p.add_argument("--split", default="test", help="train, validation, test or all (default test)")
+  p.add_argument("--syncnet", default=None, help="SyncNet checkpoint for LSE-D / LSE-C")
+  p.add_argument("--emotion-classifier", default=None,
+                 help="emotion discriminator checkpoint for EmoAcc")
+  p.add_argument("--inception", default=None,
+                 help="Keras InceptionV3 notop weights (.h5) for FID")
+  p.add_argument("--max-clips", type=int, default=None, help="evaluate at most this many clips")
+  p.add_argument("--batch-size", type=int, default=16)
+  p.add_argument("--out", required=True, help="folder for metrics.json and metrics.md")
+  return p
+
+
+@cli_main
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  if args.max_clips is not None and args.max_clips < 1:
+    raise UserError(f"--max-clips must be at least 1, got {args.max_clips}")
+  for flag, path in (("--syncnet", args.syncnet), ("--emotion-classifier", args.emotion_classifier)):
+    if path is not None:
+      checkpoints.resolve_checkpoint(path)  # fail before the long run, naming the path
+  if args.inception is not None and not os.path.isfile(args.inception):
+    raise UserError(f"Inception weights {args.inception!r} not found; give Keras InceptionV3 "
+                    "'notop' weights (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5)")
+  os.makedirs(args.out, exist_ok=True)
+  r = evaluate(args.checkpoint, args.data_dir, args.split, args.syncnet, args.emotion_classifier,
+               args.inception, args.max_clips, args.batch_size)
+  with open(os.path.join(args.out, "metrics.json"), "w") as f:
+    json.dump(_json_safe(r), f, indent=2)
+  md = to_markdown(r)
+  with open(os.path.join(args.out, "metrics.md"), "w") as f:
+    f.write(md)
+  print(md)
+  print(f"wrote {os.path.join(args.out, 'metrics.json')} and metrics.md ({r['clips']} clips, "
+        f"{r['seconds']:.1f} s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,6 @@
+"""Inference: a face video or image + speech + an emotion -> a talking-face video.
+
+- ``renderer``: the core (face boxes, generator batches, paste-back, the frame/mel schedule).
+- ``cli``: ``python -m emogen_jax.infer``.
+- ``api``: the notebook API (``TalkingFace``).
+"""

@@ -1,0 +1,121 @@
+"""``python -m emogen_jax.infer``: a face video or image + any speech audio -> an mp4.
+
+    python -m emogen_jax.infer --checkpoint CKPT --face face.mp4 --audio speech.wav \\
+        --emotion HAP --out out.mp4
+
+The work is done by ``emogen_jax.inference.renderer``; this module parses the flags, checks the
+output and writes the video.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import cv2
+
+from emogen_jax.data import audio as audio_lib
+from emogen_jax.data import face_detection
+from emogen_jax.data import video_io
+from emogen_jax.data.emotions import EMOTIONS
+from emogen_jax.errors import UserError, cli_main
+from emogen_jax.inference.renderer import (DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions, NoFaceError,
+                                           Renderer, load_generator, make_job, parse_emotions,
+                                           render_frames)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(
+      prog="python -m emogen_jax.infer",
+      description="Make a face speak an audio track with a chosen emotion (EmoGen).")
+  p.add_argument("--checkpoint", required=True,
+                 help="a training workdir (latest step) or a converted checkpoint holding a generator")
+  p.add_argument("--face", required=True, help="video or image with a face")
+  p.add_argument("--audio", required=True, help="speech: any file ffmpeg reads (wav, mp3, a video)")
+  p.add_argument("--emotion", default="NEU",
+                 help=f"one of {', '.join(EMOTIONS)}, or 'all' for the six side by side (default NEU)")
+  p.add_argument("--out", required=True, help="output .mp4 (H.264 + AAC)")
+  p.add_argument("--pads", type=int, nargs=4, default=list(DEFAULT_PADS), metavar=("T", "B", "L", "R"),
+                 help="pixels added to the detected box: top bottom left right (default 0 10 0 0)")
+  p.add_argument("--nosmooth", action="store_true", help="do not average boxes over 5 frames")
+  p.add_argument("--resize-factor", type=int, default=1,
+                 help="divide the frame size by this first (faster; output at that size)")
+  p.add_argument("--crop", type=int, nargs=4, metavar=("T", "B", "L", "R"),
+                 help="keep only this part of the frame: top bottom left right in pixels, -1 = edge")
+  p.add_argument("--box", type=int, nargs=4, metavar=("T", "B", "L", "R"),
+                 help="fixed face box top bottom left right in pixels (skips detection; no pads)")
+  p.add_argument("--rotate", action="store_true", help="rotate frames 90 degrees clockwise first")
+  p.add_argument("--static", action="store_true", help="use only the first frame (a still face)")
+  p.add_argument("--fps", type=float, default=None,
+                 help=f"frame rate for a still image (default {DEFAULT_IMAGE_FPS:g}); "
+                      "videos keep their own rate")
+  p.add_argument("--batch-size", type=int, default=16, help="faces per generator call (default 16)")
+  p.add_argument("--detector", default="haar", choices=face_detection.DETECTORS,
+                 help="face detector (haar: offline; s3fd: needs --s3fd-weights)")
+  p.add_argument("--s3fd-weights", default=None, help=f"path of {face_detection.S3FD_FILE}")
+  return p
+
+
+def _noface_png(out: str, k: int) -> str:
+  return f"{os.path.splitext(os.path.abspath(out))[0]}_noface_frame{k}.png"
+
+
+def run(args: argparse.Namespace) -> dict:
+  """The CLI's work; returns a summary dict (frames, seconds, compilations, path)."""
+  emotions = parse_emotions(args.emotion)
+  if not args.out.lower().endswith(".mp4"):
+    raise UserError(f"--out {args.out!r} must end in .mp4")
+  out_dir = os.path.dirname(os.path.abspath(args.out))
+  if not os.path.isdir(out_dir):
+    raise UserError(f"output folder {out_dir!r} does not exist; create it or change --out")
+  if args.fps is not None and args.fps <= 0:
+    raise UserError(f"--fps must be positive, got {args.fps}")
+  frames, fps = video_io.read_face_input(args.face)
+  if fps is None:
+    fps = args.fps or DEFAULT_IMAGE_FPS
+  elif args.fps is not None and abs(args.fps - fps) > 1e-3:
+    raise UserError(f"--fps {args.fps:g} given for a {fps:g} fps video; --fps is for still images. "
+                    f"Convert the video first (ffmpeg -i {args.face} -r {args.fps:g} face.mp4)")
+  wav = audio_lib.load_wav(args.audio)
+  model, variables, _ = load_generator(args.checkpoint)
+  opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
+                     crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
+                     detector=args.detector, s3fd_weights=args.s3fd_weights)
+  try:
+    job = make_job(frames, fps, wav, emotions, opts)
+  except NoFaceError as e:
+    png = _noface_png(args.out, e.frame_index)
+    cv2.imwrite(png, e.frame)
+    raise UserError(f"no face found in frame {e.frame_index} of {args.face} (saved as {png}); try "
+                    "larger --pads, a fixed --box T B L R, or --detector s3fd") from None
+  renderer = Renderer(model, variables, args.batch_size)
+  t0 = time.perf_counter()  # generation + encoding, after the compile
+  with tempfile.TemporaryDirectory(prefix="emogen_infer_") as tmp:
+    # Written in a private folder first so that a failed run leaves no half-written --out.
+    tmp_out = os.path.join(tmp, "out.mp4")
+    with video_io.VideoWriter(tmp_out, job.fps, audio=args.audio) as writer:
+      for frame in render_frames(renderer, job, progress=True):
+        writer.write(frame)
+    shutil.move(tmp_out, args.out)
+  seconds = time.perf_counter() - t0
+  return {"out": args.out, "frames": job.num_frames, "faces": job.num_frames * len(emotions),
+          "seconds": seconds, "compilations": renderer.trace_count, "fps": job.fps,
+          "compile_seconds": renderer.compile_seconds}
+
+
+@cli_main
+def main(argv=None) -> int:
+  args = _parser().parse_args(argv)
+  s = run(args)
+  print(f"wrote {s['out']}: {s['frames']} frames at {s['fps']:g} fps, {s['faces']} faces generated in "
+        f"{s['seconds']:.1f} s ({s['faces'] / max(s['seconds'], 1e-9):.1f} faces/s, "
+        f"{s['compilations']} compilation, {s['compile_seconds']:.1f} s)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

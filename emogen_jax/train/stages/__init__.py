@@ -1,0 +1,1 @@
+"""Training stages: one module per stage (``syncnet``, ``emotion_disc``, ``emogen``)."""
