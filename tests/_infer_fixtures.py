@@ -9,31 +9,9 @@ import subprocess
 import cv2
 import numpy as np
 
+from tests._model_fixtures import random_variables
+
 TINY_WIDTH = 0.125
-
-
-def random_variables(model, *example_inputs, seed: int = 0, **kwargs):
-  """Variables of ``model`` drawn directly in numpy (fan-in scaled normal kernels, unit BN scale/var).
-
-  Avoids compiling ``model.init`` (tens of seconds on a busy 2-core CPU); the statistics are those
-  of a freshly initialised network, which is all the inference tests need.
-  """
-  import jax
-  shapes = jax.eval_shape(lambda k: model.init(k, *example_inputs, **kwargs), jax.random.PRNGKey(0))
-  rng = np.random.default_rng(seed)
-
-  def draw(path, s):
-    name = str(getattr(path[-1], "key", path[-1]))
-    if name.startswith("kernel"):
-      fan_in = int(np.prod(s.shape[:-1]))
-      return (rng.normal(size=s.shape) / np.sqrt(fan_in)).astype(np.float32)
-    if name in ("scale", "var"):
-      return np.ones(s.shape, np.float32)
-    if name.startswith("bias"):
-      return (0.01 * rng.normal(size=s.shape)).astype(np.float32)
-    return np.zeros(s.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(draw, shapes)
 
 
 def make_generator_checkpoint(path: str, width: float = TINY_WIDTH, seed: int = 0) -> str:
@@ -43,7 +21,7 @@ def make_generator_checkpoint(path: str, width: float = TINY_WIDTH, seed: int = 
   from emogen_jax.models import checkpoints
   variables = random_variables(Generator(width=width), jnp.zeros((1, 80, 16, 1)),
                                jnp.zeros((1, 96, 96, 6)), jnp.zeros((1,), jnp.int32), train=False,
-                               seed=seed)
+                               seed=seed, fresh=True)
   return checkpoints.save_models(path, {"generator": variables}, width=width, source="test")
 
 
@@ -54,10 +32,10 @@ def make_model_checkpoint(path: str, kind: str, width: float = TINY_WIDTH, seed:
   from emogen_jax.models import checkpoints
   if kind == "syncnet":
     variables = random_variables(SyncNet(width=width), jnp.zeros((1, 80, 16, 1)),
-                                 jnp.zeros((1, 48, 96, 15)), train=False, seed=seed)
+                                 jnp.zeros((1, 48, 96, 15)), train=False, seed=seed, fresh=True)
   elif kind == "emotion_disc":
     variables = random_variables(EmotionDiscriminator(width=width), jnp.zeros((1, 5, 96, 96, 3)),
-                                 seed=seed)
+                                 seed=seed, fresh=True)
   else:
     raise ValueError(kind)
   return checkpoints.save_models(path, {kind: variables}, width=width, source="test")

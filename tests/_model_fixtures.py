@@ -4,7 +4,7 @@
 via ``jax.eval_shape``, so nothing is compiled) from numpy: initialising a Flax model the usual way
 costs a long compile on a 2-core CPU.
 
-The PyTorch replicas follow the SPEC's layer tables with the original code's module structure
+The PyTorch replicas follow the layer tables of docs/design.md with the original code's module structure
 (ModuleList of Sequential blocks, each block a ``conv_block`` Sequential), so their state_dict keys
 are the original checkpoint keys, and ``load_flax_into_torch`` doubles as a check of the Flax
 naming convention (name '.' -> '_', ``conv_block.0`` -> ``conv``, ``conv_block.1`` -> ``bn``).
@@ -18,21 +18,30 @@ import jax
 import numpy as np
 
 
-def random_variables(module, *args, seed: int = 0, gain: float = 1.0, **kwargs):
-  """Variables shaped like ``module.init(key, *args, **kwargs)`` with random numpy values.
+def random_variables(module, *args, seed: int = 0, gain: float = 1.0, fresh: bool = False, **kwargs):
+  """Variables shaped like ``module.init(key, *args, **kwargs)`` with random numpy values (no compile
+  of ``init``, which takes tens of seconds on a busy 2-core CPU).
 
-  Kernels ~ N(0, gain^2/fan_in), biases and BatchNorm shift ~ N(0, 0.1), BatchNorm scale ~ U(0.5, 1.5),
-  running mean ~ N(0, 0.1), running var ~ U(0.5, 1.5) (so inference mode is not an identity).
+  Kernels ~ N(0, gain^2/fan_in). Default: biases and BatchNorm shift ~ N(0, 0.1), BatchNorm scale
+  ~ U(0.5, 1.5), running mean ~ N(0, 0.1), running var ~ U(0.5, 1.5), so that inference mode is
+  not an identity (parity tests). ``fresh=True``: the statistics of a newly initialised network
+  (BatchNorm scale/var 1, shift/mean 0, biases ~ N(0, 0.01)), what the inference tests need.
   """
   shapes = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args, **kwargs))
   rng = np.random.default_rng(seed)
 
   def draw(path, leaf):
-    name = path[-1].key
+    name = str(getattr(path[-1], "key", path[-1]))
     shape = leaf.shape
-    if name == "kernel":
+    if name.startswith("kernel"):
       fan_in = int(np.prod(shape[:-1]))
       return (gain * rng.standard_normal(shape) / np.sqrt(fan_in)).astype(np.float32)
+    if fresh:
+      if name in ("scale", "var"):
+        return np.ones(shape, np.float32)
+      if name.startswith("bias"):
+        return (0.01 * rng.standard_normal(shape)).astype(np.float32)
+      return np.zeros(shape, np.float32)
     if name in ("scale", "var"):
       return rng.uniform(0.5, 1.5, shape).astype(np.float32)
     return (0.1 * rng.standard_normal(shape)).astype(np.float32)

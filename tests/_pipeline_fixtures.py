@@ -14,20 +14,17 @@ then ``python -m data_tools.preprocess`` (the real CLI, in a subprocess) into da
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import cv2
 import numpy as np
 
 from data_tools import make_synthetic
 from emogen_jax.data.media import ffmpeg_exe
+from tests import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_ACTORS = 3
 CLIPS_PER_ACTOR = 3
 FRAMES_RANGE = (24, 32)
@@ -35,15 +32,6 @@ SIZE = 128
 PARTIAL = "1002_WSI_NEU_XX"
 BLANK_FRAMES = (12, 13)
 FPS30 = "1003_TSI_ANG_XX"
-_MEMO: dict = {}
-
-
-def _tmp_root() -> str:
-  if "root" not in _MEMO:
-    root = tempfile.mkdtemp(prefix="emogen_pipeline_test_")
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    _MEMO["root"] = root
-  return _MEMO["root"]
 
 
 def run_preprocess(args, timeout=300, check=True) -> subprocess.CompletedProcess:
@@ -77,28 +65,24 @@ def reencode(src: str, dst: str, blank=(), fps: float | None = None) -> str:
   return dst
 
 
-def corpus() -> dict:
-  """{"src", "good" (paths of the synthetic good clips)} — built once."""
-  if "corpus" not in _MEMO:
-    src = os.path.join(_tmp_root(), "src")
-    good = make_synthetic.make_corpus(src, num_actors=NUM_ACTORS, clips_per_actor=CLIPS_PER_ACTOR,
-                                      seed=0, frames_range=FRAMES_RANGE, size=SIZE, speech="synth",
-                                      with_bad_examples=True)
-    reencode(good[3], os.path.join(src, PARTIAL + ".mp4"), blank=BLANK_FRAMES)
-    reencode(good[6], os.path.join(src, FPS30 + ".mp4"), fps=30)
-    _MEMO["corpus"] = {"src": src, "good": good}
-  return _MEMO["corpus"]
+def make_corpus(root: str) -> dict:
+  """{"src", "good" (paths of the synthetic good clips)}: the test corpus written under ``root``,
+  with one clip whose frames 12-13 show no face and one re-timed to 30 fps."""
+  src = os.path.join(root, "src")
+  good = make_synthetic.make_corpus(src, num_actors=NUM_ACTORS, clips_per_actor=CLIPS_PER_ACTOR,
+                                    seed=0, frames_range=FRAMES_RANGE, size=SIZE, speech="synth",
+                                    with_bad_examples=True)
+  reencode(good[3], os.path.join(src, PARTIAL + ".mp4"), blank=BLANK_FRAMES)
+  reencode(good[6], os.path.join(src, FPS30 + ".mp4"), fps=30)
+  return {"src": src, "good": good}
 
 
-def preprocessed() -> dict:
-  """{"src", "good", "data_dir", "cache_dir", "stdout"}: the corpus preprocessed with defaults."""
-  if "data" not in _MEMO:
-    c = corpus()
-    data_dir = os.path.join(_tmp_root(), "data")
-    proc = run_preprocess(["--src", c["src"], "--data-dir", data_dir, "--jobs", "2"])
-    _MEMO["data"] = {**c, "data_dir": data_dir, "cache_dir": os.path.join(data_dir, "cache"),
-                     "stdout": proc.stdout}
-  return _MEMO["data"]
+def preprocess_corpus(corpus: dict, root: str) -> dict:
+  """{"src", "good", "data_dir", "cache_dir", "stdout"}: ``corpus`` preprocessed with defaults."""
+  data_dir = os.path.join(root, "data")
+  proc = run_preprocess(["--src", corpus["src"], "--data-dir", data_dir, "--jobs", "2"])
+  return {**corpus, "data_dir": data_dir, "cache_dir": os.path.join(data_dir, "cache"),
+          "stdout": proc.stdout}
 
 
 def load_cached_clip(cache_dir: str, clip_id: str) -> dict:

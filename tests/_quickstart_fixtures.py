@@ -15,8 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from tests import REPO
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The notebook's QUICK settings (notebooks/emogen_jax_colab.ipynb, first cell).
 TINY = {"actors": 3, "clips_per_actor": 3, "syncnet_steps": 10, "emotion_steps": 10,
         "emogen_steps": 6, "eval_batches": 0}

@@ -18,19 +18,7 @@ import numpy as np
 
 from emogen_jax.train.recipe import load_config  # noqa: F401  (re-exported for the tests)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CACHE_DIR = os.path.join(tempfile.gettempdir(), f"emogen_jax_train_test_cache_{os.getuid()}")
-
-
-def subprocess_env(devices: int = 1) -> dict[str, str]:
-  env = dict(os.environ)
-  env.update({"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
-              "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
-              "JAX_COMPILATION_CACHE_DIR": _CACHE_DIR,
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
-              "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")})
-  return env
+from tests import REPO, subprocess_env  # noqa: F401  (used by the training tests)
 
 
 def train_cli(args: list[str], *, devices: int = 1, timeout: float = 300, extra_env=None,

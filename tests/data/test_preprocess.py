@@ -21,8 +21,8 @@ from tests import _pipeline_fixtures as fx
 
 
 @pytest.fixture(scope="module")
-def data():
-  return fx.preprocessed()
+def data(preprocessed_data):
+  return preprocessed_data
 
 
 def _report(data_dir):

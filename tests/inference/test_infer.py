@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from emogen_jax.data import audio as audio_lib
+from emogen_jax.data import timing
 from emogen_jax.data import video_io
 from emogen_jax.inference import cli as infer_cli
 from emogen_jax.inference import renderer as infer
 from tests import _infer_fixtures as F
+from tests import subprocess_env
 
 FPS = 25.0
 SPEECH_SECONDS = 1.0
@@ -28,20 +30,16 @@ def files(tmp_path_factory):
       "video": F.write_face_video(str(d / "face.mp4"), VIDEO_FRAMES, FPS),
       "image": F.write_face_image(str(d / "face.png")),
       "speech": F.write_speech(str(d / "speech.wav"), SPEECH_SECONDS),
-      "cache": str(d / "jax_cache"),
   }
 
 
 def _expected_frames(audio_path, fps=FPS):
   mel = audio_lib.melspectrogram(audio_lib.load_wav(audio_path))
-  return len(audio_lib.inference_mel_chunks(mel, fps))
+  return len(timing.inference_mel_chunks(mel, fps))
 
 
 def _cli(files, *args, check=True, tmpdir=None):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2",
-             # Later CLI runs reuse the first one's compiled generator (same shapes).
-             JAX_COMPILATION_CACHE_DIR=files["cache"], JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+  env = subprocess_env()  # later CLI runs reuse the first one's compiled generator (same shapes)
   if tmpdir is not None:
     env["TMPDIR"] = tmpdir
   proc = subprocess.run([sys.executable, "-m", "emogen_jax.infer", "--checkpoint", files["ckpt"],
@@ -66,7 +64,7 @@ def test_cli_video_face(files):
               "--out", out, tmpdir=str(tmp))
   assert not [p for p in os.listdir(tmp) if p.startswith("emogen_")]  # temporary folder removed
   n = _expected_frames(files["speech"])
-  # SPEC chunking: chunks while int(i*80/fps)+16 fits, plus one aligned to the end.
+  # the chunking rule (docs/design.md "Time rules"): chunks while int(i*80/fps)+16 fits, plus one aligned to the end.
   assert n == int((80 * SPEECH_SECONDS + 1 - 16) * FPS / 80) + 2 == 22
   assert abs(n - SPEECH_SECONDS * FPS) <= 16 * FPS / 80 + 1
   s = _streams(out)

@@ -21,9 +21,9 @@ from emogen_jax.models import checkpoints  # noqa: E402
 from emogen_jax.models import (EmotionDiscriminator, Generator, QualityDiscriminator,  # noqa: E402
                                SyncNet, VGG19Features)
 from tests import _torch_reference as ref  # noqa: E402
+from tests import REPO
 
 TOL = 1e-4
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def random_state_dict(kind, width=1.0, seed=0):

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 
 from emogen_jax.data import audio
+from emogen_jax.data import timing
 from emogen_jax.data import augment as augment_lib
 from emogen_jax.data import input_pipeline as ip
 from emogen_jax.errors import UserError
@@ -17,8 +18,8 @@ from tests import _pipeline_fixtures as fx
 
 
 @pytest.fixture(scope="module")
-def data():
-  d = fx.preprocessed()
+def data(preprocessed_data):
+  d = preprocessed_data
   # every clip of the dataset with its stored frames decoded by OpenCV (BGR), validity and mel
   clips = {}
   import tensorflow_datasets as tfds
@@ -62,8 +63,8 @@ def test_generator_batches_match_the_stored_clips(data):
     _assert_frames(ex["face"][i, ..., 3:], clip["frames"][g:g + 5])
     assert not ex["face"][i, ..., :3].any()  # the whole target is masked
     for t in range(5):  # frame f+t hears the mel window of frame f+t-1
-      np.testing.assert_array_equal(ex["mel"][i, t, ..., 0], audio.mel_window(clip["mel"], f + t - 1))
-    np.testing.assert_array_equal(ex["sync_mel"][i, ..., 0], audio.mel_window(clip["mel"], f))
+      np.testing.assert_array_equal(ex["mel"][i, t, ..., 0], timing.mel_window(clip["mel"], f + t - 1))
+    np.testing.assert_array_equal(ex["sync_mel"][i, ..., 0], timing.mel_window(clip["mel"], f))
     assert ex["emotion"][i] == clip["emotion"]
 
 
@@ -80,7 +81,7 @@ def test_syncnet_labels_follow_the_window_positions(data):
     f, v = int(ex["start"][i]), int(ex["other_start"][i])  # v: where the faces come from
     assert ex["label"][i] == float(v == f)
     assert clip["valid"][v:v + 5].all()
-    np.testing.assert_array_equal(ex["mel"][i, ..., 0], audio.mel_window(clip["mel"], f))
+    np.testing.assert_array_equal(ex["mel"][i, ..., 0], timing.mel_window(clip["mel"], f))
     # lower halves stacked frame-major: channel 3*t + c
     faces = ex["faces"][i].reshape(48, 96, 5, 3).transpose(2, 0, 1, 3)
     _assert_frames(faces, clip["frames"][v:v + 5, 48:])

@@ -15,7 +15,8 @@ import pytest
 
 from emogen_jax.errors import UserError
 from emogen_jax.models import checkpoints
-from emogen_jax.train import loop as train, config as train_config
+from emogen_jax.train import config as train_config
+from emogen_jax.train import main as train_main
 from tests._train_fixtures import REPO, load_config, subprocess_env, train_cli
 
 _DISC = ["--config", "configs/emotion_disc.py:smoke", "--config.synthetic_data=True",
@@ -69,7 +70,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
 
 
 def _main_error(capsys, argv) -> str:
-  assert train.main(argv) == 2
+  assert train_main.main(argv) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith("error: "), err
   return err[0]

@@ -12,6 +12,7 @@ import scipy.io.wavfile
 import scipy.signal
 
 from emogen_jax.data import audio
+from emogen_jax.data import timing
 from emogen_jax.data.media import ffmpeg_exe
 from emogen_jax.errors import UserError
 
@@ -58,7 +59,7 @@ def speech_16k(tmp_path_factory) -> tuple[str, np.ndarray]:
 
 def test_constants():
   assert audio.SAMPLE_RATE == 16000 and audio.HOP == 200
-  assert audio.MEL_STEPS_PER_SECOND == 80 and audio.MEL_WINDOW == 16
+  assert timing.MEL_STEPS_PER_SECOND == 80 and timing.MEL_WINDOW == 16
 
 
 @pytest.mark.parametrize("kind", ["speech", "synth"])
@@ -172,17 +173,17 @@ def test_load_wav_errors(tmp_path):
 
 def test_mel_window_index_math():
   mel = np.arange(80 * 100, dtype=np.float32).reshape(80, 100)
-  assert [audio.mel_start(f) for f in range(6)] == [0, 3, 6, 9, 12, 16]
-  assert audio.mel_start(7, fps=30) == 18  # int(560 / 30)
-  w = audio.mel_window(mel, 5)
+  assert [timing.mel_start(f) for f in range(6)] == [0, 3, 6, 9, 12, 16]
+  assert timing.mel_start(7, fps=30) == 18  # int(560 / 30)
+  w = timing.mel_window(mel, 5)
   assert w.shape == (80, 16)
   np.testing.assert_array_equal(w, mel[:, 16:32])
   # Frame 26 -> start 83: window 83..99 fits exactly; 27 -> 86 runs off the end.
-  np.testing.assert_array_equal(audio.mel_window(mel, 26), mel[:, 83:99])
+  np.testing.assert_array_equal(timing.mel_window(mel, 26), mel[:, 83:99])
   with pytest.raises(ValueError, match="frame 27"):
-    audio.mel_window(mel, 27)
+    timing.mel_window(mel, 27)
   with pytest.raises(ValueError):
-    audio.mel_window(mel, -1)
+    timing.mel_window(mel, -1)
 
 
 def test_mel_window_tracks_the_frame_time():
@@ -194,20 +195,20 @@ def test_mel_window_tracks_the_frame_time():
   energy = mel.mean(0)
   loud = np.argmax(energy)
   assert abs(loud - 80 - 1) <= 2
-  win = audio.mel_window(mel, 25)
+  win = timing.mel_window(mel, 25)
   assert win.mean(0)[:4].max() > energy[:60].max() + 1
 
 
 def test_inference_mel_chunks():
   mel = np.arange(80 * 50, dtype=np.float32).reshape(80, 50)
-  chunks = audio.inference_mel_chunks(mel, 25)
+  chunks = timing.inference_mel_chunks(mel, 25)
   starts = [int(c[0, 0]) for c in chunks]
   # start int(3.2 i) while it fits (<= 34), then one chunk aligned to the end (34).
   expected = [int(i * 3.2) for i in range(100) if int(i * 3.2) + 16 <= 50] + [34]
   assert starts == expected
   assert chunks.shape == (len(expected), 80, 16)
   np.testing.assert_array_equal(chunks[-1], mel[:, -16:])
-  chunks30 = audio.inference_mel_chunks(mel, 30)
+  chunks30 = timing.inference_mel_chunks(mel, 30)
   assert [int(c[0, 0]) for c in chunks30][:4] == [0, 2, 5, 8]
   with pytest.raises(UserError, match="too short"):
-    audio.inference_mel_chunks(mel[:, :10], 25)
+    timing.inference_mel_chunks(mel[:, :10], 25)

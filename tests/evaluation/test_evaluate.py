@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from emogen_jax.data import audio as audio_lib
+from emogen_jax.data import timing
 from emogen_jax.evaluation import evaluate as ev
 from emogen_jax.evaluation import metrics
 from emogen_jax.inference import renderer as infer
@@ -65,7 +66,7 @@ def test_psnr_of_the_first_clip_matches_an_independent_computation(setup):
   r = ev.evaluate(setup["gen"], setup["data"], "test", max_clips=1, batch_size=8, progress=False)
   clip = next(ev.iter_clips(setup["data"], "test"))
   model, variables, _ = infer.load_generator(setup["gen"])
-  gen = infer.Renderer(model, variables, 8)(ev.mel_windows(clip["mel"], 16), clip["frames"][:16],
+  gen = infer.Renderer(model, variables, 8)(timing.mel_windows(clip["mel"], 16), clip["frames"][:16],
                                              np.full(16, clip["emotion"]))
   v = clip["valid"][:16]
   assert r["clips"] == 1 and r["frames_without_face_excluded_from_psnr_ssim"] == int((~v).sum())
@@ -76,8 +77,8 @@ def test_psnr_of_the_first_clip_matches_an_independent_computation(setup):
 
 def test_windows_and_mel_alignment():
   mel = np.arange(80 * 65, dtype=np.float32).reshape(80, 65)
-  assert ev.num_mel_frames(20, 65) == 16  # int(80*15/25)+16 = 64 <= 65; frame 16 -> 67 > 65
-  w = ev.mel_windows(mel, 16)
+  assert timing.num_mel_frames(20, 65) == 16  # int(80*15/25)+16 = 64 <= 65; frame 16 -> 67 > 65
+  w = timing.mel_windows(mel, 16)
   assert w.shape == (16, 80, 16) and w[5, 0, 0] == mel[0, 16] and w[15, 3, 15] == mel[3, 48 + 15]
   frames = np.stack([np.full((96, 96, 3), i, np.uint8) for i in range(8)])
   frames[:, :48] = 255  # upper halves must not be used

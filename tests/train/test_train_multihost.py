@@ -60,7 +60,7 @@ def test_two_processes_match_one_process(tmp_path):
   assert checkpoints.load_meta(two)["step"] == 3
 
 
-def test_two_hosts_validate_the_whole_split_like_one(tmp_path):
+def test_two_hosts_validate_the_whole_split_like_one(tmp_path, preprocessed_data):
   """Real shards: the validation split's clips divide unevenly over 2 hosts, so their passes
   differ in length. Each host pads its pass to the longest (masked examples), so neither waits
   forever in a collective, and the figures of 2 processes x 1 device equal those of 1 process x
@@ -68,8 +68,7 @@ def test_two_hosts_validate_the_whole_split_like_one(tmp_path):
   import json
 
   from emogen_jax.data import input_pipeline
-  from tests import _pipeline_fixtures as fx
-  data_dir = fx.preprocessed()["data_dir"]
+  data_dir = preprocessed_data["data_dir"]
   splits = input_pipeline.dataset_builder(data_dir).info.splits
   n_val = int(splits["validation"].num_examples)
   per_host = [int(splits[s].num_examples) for s in input_pipeline.host_splits("validation", 2)]

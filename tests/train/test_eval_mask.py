@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 
 from emogen_jax.train import losses, state as train_state
-from emogen_jax.train.stages import emogen as emogen_step, emotion_disc as emotion_disc_step, syncnet as syncnet_step
+from emogen_jax.train import stages
 from tests._train_fixtures import load_config
 
-STAGES = {"syncnet": syncnet_step, "emotion_disc": emotion_disc_step, "emogen": emogen_step}
 
 
 def _eval(mod, config, setup, state, batch):
@@ -20,9 +19,9 @@ def _eval(mod, config, setup, state, batch):
   return {k: float(v[0]) for k, v in jax.device_get(m).items()}
 
 
-@pytest.mark.parametrize("name", list(STAGES))
+@pytest.mark.parametrize("name", stages.STAGE_NAMES)
 def test_masked_eval_equals_eval_of_the_real_examples(name):
-  mod = STAGES[name]
+  mod = stages.get(name)
   config = load_config(name, width=0.0625, batch_size=8)
   setup = mod.prepare(config, log=lambda *a: None)
   state = mod.init_state(config, jax.random.PRNGKey(0), setup)

@@ -1,0 +1,1 @@
+"""Tests of emogen_jax.inference."""
