@@ -53,12 +53,12 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str) -
   import jax.numpy as jnp
   import numpy as np
   from emogen_jax.models import VGG19Features
-  from emogen_jax.train import loop as train
+  from emogen_jax.train import stages
   from emogen_jax.train.state import replicate
 
   config = _config(stage, size, batch)
   config.compute_dtype = dtype
-  mod = train.STAGES[stage]
+  mod = stages.get(stage)
   n = jax.local_device_count()
   if config.batch_size % n:
     config.batch_size = n * max(1, config.batch_size // n)

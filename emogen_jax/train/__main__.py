@@ -1,6 +1,6 @@
-"""``python -m emogen_jax.train``: see ``emogen_jax.train.loop``."""
+"""``python -m emogen_jax.train``: see ``emogen_jax.train.main``."""
 import sys
 
-from emogen_jax.train.loop import main
+from emogen_jax.train.main import main
 
 sys.exit(main())

@@ -7,6 +7,7 @@ import os
 import ml_collections
 
 from emogen_jax.errors import UserError
+from emogen_jax.train import stages
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -67,16 +68,15 @@ def apply_smoke(c: ml_collections.ConfigDict, batch_size: int) -> ml_collections
   return c
 
 
-STAGES = ("syncnet", "emotion_disc", "emogen")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
 
 
 def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
   """One-line UserError for every config value a user can get wrong."""
-  if c.stage not in STAGES:
+  if c.stage not in stages.STAGE_NAMES:
     raise UserError(f"config.stage={c.stage!r} is not a training stage; use one of "
-                    f"{', '.join(STAGES)} (configs/syncnet.py, configs/emotion_disc.py, configs/emogen.py)")
+                    f"{', '.join(stages.STAGE_NAMES)} (configs/<stage>.py)")
   if c.compute_dtype not in COMPUTE_DTYPES:
     raise UserError(f"config.compute_dtype={c.compute_dtype!r}; use float32 or bfloat16")
   for name in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
@@ -110,10 +110,4 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
     if not os.path.isdir(c.data_dir):
       raise UserError(f"config.data_dir={c.data_dir!r} is not a directory; preprocess a corpus "
                       "with python -m data_tools.preprocess and pass its output directory")
-  if c.stage == "emogen":
-    w = float(c.w_pl) + float(c.w_emo) + max(float(c.w_sync), float(c.sync_weight))
-    if min(float(c.w_pl), float(c.w_emo), float(c.w_sync), float(c.sync_weight)) < 0 or w >= 1:
-      raise UserError(f"loss weights w_pl={c.w_pl}, w_emo={c.w_emo}, sync_weight={c.sync_weight} "
-                      "must be >= 0 with a sum below 1 (the L1 term gets 1 - their sum)")
-  if c.stage == "emotion_disc" and int(c.steps_per_epoch) <= 0:
-    raise UserError(f"config.steps_per_epoch={c.steps_per_epoch} must be >= 1")
+  stages.get(c.stage).validate_config(c)

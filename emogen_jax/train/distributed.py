@@ -55,7 +55,3 @@ def _use_cpu_collectives():
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
   except (AttributeError, ValueError):  # a JAX without the option: keep its default
     pass
-
-
-def is_main_process() -> bool:
-  return jax.process_index() == 0

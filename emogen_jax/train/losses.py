@@ -1,4 +1,4 @@
-"""Training losses and metrics, as pure functions of arrays (SPEC "Lip-sync expert", "EmoGen training").
+"""Training losses and metrics, as pure functions of arrays (docs/design.md "Training recipe").
 
 All inputs are NHWC float arrays; every function returns a float32 scalar (the batch mean), so that
 under ``pmap`` a ``lax.pmean`` over the device axis gives the mean over the global batch.
@@ -67,7 +67,7 @@ def binary_cross_entropy(p: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def sync_loss(audio_emb: jax.Array, face_emb: jax.Array, label: jax.Array) -> jax.Array:
-  """SPEC sync loss: BCE of cosine_similarity(audio, face) taken as a probability, against ``label``.
+  """Sync loss: BCE of cosine_similarity(audio, face) taken as a probability, against ``label``.
 
   audio_emb, face_emb: (B, 512); label: (B,) 1 = in sync, 0 = off sync.
   """
@@ -102,7 +102,7 @@ def mse(x: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def perceptual_loss(features_x: Sequence[jax.Array], features_y: Sequence[jax.Array]) -> jax.Array:
-  """SPEC perceptual loss: sum over the VGG-19 max-pool outputs of the MSE between the two images."""
+  """Perceptual loss: sum over the VGG-19 max-pool outputs of the MSE between the two images."""
   return sum(mse(fx, fy) for fx, fy in zip(features_x, features_y, strict=True))
 
 

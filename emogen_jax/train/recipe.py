@@ -25,8 +25,8 @@ import time
 from typing import Any, Callable
 
 from emogen_jax.errors import UserError
+from emogen_jax.train.stages import STAGE_NAMES
 
-STAGE_NAMES = ("syncnet", "emotion_disc", "emogen")
 # What a CPU smoke run (width 0.25) on the synthetic corpus must reach to count as "learns".
 TARGETS = {"syncnet_accuracy": 0.75, "emotion_accuracy": 0.60, "emogen_l1_decrease": 0.30}
 TARGET_TEXT = {"syncnet_accuracy": "SyncNet validation accuracy (in sync vs off sync)",

@@ -91,9 +91,3 @@ def replicate(tree, axis_name: str = "batch", devices=None):
 def unreplicate_to_host(tree):
   """Replicated device pytree -> numpy pytree of device 0's copy (a fresh host copy)."""
   return jax.tree_util.tree_map(lambda x: np.array(x[0]), jax.device_get(tree))
-
-
-def savable(state: TrainState) -> dict[str, Any]:
-  """The parts of a host TrainState that a checkpoint stores (everything but ``frozen``)."""
-  return {"step": state.step, "rng": state.rng, "params": state.params,
-          "batch_stats": state.batch_stats, "opt_state": state.opt_state, "extras": state.extras}

@@ -1,10 +1,10 @@
-"""EmoGen generator training step (SPEC "EmoGen training"), validation and sampling.
+"""EmoGen generator training step (docs/design.md "Training recipe"), validation and sampling.
 
 One pmapped step (axis "batch") does, on the per-device batch:
   1. generator update:
        loss = w_sync * sync + w_pl * perceptual + w_emo * CE(emotion_disc(g), emotion)
               + (1 - w_sync - w_pl - w_emo) * L1(g, target)
-     sync: the frozen expert in INFERENCE mode (SPEC "Ours") on the lower halves of the 5
+     sync: the frozen expert in INFERENCE mode (docs/design.md "Deliberate differences") on the lower halves of the 5
      generated frames against label 1, with the window's sync_mel; perceptual: sum over the 5
      VGG-19 max-pool outputs of the MSE; the emotion disc is held fixed for this term;
   2. one emotion-disc update (its own Adam, lr disc_learning_rate) on the REAL target frames.
@@ -28,26 +28,32 @@ from emogen_jax.errors import UserError
 from emogen_jax.models import EmotionDiscriminator, Generator, SyncNet, VGG19Features
 from emogen_jax.models import checkpoints
 from emogen_jax.train import losses
-from emogen_jax.train.state import TrainState, adam, create_state, init_variables, learning_rate
+from emogen_jax.train.stages.base import AXIS, apply_gradients, compute_dtype, nonfinite_hook
+from emogen_jax.train.state import TrainState, adam, create_state, init_variables, learning_rate, replicate
 
-AXIS = "batch"
+NAME = "emogen"
 TASK = "generator"
 KINDS = ("generator", "emotion_disc")
 # Width of the random VGG-19 a smoke run uses when w_pl > 0 and no weights are given.
 RANDOM_VGG_WIDTH = 0.125
 
 
-def compute_dtype(config):
-  return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
-
-
 # ------------------------------------------------------------------------------------------ setup
 
 def _load(path: str, kind: str, log) -> tuple[dict[str, Any], dict[str, Any]]:
-  variables = checkpoints.load_model(path, kind)
-  meta = checkpoints.load_meta(path)
-  log(f"{kind}: loaded from {path} (width {meta.get('width', 1.0)})")
-  return variables, meta
+  """(variables, {"width", "original_layout"}) of network ``kind`` stored at ``path``."""
+  module, variables, _ = checkpoints.load(path, kind)
+  log(f"{kind}: loaded from {path} (width {module.width})")
+  return variables, {"width": module.width, "original_layout": getattr(module, "original_layout", False)}
+
+
+def validate_config(config) -> None:
+  w = float(config.w_pl) + float(config.w_emo) + max(float(config.w_sync), float(config.sync_weight))
+  if min(float(config.w_pl), float(config.w_emo), float(config.w_sync), float(config.sync_weight)) < 0 \
+      or w >= 1:
+    raise UserError(f"loss weights w_pl={config.w_pl}, w_emo={config.w_emo}, sync_weight="
+                    f"{config.sync_weight} must be >= 0 with a sum below 1 (the L1 term gets 1 - "
+                    "their sum)")
 
 
 def prepare(config, *, log=print) -> dict[str, Any]:
@@ -153,10 +159,6 @@ def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
           "emotion": rng.integers(0, 6, (batch,)).astype(np.int32)}
 
 
-def examples_in(batch) -> int:
-  return int(np.prod(batch["emotion"].shape))
-
-
 # ------------------------------------------------------------------------------------------ steps
 
 def _generated_terms(g, batch, state: TrainState, disc_params, expert, disc, vgg):
@@ -187,7 +189,7 @@ def make_train_step(config, setup: dict[str, Any]):
   gen, expert, disc, vgg = make_models(config, setup)
   txs = make_optimizers(config)
   w_pl, w_emo = float(config.w_pl), float(config.w_emo)
-  inject_at = int(config.get("inject_nonfinite_at_step", -1))
+  nonfinite = nonfinite_hook(config)
 
   def train_step(state: TrainState, batch: dict[str, Any]):
     w_sync = state.extras["w_sync"]
@@ -199,16 +201,13 @@ def make_train_step(config, setup: dict[str, Any]):
                               batch["mel"], batch["face"], batch["emotion"], train=True,
                               mutable=["batch_stats"])
       terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg)
-      if inject_at >= 0:  # test hook: a non-finite L1 term at a chosen step
-        terms["l1"] = terms["l1"] + jnp.where(state.step == inject_at, jnp.nan, 0.0)
+      terms["l1"] = nonfinite(terms["l1"], state.step)
       return total_loss(terms, w_sync, w_pl, w_emo), (new_vars["batch_stats"], terms)
 
     (loss, (gen_bs, terms)), g_grads = jax.value_and_grad(gen_loss, has_aux=True)(
         state.params["generator"])
-    g_grads = jax.lax.pmean(g_grads, AXIS)
-    updates, g_opt = txs["generator"].update(g_grads, state.opt_state["generator"],
-                                             state.params["generator"])
-    g_params = optax.apply_updates(state.params["generator"], updates)
+    g_params, g_opt, g_grads = apply_gradients(txs["generator"], g_grads,
+                                               state.params["generator"], state.opt_state["generator"])
 
     # One emotion-disc step on the real target clips.
     def disc_loss(params):
@@ -217,10 +216,9 @@ def make_train_step(config, setup: dict[str, Any]):
 
     (d_loss, d_acc), d_grads = jax.value_and_grad(disc_loss, has_aux=True)(
         state.params["emotion_disc"])
-    d_grads = jax.lax.pmean(d_grads, AXIS)
-    updates, d_opt = txs["emotion_disc"].update(d_grads, state.opt_state["emotion_disc"],
-                                                state.params["emotion_disc"])
-    d_params = optax.apply_updates(state.params["emotion_disc"], updates)
+    d_params, d_opt, d_grads = apply_gradients(txs["emotion_disc"], d_grads,
+                                               state.params["emotion_disc"],
+                                               state.opt_state["emotion_disc"])
 
     metrics = {"loss": loss, **terms, "disc_loss": d_loss, "disc_accuracy": d_acc,
                "grad_norm": losses.global_norm(g_grads),
@@ -258,15 +256,27 @@ def make_eval_step(config, setup: dict[str, Any]):
   return eval_step
 
 
-def make_generate(config, setup: dict[str, Any]):
-  """(state, batch) -> generated clips (B,5,96,96,3) in inference mode (for sample grids)."""
+def sample_grid(batch: dict, generated: np.ndarray, max_examples: int = 4) -> np.ndarray:
+  """uint8 BGR image: one row per (example, frame): reference | masked input | generated | target."""
+  rows = []
+  for b in range(min(max_examples, generated.shape[0])):
+    for t in range(generated.shape[1]):
+      face = batch["face"][b, t]
+      tiles = [face[..., 3:6], face[..., 0:3], generated[b, t], batch["target"][b, t]]
+      rows.append(np.concatenate(tiles, axis=1))
+  grid = np.concatenate(rows, axis=0)
+  return (np.clip(grid, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def make_sampler(config, setup: dict[str, Any]):
+  """Hook: (generate(state, batch) -> clips (B,5,96,96,3) in inference mode, sample_grid)."""
   gen = make_models(config, setup)[0]
 
   def generate(state: TrainState, batch: dict[str, Any]):
     return gen.apply(state.variables("generator"), batch["mel"], batch["face"], batch["emotion"],
                      train=False)
 
-  return generate
+  return generate, sample_grid
 
 
 def maybe_enable_sync(config, w_sync: float, val_metrics: dict[str, float]) -> float:
@@ -274,6 +284,17 @@ def maybe_enable_sync(config, w_sync: float, val_metrics: dict[str, float]) -> f
   if w_sync == 0.0 and val_metrics.get("sync", np.inf) < float(config.sync_threshold):
     return float(config.sync_weight)
   return w_sync
+
+
+def after_validation(config, state: TrainState, val_metrics: dict[str, float], log) -> TrainState:
+  """Hook: switch the sync-loss weight on for good once the validation sync loss is low."""
+  w = float(np.asarray(jax.device_get(state.extras["w_sync"]))[0])
+  new = maybe_enable_sync(config, w, val_metrics)
+  if new != w:
+    log(f"validation sync loss {val_metrics['sync']:.4f} < {config.sync_threshold}: "
+        f"w_sync {w} -> {new} from now on")
+    state = state.replace(extras={**state.extras, "w_sync": replicate(np.float32(new))})
+  return state
 
 
 def checkpoint_meta(config, setup: dict[str, Any]) -> dict[str, Any]:

@@ -1,9 +1,8 @@
-"""Emotion discriminator (DISCEMO) stand-alone training and validation steps (SPEC "Emotion
-discriminator"): cross-entropy, Adam lr 1e-6 betas (0.5, 0.999), lr x0.1 every 150 epochs
+"""Emotion discriminator (DISCEMO) stand-alone training and validation steps (docs/design.md
+"Training recipe"): cross-entropy, Adam lr 1e-6 betas (0.5, 0.999), lr x0.1 every 150 epochs
 (config.steps_per_epoch converts epochs to steps), Xavier-uniform init (set in the module).
 
-Pure functions of (state, batch) for ``jax.pmap(..., axis_name="batch")``; gradients and metrics
-averaged with ``lax.pmean``. Batch (per device): video (B, 5, 96, 96, 3) in [0, 1], emotion (B,) int.
+A stage module (``emogen_jax.train.stages.base.Stage``). Batch (per device): video (B, 5, 96, 96, 3) in [0, 1], emotion (B,) int.
 """
 
 from __future__ import annotations
@@ -17,15 +16,13 @@ import optax
 
 from emogen_jax.models import EmotionDiscriminator
 from emogen_jax.train import losses
+from emogen_jax.errors import UserError
+from emogen_jax.train.stages.base import AXIS, apply_gradients, compute_dtype, nonfinite_hook
 from emogen_jax.train.state import TrainState, adam, create_state, init_variables
 
-AXIS = "batch"
+NAME = "emotion_disc"
 TASK = "emotion"
 KINDS = ("emotion_disc",)
-
-
-def compute_dtype(config):
-  return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
 
 
 def make_model(config, original_layout: bool = False, width: float | None = None):
@@ -43,6 +40,11 @@ def learning_rate_schedule(config) -> optax.Schedule:
 
 def make_optimizers(config) -> dict[str, optax.GradientTransformation]:
   return {"emotion_disc": adam(learning_rate_schedule(config), config.b1, config.b2)}
+
+
+def validate_config(config) -> None:
+  if int(config.steps_per_epoch) <= 0:
+    raise UserError(f"config.steps_per_epoch={config.steps_per_epoch} must be >= 1")
 
 
 def prepare(config, *, log=print) -> dict[str, Any]:
@@ -64,29 +66,21 @@ def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
           "emotion": rng.integers(0, 6, (batch,)).astype(np.int32)}
 
 
-def examples_in(batch) -> int:
-  return int(np.prod(batch["emotion"].shape))
-
-
 def make_train_step(config, setup: dict[str, Any] | None = None):
   del setup
   model = make_model(config)
   tx = make_optimizers(config)["emotion_disc"]
-  inject_at = int(config.get("inject_nonfinite_at_step", -1))
+  nonfinite = nonfinite_hook(config)
 
   def train_step(state: TrainState, batch: dict[str, Any]):
     def loss_fn(params):
       logits = model.apply({"params": params}, batch["video"])
-      loss = losses.cross_entropy(logits, batch["emotion"])
-      if inject_at >= 0:
-        loss = loss + jnp.where(state.step == inject_at, jnp.nan, 0.0)
+      loss = nonfinite(losses.cross_entropy(logits, batch["emotion"]), state.step)
       return loss, losses.accuracy(logits, batch["emotion"])
 
     (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params["emotion_disc"])
-    grads = jax.lax.pmean(grads, AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state["emotion_disc"],
-                                   state.params["emotion_disc"])
-    params = optax.apply_updates(state.params["emotion_disc"], updates)
+    params, opt_state, grads = apply_gradients(tx, grads, state.params["emotion_disc"],
+                                               state.opt_state["emotion_disc"])
     metrics = jax.lax.pmean({"loss": loss, "accuracy": acc, "grad_norm": losses.global_norm(grads)},
                             AXIS)
     return state.replace(step=state.step + 1, params={"emotion_disc": params},

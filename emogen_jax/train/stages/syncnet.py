@@ -1,9 +1,6 @@
-"""Lip-sync expert (SyncNet) training and validation steps (SPEC "Lip-sync expert").
+"""Lip-sync expert (SyncNet) training and validation steps (docs/design.md "Training recipe").
 
-Pure functions of (state, batch), meant to run under ``jax.pmap(..., axis_name="batch")``:
-per-device batch -> gradients and metrics averaged with ``lax.pmean`` and BatchNorm statistics
-taken over the whole global batch, so a step does not depend on the number of devices.
-Batch (per device): mel (B, 80, 16, 1), faces (B, 48, 96, 15) in [0, 1], label (B,) 1/0.
+A stage module (``emogen_jax.train.stages.base.Stage``). Batch (per device): mel (B, 80, 16, 1), faces (B, 48, 96, 15) in [0, 1], label (B,) 1/0.
 """
 
 from __future__ import annotations
@@ -17,15 +14,12 @@ import optax
 
 from emogen_jax.models import SyncNet
 from emogen_jax.train import losses
+from emogen_jax.train.stages.base import AXIS, apply_gradients, compute_dtype, nonfinite_hook
 from emogen_jax.train.state import TrainState, adam, create_state, init_variables, learning_rate
 
-AXIS = "batch"
+NAME = "syncnet"
 TASK = "syncnet"          # input-pipeline task
 KINDS = ("syncnet",)      # trained networks
-
-
-def compute_dtype(config):
-  return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
 
 
 def make_model(config, *, bn_axis_name: str | None = AXIS) -> SyncNet:
@@ -34,6 +28,10 @@ def make_model(config, *, bn_axis_name: str | None = AXIS) -> SyncNet:
 
 def make_optimizers(config) -> dict[str, optax.GradientTransformation]:
   return {"syncnet": adam(learning_rate(config, config.learning_rate), config.b1, config.b2)}
+
+
+def validate_config(config) -> None:
+  del config  # nothing beyond the shared checks
 
 
 def prepare(config, *, log=print) -> dict[str, Any]:
@@ -57,31 +55,24 @@ def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
           "label": (rng.uniform(size=(batch,)) < 0.5).astype(np.float32)}
 
 
-def examples_in(batch) -> int:
-  return int(np.prod(batch["label"].shape))
-
-
 def make_train_step(config, setup: dict[str, Any] | None = None):
   del setup
   model = make_model(config)
   tx = make_optimizers(config)["syncnet"]
-  inject_at = int(config.get("inject_nonfinite_at_step", -1))
+  nonfinite = nonfinite_hook(config)
 
   def train_step(state: TrainState, batch: dict[str, Any]):
     def loss_fn(params):
       (a, v), new_vars = model.apply({"params": params, "batch_stats": state.batch_stats["syncnet"]},
                                      batch["mel"], batch["faces"], train=True,
                                      mutable=["batch_stats"])
-      loss = losses.sync_loss(a, v, batch["label"])
-      if inject_at >= 0:  # test hook: a non-finite loss at a chosen step
-        loss = loss + jnp.where(state.step == inject_at, jnp.nan, 0.0)
+      loss = nonfinite(losses.sync_loss(a, v, batch["label"]), state.step)
       return loss, (new_vars["batch_stats"], losses.sync_accuracy(a, v, batch["label"]))
 
     (loss, (batch_stats, acc)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params["syncnet"])
-    grads = jax.lax.pmean(grads, AXIS)
-    updates, opt_state = tx.update(grads, state.opt_state["syncnet"], state.params["syncnet"])
-    params = optax.apply_updates(state.params["syncnet"], updates)
+    params, opt_state, grads = apply_gradients(tx, grads, state.params["syncnet"],
+                                               state.opt_state["syncnet"])
     metrics = {"loss": loss, "accuracy": acc, "grad_norm": losses.global_norm(grads)}
     metrics = jax.lax.pmean(metrics, AXIS)
     new_state = state.replace(step=state.step + 1, params={"syncnet": params},

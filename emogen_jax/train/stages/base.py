@@ -1,0 +1,85 @@
+"""The stage interface (what the training loop needs from a stage) and the pieces every stage shares.
+
+A *stage* is a module that trains one or two networks on one input-pipeline task. The loop
+(``emogen_jax.train.loop``) finds it by name through ``emogen_jax.train.stages.get`` and uses only
+what ``Stage`` lists; ``docs/design.md`` explains how the three stages fit together.
+
+Steps are pure functions of (state, per-device batch) run under ``jax.pmap(..., axis_name=AXIS)``:
+gradients and metrics are averaged over ``AXIS`` and BatchNorm statistics are taken over the
+global batch, so a step does not depend on how many devices share the batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Protocol, runtime_checkable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from emogen_jax.train.state import TrainState
+
+AXIS = "batch"  # the pmap axis of every step
+
+Batch = Mapping[str, Any]
+Setup = dict[str, Any]
+Step = Callable[[TrainState, Batch], Any]
+
+
+@runtime_checkable
+class Stage(Protocol):
+  """What a stage module provides. Optional hooks are listed in ``OPTIONAL_HOOKS``."""
+
+  NAME: str          # config.stage value, e.g. "syncnet"
+  TASK: str          # input-pipeline task whose batches the steps take
+  KINDS: tuple       # the networks the stage trains (keys of TrainState.params)
+
+  def validate_config(self, config) -> None:
+    """Raises a one-line UserError for a stage-specific config value a user can get wrong."""
+
+  def prepare(self, config, *, log: Callable[[str], None]) -> Setup:
+    """Loads what the stage needs besides its own networks (frozen experts, initial weights)."""
+
+  def init_state(self, config, rng: jax.Array, setup: Setup) -> TrainState:
+    """A step-0 host TrainState."""
+
+  def make_train_step(self, config, setup: Setup) -> Step:
+    """(state, batch) -> (state, metrics) for pmap over AXIS."""
+
+  def make_eval_step(self, config, setup: Setup) -> Step:
+    """(state, batch) -> metrics averaged over the batch's real examples (``mask``), with
+    ``examples``, for pmap over AXIS."""
+
+  def fake_batch(self, rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
+    """A random batch of TASK (synthetic runs, tests, benchmarks)."""
+
+  def checkpoint_meta(self, config, setup: Setup) -> dict[str, Any]:
+    """JSON meta stored with every checkpoint (widths, layout, frozen-network fingerprints)."""
+
+
+# Hooks a stage may define; the loop calls them when present.
+#   after_validation(config, state, val_metrics, log) -> state   (replicated state)
+#   make_sampler(config, setup) -> (generate(state, batch) -> array, image(batch, generated) -> uint8)
+OPTIONAL_HOOKS = ("after_validation", "make_sampler")
+
+
+def compute_dtype(config):
+  """The activations' dtype; parameters and optimizer states stay float32."""
+  return jnp.bfloat16 if config.compute_dtype == "bfloat16" else jnp.float32
+
+
+def apply_gradients(tx: optax.GradientTransformation, grads, params, opt_state):
+  """Cross-device mean of ``grads``, then one optimizer update: (params, opt_state, mean grads)."""
+  grads = jax.lax.pmean(grads, AXIS)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, grads
+
+
+def nonfinite_hook(config) -> Callable[[jax.Array, jax.Array], jax.Array]:
+  """(loss, step) -> loss, made NaN at config.inject_nonfinite_at_step (tests of the NaN stop)."""
+  at = int(config.get("inject_nonfinite_at_step", -1))
+  if at < 0:
+    return lambda loss, step: loss
+  return lambda loss, step: loss + jnp.where(step == at, jnp.nan, 0.0)
+
