@@ -33,8 +33,8 @@ from typing import Any, Mapping
 import numpy as np
 
 from emogen_jax.errors import UserError, cli_main
+from emogen_jax.models.factory import KINDS
 
-KINDS = ("generator", "syncnet", "emotion_disc", "quality_disc", "vgg19")
 
 # How the original code wraps each kind when saving (what ``--reverse`` writes).
 _WRAPPED_IN_STATE_DICT = ("generator", "syncnet")
@@ -54,24 +54,9 @@ _BN_LEAVES = {("params", "scale"): "weight", ("params", "bias"): "bias",
 
 def build_model(kind: str, width: float = 1.0, original_layout: bool = False):
   """(module, example inputs as a tuple of arrays, extra call kwargs) for a model kind."""
-  import jax.numpy as jnp
-  from emogen_jax import models
-
-  if kind == "generator":
-    return (models.Generator(width=width),
-            (jnp.zeros((1, 80, 16, 1)), jnp.zeros((1, 96, 96, 6)), jnp.zeros((1, 6))),
-            {"train": False})
-  if kind == "syncnet":
-    return (models.SyncNet(width=width), (jnp.zeros((1, 80, 16, 1)), jnp.zeros((1, 48, 96, 15))),
-            {"train": False})
-  if kind == "emotion_disc":
-    return (models.EmotionDiscriminator(width=width, original_layout=original_layout),
-            (jnp.zeros((1, 5, 96, 96, 3)),), {})
-  if kind == "quality_disc":
-    return models.QualityDiscriminator(width=width), (jnp.zeros((1, 96, 96, 3)),), {}
-  if kind == "vgg19":
-    return models.VGG19Features(width=width), (jnp.zeros((1, 32, 32, 3)),), {}
-  raise UserError(f"unknown model kind {kind!r}; valid kinds are {', '.join(KINDS)}")
+  from emogen_jax.models import factory
+  args, kwargs = factory.example_inputs(kind)
+  return factory.build(kind, width, original_layout=original_layout), args, kwargs
 
 
 def _template(kind: str, width: float = 1.0):
@@ -152,24 +137,17 @@ def _leaf_rule(kind: str, path: tuple[str, ...], classes: Mapping[tuple[str, ...
   raise AssertionError(f"no PyTorch correspondence for {'/'.join(path)} (module {cls_name})")
 
 
+# Axis permutation from our layout to PyTorch's, per leaf transform (the inverse goes back):
+# Linear (I, O) -> (O, I); Conv2d (kh, kw, I, O) -> (O, I, kh, kw); ConvTranspose2d -> (I, O, kh, kw).
+_TORCH_AXES = {"linear": (1, 0), "conv": (3, 2, 0, 1), "conv_transpose": (2, 3, 0, 1)}
+
+
 def _to_torch_array(transform: str, a: np.ndarray) -> np.ndarray:
-  if transform == "linear":
-    return a.T
-  if transform == "conv":  # (kh, kw, I, O) -> (O, I, kh, kw)
-    return a.transpose(3, 2, 0, 1)
-  if transform == "conv_transpose":  # (kh, kw, I, O) -> (I, O, kh, kw)
-    return a.transpose(2, 3, 0, 1)
-  return a
+  return a.transpose(_TORCH_AXES[transform]) if transform in _TORCH_AXES else a
 
 
 def _to_flax_array(transform: str, a: np.ndarray) -> np.ndarray:
-  if transform == "linear":
-    return a.T
-  if transform == "conv":  # (O, I, kh, kw) -> (kh, kw, I, O)
-    return a.transpose(2, 3, 1, 0)
-  if transform == "conv_transpose":  # (I, O, kh, kw) -> (kh, kw, I, O)
-    return a.transpose(2, 3, 0, 1)
-  return a
+  return a.transpose(np.argsort(_TORCH_AXES[transform])) if transform in _TORCH_AXES else a
 
 
 def _shape_to_torch(transform: str, shape) -> tuple[int, ...]:

@@ -37,14 +37,13 @@ import cv2
 import numpy as np
 
 from emogen_jax.data.emotions import EMOTIONS
+from emogen_jax.data import timing
 from emogen_jax.errors import UserError, cli_main
 from emogen_jax.evaluation import metrics
 from emogen_jax.inference import renderer as infer
 from emogen_jax.models import checkpoints
 
-WINDOW = 5          # frames per SyncNet / emotion-classifier window
-MEL_WINDOW = 16
-FPS = 25
+WINDOW = timing.FRAMES_PER_WINDOW  # frames per SyncNet / emotion-classifier window
 FID_NOT_COMPUTED = "not computed (no Inception weights; --inception)"
 
 
@@ -95,20 +94,6 @@ def iter_clips(data_dir: str, split: str, max_clips: int | None = None) -> Itera
         return
 
 
-def num_mel_frames(num_frames: int, mel_steps: int, fps: float = FPS) -> int:
-  """How many leading frames have their whole 16-step mel window inside the clip's mel."""
-  n = 0
-  while n < num_frames and int(80 * n / fps) + MEL_WINDOW <= mel_steps:
-    n += 1
-  return n
-
-
-def mel_windows(mel: np.ndarray, n: int, fps: float = FPS) -> np.ndarray:
-  """(80, T) -> (n, 80, 16): the window of frame f starts at int(80 * f / fps)."""
-  starts = [int(80 * f / fps) for f in range(n)]
-  return np.stack([mel[:, s:s + MEL_WINDOW] for s in starts]).astype(np.float32)
-
-
 def lower_half_windows(frames: np.ndarray) -> np.ndarray:
   """(N, 96, 96, 3) uint8 -> (N - 4, 48, 96, 15) float32 in [0, 1]: lower halves of frames f..f+4
   stacked frame-major on channels (channel 3*t+c), SyncNet's face input for window f."""
@@ -154,32 +139,23 @@ class FixedBatch:
 
 def load_syncnet(checkpoint: str, batch_size: int = 32) -> FixedBatch:
   """A function (mel (B,80,16,1), faces (B,48,96,15)) -> (audio_emb, face_emb), inference mode."""
-  from emogen_jax.models import SyncNet
-  variables = checkpoints.load_model(checkpoint, "syncnet")
-  width = float(checkpoints.load_meta(checkpoint).get("width", 1.0))
-  model = SyncNet(width=width)
-  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+  model, variables, _ = checkpoints.load(checkpoint, "syncnet")
   return FixedBatch(lambda mel, faces: model.apply(variables, mel, faces, train=False), batch_size)
 
 
 def load_emotion_classifier(checkpoint: str, batch_size: int = 16) -> FixedBatch:
   """A function (video (B,5,96,96,3) float in [0,1], BGR as in training) -> logits (B,6)."""
-  from emogen_jax.models import EmotionDiscriminator
-  variables = checkpoints.load_model(checkpoint, "emotion_disc")
-  meta = checkpoints.load_meta(checkpoint)
-  model = EmotionDiscriminator(width=float(meta.get("width", 1.0)),
-                               original_layout=bool(meta.get("original_layout", False)))
-  variables = {"params": variables["params"]}
+  model, variables, _ = checkpoints.load(checkpoint, "emotion_disc")
   return FixedBatch(lambda video: model.apply(variables, video), batch_size)
 
 
 def sync_embeddings(syncnet: FixedBatch, frames: np.ndarray, mel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   """(video_emb, audio_emb) of every 5-frame window f (face frames f..f+4, mel window of f)."""
-  n = min(len(frames) - WINDOW + 1, num_mel_frames(len(frames), mel.shape[1]))
+  n = min(len(frames) - WINDOW + 1, timing.num_mel_frames(len(frames), mel.shape[1]))
   if n < 1:
     raise ValueError(f"clip too short for a SyncNet window ({len(frames)} frames)")
   faces = lower_half_windows(frames[:n + WINDOW - 1])
-  a, v = syncnet(mel_windows(mel, n)[..., None], faces)
+  a, v = syncnet(timing.mel_windows(mel, n)[..., None], faces)
   return v, a
 
 
@@ -252,7 +228,7 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
   t0 = time.perf_counter()
   for clip in tqdm(iter_clips(data_dir, split, max_clips), desc="evaluating", unit="clip",
                    disable=not progress, file=sys.stderr):
-    n = num_mel_frames(len(clip["frames"]), clip["mel"].shape[1])
+    n = timing.num_mel_frames(len(clip["frames"]), clip["mel"].shape[1])
     if n < WINDOW:
       skipped["too_short"].append(clip["clip_id"])
       continue
@@ -262,7 +238,7 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
       skipped["no_valid_frame"].append(clip["clip_id"])
       continue
     clips += 1
-    mels = mel_windows(clip["mel"], n)
+    mels = timing.mel_windows(clip["mel"], n)
     gen = renderer(mels, gt, np.full((n,), clip["emotion"], np.int32))
     frames_total += n
     frames_no_face += int((~valid).sum())

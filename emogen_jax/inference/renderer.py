@@ -1,6 +1,6 @@
 """The inference core: a face video or image + any speech audio -> generated frames.
 
-Per SPEC "Inference": one face box per frame (pads top, bottom, left, right; averaged over a
+Per docs/design.md "Time rules" and "Data flow": one face box per frame (pads top, bottom, left, right; averaged over a
 5-frame window unless --nosmooth), crops resized to 96x96, generator input = [zeros, the frame's
 own crop], mel chunk i starts at int(i * 80 / fps) (the last one aligned to the end of the audio),
 the generated crop is resized back into the frame and the audio is muxed with ffmpeg.
@@ -25,6 +25,7 @@ import numpy as np
 
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
+from emogen_jax.data import timing
 from emogen_jax.data import video_io
 from emogen_jax.data.emotions import EMOTION_NAMES, EMOTIONS, emotion_id
 from emogen_jax.errors import UserError
@@ -59,18 +60,8 @@ def parse_emotions(emotion: str) -> list[int]:
 
 
 def load_generator(checkpoint: str, dtype=None):
-  """(Generator module, variables, meta) from a converted checkpoint or a training workdir.
-
-  The module's ``width`` comes from the checkpoint's meta (key "width", default 1.0).
-  """
-  import jax.numpy as jnp
-  from emogen_jax.models import Generator
-  variables = checkpoints.load_model(checkpoint, "generator")
-  meta = checkpoints.load_meta(checkpoint)
-  width = float(meta.get("width", 1.0))
-  model = Generator(width=width, dtype=dtype or jnp.float32)
-  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
-  return model, variables, meta
+  """(Generator module, variables, meta) from a converted checkpoint or a training workdir."""
+  return checkpoints.load(checkpoint, "generator", dtype=dtype)
 
 
 class Renderer:
@@ -250,7 +241,7 @@ def make_job(frames: Sequence[np.ndarray], fps: float, wav: np.ndarray, emotions
   if not frames:
     raise UserError("no face frame was given")
   mel = audio_lib.melspectrogram(np.asarray(wav, np.float32))
-  chunks = audio_lib.inference_mel_chunks(mel, fps)  # UserError when shorter than one window
+  chunks = timing.inference_mel_chunks(mel, fps)  # UserError when shorter than one window
   frames = prepare_frames(frames, opts)
   # Only the source frames the output uses need a face (a short audio uses a prefix).
   frames = frames[:min(len(frames), len(chunks))]

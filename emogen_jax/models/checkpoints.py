@@ -19,13 +19,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from emogen_jax.errors import UserError
+from emogen_jax.models.factory import KINDS
 
-KINDS = ("generator", "syncnet", "emotion_disc", "quality_disc", "vgg19")
 FORMAT = "emogen_jax"
 CHECKPOINTS_SUBDIR = "checkpoints"
 
 
-def _to_numpy(tree):
+def to_numpy(tree):
   import jax
   return jax.tree_util.tree_map(np.asarray, tree)
 
@@ -52,7 +52,7 @@ def save_models(path: str, models: Mapping[str, Any], **meta) -> str:
   path = os.path.abspath(path)
   meta = {"format": FORMAT, "kinds": sorted(models), **meta}
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    ckptr.save(path, ocp.args.Composite(models=ocp.args.StandardSave(_to_numpy(dict(models))),
+    ckptr.save(path, ocp.args.Composite(models=ocp.args.StandardSave(to_numpy(dict(models))),
                                         meta=ocp.args.JsonSave(meta)), force=True)
   return path
 
@@ -96,7 +96,7 @@ def load_models(path: str) -> dict[str, Any]:
   d = resolve_checkpoint(path)
   with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
     restored = ckptr.restore(d, ocp.args.Composite(models=ocp.args.StandardRestore()))
-  return _to_numpy(dict(restored["models"]))
+  return to_numpy(dict(restored["models"]))
 
 
 def load_model(path: str, kind: str) -> dict[str, Any]:
@@ -108,44 +108,16 @@ def load_model(path: str, kind: str) -> dict[str, Any]:
   return models[kind]
 
 
-# ----------------------------------------------------------------------------- training checkpoints
-# A training step directory holds the `models` and `meta` items above (so load_models/load_model
-# read a workdir like any checkpoint) plus `train`: step, RNG key, optimizer states, stage extras.
-
-TRAIN_ITEMS = ("models", "meta", "train")
-
-
-def training_manager(workdir: str, *, keep: int, async_save: bool = True) -> ocp.CheckpointManager:
-  """An orbax CheckpointManager writing ``<workdir>/checkpoints/<step>/`` and keeping the last ``keep``."""
-  options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True,
-                                         enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_SUBDIR),
-                               item_names=TRAIN_ITEMS, options=options)
-
-
-def save_training(manager: ocp.CheckpointManager, step: int, *, models: Mapping[str, Any],
-                  train: Mapping[str, Any], meta: Mapping[str, Any]) -> bool:
-  """Starts saving one training step (asynchronously if the manager is async). Every process calls it."""
-  for kind in models:
-    if kind not in KINDS:
-      raise UserError(f"unknown model kind {kind!r}; valid kinds are {', '.join(KINDS)}")
-  meta = {"format": FORMAT, "kinds": sorted(models), "step": int(step), **meta}
-  return manager.save(int(step), force=True, args=ocp.args.Composite(
-      models=ocp.args.StandardSave(_to_numpy(dict(models))),
-      meta=ocp.args.JsonSave(meta),
-      train=ocp.args.StandardSave(_to_numpy(dict(train)))))
-
-
-def restore_training(manager: ocp.CheckpointManager, *, models_target: Mapping[str, Any],
-                     train_target: Mapping[str, Any], step: int | None = None):
-  """(step, models, train, meta) of ``step`` (default: the latest), restored onto the targets'
-  structure (optax states come back as their named tuples), or None when there is no checkpoint."""
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    return None
-  restored = manager.restore(step, args=ocp.args.Composite(
-      models=ocp.args.StandardRestore(_to_numpy(dict(models_target))),
-      train=ocp.args.StandardRestore(_to_numpy(dict(train_target))),
-      meta=ocp.args.JsonRestore()))
-  return (int(step), _to_numpy(dict(restored["models"])), _to_numpy(dict(restored["train"])),
-          dict(restored["meta"]))
+def load(path: str, kind: str, dtype=None):
+  """(module, variables, meta) of network ``kind`` from a checkpoint or workdir: the module is
+  built with the width (and layout) recorded in the checkpoint's meta."""
+  import jax.numpy as jnp
+  from emogen_jax.models import factory
+  variables = load_model(path, kind)
+  meta = load_meta(path)
+  widths = meta.get("widths", {})
+  width = float(widths.get(kind, meta.get("width", 1.0)))
+  module = factory.build(kind, width, original_layout=bool(meta.get("original_layout", False)),
+                         dtype=dtype or jnp.float32)
+  variables = {k: variables[k] for k in ("params", "batch_stats") if k in variables}
+  return module, variables, meta

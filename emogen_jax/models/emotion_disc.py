@@ -13,15 +13,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from emogen_jax.data.emotions import NUM_EMOTIONS
+from emogen_jax.models.layers import channels
 CONV_CHANNELS = (64, 128, 256, 512, 512)
 PROJ_HIDDEN = 2048
 EMBED = 512
-NUM_EMOTIONS = 6
 LEAK = 0.3
-
-
-def _ch(c: int, width: float) -> int:
-  return max(1, int(round(c * width)))
 
 
 class LSTM(nn.Module):
@@ -93,15 +90,15 @@ class EmotionDiscriminator(nn.Module):
       x = x.reshape(b * t, h, w, c)
     kinit = nn.initializers.xavier_uniform()
     for k, ch in enumerate(CONV_CHANNELS, start=1):
-      x = nn.Conv(_ch(ch, self.width), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
+      x = nn.Conv(channels(ch, self.width), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
                   kernel_init=kinit, dtype=self.dtype, name=f"conv_{k}_0")(x)
       x = nn.leaky_relu(x, LEAK)
     # PyTorch flattens (C, H, W); keep that order so converted Linear weights line up.
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(b, t, -1)
-    x = nn.Dense(_ch(PROJ_HIDDEN, self.width), kernel_init=kinit, dtype=self.dtype,
+    x = nn.Dense(channels(PROJ_HIDDEN, self.width), kernel_init=kinit, dtype=self.dtype,
                  name="projector_0")(x)
     x = nn.leaky_relu(x, LEAK)
-    x = nn.Dense(_ch(EMBED, self.width), kernel_init=kinit, dtype=self.dtype, name="projector_2")(x)
-    x = LSTM(_ch(EMBED, self.width), dtype=self.dtype, name="rnn_1")(x)
+    x = nn.Dense(channels(EMBED, self.width), kernel_init=kinit, dtype=self.dtype, name="projector_2")(x)
+    x = LSTM(channels(EMBED, self.width), dtype=self.dtype, name="rnn_1")(x)
     logits = nn.Dense(NUM_EMOTIONS, kernel_init=kinit, dtype=self.dtype, name="cls_0")(x[:, -1])
     return logits.astype(jnp.float32)

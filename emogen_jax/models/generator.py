@@ -13,9 +13,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from emogen_jax.data.emotions import NUM_EMOTIONS
 from emogen_jax.models.layers import ConvBN, ConvTBN, channels
 
-NUM_EMOTIONS = 6
 
 # Per block: layers as (kind, cout, kernel, stride, padding); "res" = ConvBN(c, c, 3, 1, 1, res).
 FACE_ENCODER = (

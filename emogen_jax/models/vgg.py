@@ -12,14 +12,14 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from emogen_jax.models.layers import channels
+
 # (torchvision `features` index, output channels) per conv; "M" = the max-pool at that index.
 LAYERS = ((0, 64), (2, 64), (4, "M"),
           (5, 128), (7, 128), (9, "M"),
           (10, 256), (12, 256), (14, 256), (16, 256), (18, "M"),
           (19, 512), (21, 512), (23, 512), (25, 512), (27, "M"),
           (28, 512), (30, 512), (32, 512), (34, 512), (36, "M"))
-CONV_INDICES = tuple(i for i, c in LAYERS if c != "M")
-POOL_INDICES = tuple(i for i, c in LAYERS if c == "M")
 
 IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
@@ -57,7 +57,7 @@ class VGG19Features(nn.Module):
         x = nn.max_pool(x, (2, 2), strides=(2, 2))
         outs.append(x)
       else:
-        x = nn.Conv(max(1, int(round(ch * self.width))), (3, 3), padding=((1, 1), (1, 1)),
+        x = nn.Conv(channels(ch, self.width), (3, 3), padding=((1, 1), (1, 1)),
                     dtype=self.dtype, name=f"features_{idx}")(x)
         x = nn.relu(x)
     return tuple(outs)
