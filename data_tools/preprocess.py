@@ -47,11 +47,12 @@ from typing import Optional
 import numpy as np
 
 from emogen_jax.data.emotions import EMOTIONS, INTENSITIES
+from emogen_jax.data import timing
 from emogen_jax.errors import UserError, cli_main
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm", ".mpg", ".mpeg", ".m4v")
 FPS = 25.0
-WINDOW = 5                 # frames per training window
+WINDOW = timing.FRAMES_PER_WINDOW  # frames per training window
 MIN_FRAMES = 3 * WINDOW + 1  # the original skips clips with <= 3 * T frames
 CREMA_RE = re.compile(r"^(?P<actor>[^_]+)_(?P<sentence>[^_]+)_(?P<emotion>[A-Za-z]{3})_(?P<intensity>[A-Za-z]{2})$")
 SETTINGS_KEYS = ("detector", "pads", "smooth", "size", "detect_every", "max_missing")
@@ -74,7 +75,7 @@ def window_starts(valid: np.ndarray, mel_steps: int, task: str = "generator") ->
   for f in range(n - WINDOW + 1):
     ok[f] = valid[f:f + WINDOW].all()
   f = np.arange(n)
-  fits = lambda fr: (80 * fr) // 25 + 16 <= mel_steps  # int(80 * fr / 25) for fr >= 0
+  fits = lambda fr: timing.window_fits(fr, mel_steps)
   if task == "syncnet":
     ok &= fits(f)
   elif task == "generator":

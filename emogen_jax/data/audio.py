@@ -1,9 +1,10 @@
 """Audio loading and the Wav2Lip/EmoGen mel-spectrogram features.
 
-The features follow the original exactly (see SPEC "Audio features"): 16 kHz mono, pre-emphasis
+The features follow the original exactly (see docs/design.md "Time rules"): 16 kHz mono, pre-emphasis
 0.97, STFT (n_fft 800, hop 200, Hann window 800, centred with zero padding), magnitude, 80-band
 Slaney mel filterbank (55-7600 Hz), dB with a -20 dB reference, then a symmetric [-4, 4] scale.
-That gives 80 mel steps per second, i.e. 3.2 mel steps per video frame at 25 fps.
+That gives 80 mel steps per second (``timing.MEL_STEPS_PER_SECOND``); the frame/mel window rules
+are in ``emogen_jax.data.timing``.
 """
 
 from __future__ import annotations
@@ -28,8 +29,6 @@ PREEMPHASIS = 0.97
 MIN_LEVEL_DB = -100.0
 REF_LEVEL_DB = 20.0
 MAX_ABS_VALUE = 4.0
-MEL_STEPS_PER_SECOND = SAMPLE_RATE // HOP  # 80
-MEL_WINDOW = 16  # mel steps seen per video frame window (0.2 s)
 
 
 def load_wav(path: str, sr: int = SAMPLE_RATE) -> np.ndarray:
@@ -85,42 +84,3 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
   db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
   scaled = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
   return np.clip(scaled, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
-
-
-def mel_start(frame: int, fps: float = 25) -> int:
-  """First mel step of video frame `frame`: int(80 * frame / fps)."""
-  return int(MEL_STEPS_PER_SECOND * frame / fps)
-
-
-def mel_window(mel: np.ndarray, frame: int, fps: float = 25) -> np.ndarray:
-  """(80, T) mel -> the (80, 16) window of video frame `frame`; ValueError when it runs off either end."""
-  start = mel_start(frame, fps)
-  if frame < 0 or start + MEL_WINDOW > mel.shape[1]:
-    raise ValueError(f"mel window of frame {frame} (steps {start}..{start + MEL_WINDOW}) is outside "
-                     f"the {mel.shape[1]} mel steps")
-  return mel[:, start:start + MEL_WINDOW]
-
-
-def inference_mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
-  """(80, T) mel -> (N, 80, 16) chunks for video frames 0.., the last one aligned to the end of the audio.
-
-  Chunk i starts at int(i * 80 / fps); as in the original, chunks are taken while they fit and then one
-  final chunk ending exactly at the last mel step is added.
-  """
-  if fps <= 0:
-    raise UserError(f"fps must be positive, got {fps}")
-  steps = mel.shape[1]
-  if steps < MEL_WINDOW:
-    raise UserError(f"audio too short: {steps} mel steps, need at least {MEL_WINDOW} "
-                    f"({MEL_WINDOW / MEL_STEPS_PER_SECOND:.2f} s); give a longer speech track")
-  mult = MEL_STEPS_PER_SECOND / float(fps)
-  chunks = []
-  i = 0
-  while True:
-    start = int(i * mult)
-    if start + MEL_WINDOW > steps:
-      chunks.append(mel[:, steps - MEL_WINDOW:])
-      break
-    chunks.append(mel[:, start:start + MEL_WINDOW])
-    i += 1
-  return np.stack(chunks).astype(np.float32)

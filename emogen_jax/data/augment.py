@@ -1,4 +1,4 @@
-"""The SPEC's training augmentations, identical across the frames of one example.
+"""The training augmentations, identical across the frames of one example.
 
 ``augment_examples(frames, seed)``: ``frames`` uint8 (K, T, H, W, 3) BGR (K examples of
 T frames) -> float32 of the same shape in [0, 1]. Each example draws ONE set of

@@ -19,7 +19,7 @@ Frames are BGR (as stored by OpenCV). ``with_metadata=True`` adds ``clip_id`` (b
 reference start, or SyncNet's face start; equal to f for in-sync examples) for tests and
 debugging.
 
-Sampling follows the SPEC ("Sampling"), restricted to windows of valid frames (frames
+Sampling follows docs/design.md "Training recipe", restricted to windows of valid frames (frames
 where a face was detected): a target window f has 5 valid frames and its mel windows
 inside the clip's mel (generator: f >= 1); the generator's reference window and
 SyncNet's off-sync window start at a uniformly drawn other start g != f of the same clip
@@ -57,13 +57,14 @@ import numpy as np
 import tensorflow as tf
 
 from emogen_jax.data import augment as augment_lib
+from emogen_jax.data import timing
 from emogen_jax.errors import UserError
 
 TASKS = ("syncnet", "emotion", "generator")
 SPLITS = ("train", "validation", "test")
 DATASET_NAME = "emogen_clips"
-T = 5
-MEL_WINDOW = 16
+T = timing.FRAMES_PER_WINDOW
+MEL_WINDOW = timing.MEL_WINDOW
 IMG = 96
 
 
@@ -130,7 +131,7 @@ def _window_masks(valid: tf.Tensor, mel_steps: tf.Tensor):
   f = tf.range(n)
   end = tf.minimum(f + T, n)
   any_ok = (f + T <= n) & (tf.gather(csum, end) - tf.gather(csum, f) == T)
-  fits = lambda fr: (80 * fr) // 25 + MEL_WINDOW <= mel_steps
+  fits = lambda fr: timing.window_fits(fr, mel_steps)
   sync_ok = any_ok & fits(f)
   gen_ok = any_ok & (f >= 1) & fits(f + 3)
   return any_ok, sync_ok, gen_ok
@@ -161,8 +162,8 @@ def _decode_frames(jpegs: tf.Tensor, idx: tf.Tensor) -> tf.Tensor:
 
 
 def _mel_windows(mel_t: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
-  """mel_t (M, 80), frame indices (...) -> (..., 80, 16, 1): the 16 steps from int(80*f/25)."""
-  start = (80 * frames) // 25
+  """mel_t (M, 80), frame indices (...) -> (..., 80, 16, 1): each frame's mel window."""
+  start = timing.mel_start(frames)
   idx = start[..., None] + tf.range(MEL_WINDOW)
   w = tf.gather(mel_t, idx)  # (..., 16, 80)
   return tf.expand_dims(tf.linalg.matrix_transpose(w), -1)
