@@ -1,4 +1,4 @@
-"""EmoGen generator training: SPEC "EmoGen training".
+"""EmoGen generator training: docs/design.md "Training recipe".
 
 loss = w_sync * sync + w_pl * perceptual + w_emo * CE(emotion_disc(g), emotion)
        + (1 - w_sync - w_pl - w_emo) * L1(g, target);

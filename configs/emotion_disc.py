@@ -1,4 +1,4 @@
-"""Emotion discriminator (DISCEMO) stand-alone training: SPEC "Emotion discriminator".
+"""Emotion discriminator (DISCEMO) stand-alone training: docs/design.md "Training recipe".
 
 Adam lr 1e-6, betas (0.5, 0.999), lr x0.1 every 150 epochs, batch 64, cross-entropy.
 """

@@ -1,4 +1,4 @@
-"""Lip-sync expert (SyncNet) training: SPEC "Lip-sync expert" (Wav2Lip's color_syncnet_train.py).
+"""Lip-sync expert (SyncNet) training: docs/design.md "Training recipe" (Wav2Lip's color_syncnet_train.py).
 
 python -m emogen_jax.train --config configs/syncnet.py --workdir W --config.data_dir=D
 python -m emogen_jax.train --config configs/syncnet.py:smoke ...   (tiny, CPU)
