@@ -7,11 +7,9 @@ of the same step (e.g. train, stop, resume) compile it once.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
-import tempfile
 
 import jax
 import numpy as np

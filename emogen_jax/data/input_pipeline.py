@@ -53,7 +53,6 @@ import os
 import weakref
 from typing import Iterator, Optional
 
-import numpy as np
 import tensorflow as tf
 
 from emogen_jax.data import augment as augment_lib

@@ -16,7 +16,7 @@ the command line (``emogen_jax.inference.cli``) and the notebook API (``emogen_j
 from __future__ import annotations
 
 import dataclasses
-import os
+import sys
 import time
 from typing import Iterator, Sequence
 
@@ -26,7 +26,6 @@ import numpy as np
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
 from emogen_jax.data import timing
-from emogen_jax.data import video_io
 from emogen_jax.data.emotions import EMOTION_NAMES, EMOTIONS, emotion_id
 from emogen_jax.errors import UserError
 from emogen_jax.models import checkpoints

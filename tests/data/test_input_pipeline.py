@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 import tensorflow as tf
 
-from emogen_jax.data import audio
 from emogen_jax.data import timing
 from emogen_jax.data import augment as augment_lib
 from emogen_jax.data import input_pipeline as ip
