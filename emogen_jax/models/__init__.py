@@ -1,4 +1,12 @@
-"""Flax models of EmoGen (NHWC; parameter names mirror the original PyTorch module paths)."""
+"""Models: the Flax networks of EmoGen (NHWC; parameter names mirror the original PyTorch paths).
+
+- ``generator``: the talking-face generator (face, audio and emotion encoders, the decoder).
+- ``syncnet``: the lip-sync expert. ``emotion_disc``: the emotion discriminator (classifier).
+- ``quality_disc``: the optional visual-quality discriminator. ``vgg``: VGG-19 features for the
+  perceptual loss.
+- ``layers``: the shared blocks (Conv+BN+ReLU, the fast transposed convolution, width scaling).
+- ``factory``: any network by kind name; ``checkpoints``: our checkpoint format and loader.
+"""
 
 from __future__ import annotations
 
