@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-import tempfile
 import time
 
 import cv2
@@ -21,15 +19,17 @@ import cv2
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
 from emogen_jax.data import video_io
-from emogen_jax.data.emotions import EMOTIONS
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.data import emotions as emotions_lib
+from emogen_jax.data import files
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.inference.renderer import (DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions, NoFaceError,
-                                           Renderer, load_generator, make_job, parse_emotions,
-                                           render_frames)
+                                           Renderer, check_face_options, check_frame_size,
+                                           load_generator, make_job, parse_emotions, render_frames)
+from emogen_jax.models import checkpoints
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = ArgumentParser(
       prog="python -m emogen_jax.infer",
       description="Make a face speak an audio track with a chosen emotion (EmoGen).")
   p.add_argument("--checkpoint", required=True,
@@ -37,7 +37,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--face", required=True, help="video or image with a face")
   p.add_argument("--audio", required=True, help="speech: any file ffmpeg reads (wav, mp3, a video)")
   p.add_argument("--emotion", default="NEU",
-                 help=f"one of {', '.join(EMOTIONS)}, or 'all' for the six side by side (default NEU)")
+                 help=f"{emotions_lib.HELP}; or 'all' for the six side by side (default NEU)")
   p.add_argument("--out", required=True, help="output .mp4 (H.264 + AAC)")
   p.add_argument("--pads", type=int, nargs=4, default=list(DEFAULT_PADS), metavar=("T", "B", "L", "R"),
                  help="pixels added to the detected box: top bottom left right (default 0 10 0 0)")
@@ -64,43 +64,54 @@ def _noface_png(out: str, k: int) -> str:
   return f"{os.path.splitext(os.path.abspath(out))[0]}_noface_frame{k}.png"
 
 
+def check_flags(args: argparse.Namespace) -> FaceOptions:
+  """Every flag that can be checked before reading any input (one-line UserErrors); the face options."""
+  if args.fps is not None and args.fps <= 0:
+    raise UserError(f"--fps must be positive, got {args.fps}")
+  if args.batch_size < 1:
+    raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+  opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
+                     crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
+                     detector=args.detector, s3fd_weights=args.s3fd_weights)
+  check_face_options(opts)
+  return opts
+
+
 def run(args: argparse.Namespace) -> dict:
   """The CLI's work; returns a summary dict (frames, seconds, compilations, path)."""
   emotions = parse_emotions(args.emotion)
-  if not args.out.lower().endswith(".mp4"):
-    raise UserError(f"--out {args.out!r} must end in .mp4")
-  out_dir = os.path.dirname(os.path.abspath(args.out))
-  if not os.path.isdir(out_dir):
-    raise UserError(f"output folder {out_dir!r} does not exist; create it or change --out")
-  if args.fps is not None and args.fps <= 0:
-    raise UserError(f"--fps must be positive, got {args.fps}")
-  frames, fps = video_io.read_face_input(args.face)
+  opts = check_flags(args)
+  out = files.check_output_file(args.out, "--out", (".mp4",), "mp4 video")
+  face = files.input_file(args.face, "--face", "give a video or an image with a face")
+  audio = files.input_file(args.audio, "--audio", "give a speech file (wav, mp3 or a video)")
+  checkpoint = checkpoints.resolve_checkpoint(args.checkpoint)
+  if args.detector == "s3fd" and args.s3fd_weights:
+    opts.s3fd_weights = files.input_file(args.s3fd_weights, "--s3fd-weights",
+                                         f"give the path of {face_detection.S3FD_FILE}")
+  frames, fps = video_io.read_face_input(face)
+  check_frame_size(opts, frames[0].shape)
   if fps is None:
     fps = args.fps or DEFAULT_IMAGE_FPS
   elif args.fps is not None and abs(args.fps - fps) > 1e-3:
     raise UserError(f"--fps {args.fps:g} given for a {fps:g} fps video; --fps is for still images. "
                     f"Convert the video first (ffmpeg -i {args.face} -r {args.fps:g} face.mp4)")
-  wav = audio_lib.load_wav(args.audio)
-  model, variables, _ = load_generator(args.checkpoint)
-  opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
-                     crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
-                     detector=args.detector, s3fd_weights=args.s3fd_weights)
+  wav = audio_lib.load_wav(audio)
+  model, variables, _ = load_generator(checkpoint)
   try:
     job = make_job(frames, fps, wav, emotions, opts)
   except NoFaceError as e:
-    png = _noface_png(args.out, e.frame_index)
+    png = _noface_png(out, e.frame_index)
     cv2.imwrite(png, e.frame)
     raise UserError(f"no face found in frame {e.frame_index} of {args.face} (saved as {png}); try "
                     "larger --pads, a fixed --box T B L R, or --detector s3fd") from None
   renderer = Renderer(model, variables, args.batch_size)
   t0 = time.perf_counter()  # generation + encoding, after the compile
-  with tempfile.TemporaryDirectory(prefix="emogen_infer_") as tmp:
-    # Written in a private folder first so that a failed run leaves no half-written --out.
-    tmp_out = os.path.join(tmp, "out.mp4")
-    with video_io.VideoWriter(tmp_out, job.fps, audio=args.audio) as writer:
+  # Written under a temporary name beside --out and renamed when complete: a failure, Ctrl-C or
+  # SIGTERM leaves neither a half-written --out nor a temporary behind.
+  with files.atomic_file(out) as tmp_out:
+    with video_io.VideoWriter(tmp_out, job.fps, audio=audio) as writer:
       for frame in render_frames(renderer, job, progress=True):
         writer.write(frame)
-    shutil.move(tmp_out, args.out)
   seconds = time.perf_counter() - t0
   return {"out": args.out, "frames": job.num_frames, "faces": job.num_frames * len(emotions),
           "seconds": seconds, "compilations": renderer.trace_count, "fps": job.fps,

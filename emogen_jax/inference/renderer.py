@@ -25,8 +25,8 @@ import numpy as np
 
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
+from emogen_jax.data import emotions as emotions_lib
 from emogen_jax.data import timing
-from emogen_jax.data.emotions import EMOTION_NAMES, EMOTIONS, emotion_id
 from emogen_jax.errors import UserError
 from emogen_jax.models import checkpoints
 
@@ -45,14 +45,10 @@ class NoFaceError(UserError):
                      "or --detector s3fd")
 
 
-def parse_emotions(emotion: str) -> list[int]:
-  """'HAP' -> [3]; 'all' -> the six labels in EMOTIONS order; unknown -> UserError listing valid ones."""
-  if emotion.strip().lower() == "all":
-    return list(range(len(EMOTIONS)))
-  try:
-    return [emotion_id(emotion)]
-  except UserError:
-    raise UserError(f"unknown emotion {emotion!r}; valid emotions are {', '.join(EMOTIONS)} or all")
+def parse_emotions(emotion) -> list[np.ndarray]:
+  """'HAP' / 'happy' -> [its one-hot (6,)]; 'HAP:0.6,NEU:0.4' -> [the weighted vector]; 'all' ->
+  the six one-hots in EMOTIONS order (rendered side by side); unknown -> one-line UserError."""
+  return emotions_lib.parse_emotions(emotion)
 
 
 # ---------------------------------------------------------------------------- the model
@@ -66,7 +62,8 @@ def load_generator(checkpoint: str, dtype=None):
 class Renderer:
   """Runs the generator with one jitted function of FIXED batch shape (the last batch is padded).
 
-  ``__call__(mels (n, 80, 16), crops (n, 96, 96, 3) uint8 BGR, emotions (n,)) -> (n, 96, 96, 3) uint8``.
+  ``__call__(mels (n, 80, 16), crops (n, 96, 96, 3) uint8 BGR, emotions) -> (n, 96, 96, 3) uint8``,
+  emotions: (n,) label ids or (n, 6) weight vectors (a one-hot, or a mix summing to 1).
   ``trace_count`` counts how often the function was traced (compiled); it stays 1 for any n.
   """
 
@@ -93,12 +90,15 @@ class Renderer:
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
     self._forward = jax.jit(forward).lower(
         self.variables, spec((b, 80, 16), jnp.float32), spec((b, FACE_SIZE, FACE_SIZE, 3), jnp.uint8),
-        spec((b,), jnp.int32)).compile()
+        spec((b, emotions_lib.NUM_EMOTIONS), jnp.float32)).compile()
     self.compile_seconds = time.perf_counter() - t0
 
   def __call__(self, mels: np.ndarray, crops: np.ndarray, emotions: np.ndarray) -> np.ndarray:
     n = len(mels)
     b = self.batch_size
+    emotions = np.asarray(emotions)
+    if emotions.ndim == 1:  # label ids -> their one-hot vectors
+      emotions = np.eye(emotions_lib.NUM_EMOTIONS, dtype=np.float32)[emotions.astype(np.int64)]
     outs = []
     for s in range(0, n, b):
       m, c, e = mels[s:s + b], crops[s:s + b], emotions[s:s + b]
@@ -106,9 +106,9 @@ class Renderer:
       if k < b:  # pad to the fixed shape so that nothing recompiles
         m = np.concatenate([m, np.zeros((b - k,) + m.shape[1:], m.dtype)])
         c = np.concatenate([c, np.zeros((b - k,) + c.shape[1:], c.dtype)])
-        e = np.concatenate([e, np.zeros((b - k,), e.dtype)])
+        e = np.concatenate([e, np.zeros((b - k,) + e.shape[1:], e.dtype)])
       out = self._forward(self.variables, np.asarray(m, np.float32), np.asarray(c, np.uint8),
-                          np.asarray(e, np.int32))
+                          np.asarray(e, np.float32))
       outs.append(np.asarray(out)[:k])
     return np.concatenate(outs) if outs else np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
 
@@ -128,6 +128,50 @@ class FaceOptions:
   static: bool = False                      # use only the first frame as a still
   detector: str = "haar"
   s3fd_weights: str | None = None
+
+
+# A frame whose short side is below this after resize_factor cannot hold a usable face.
+MIN_FRAME_SIDE = FACE_SIZE // 2
+
+
+def _check_box(flag: str, values, edge_ok: bool) -> None:
+  """4 pixels top < bottom, left < right, none negative (edge_ok: -1 = the edge for bottom/right)."""
+  if values is None:
+    return
+  if len(values) != 4:
+    raise UserError(f"{flag} takes 4 numbers (top bottom left right), got {list(values)}")
+  top, bottom, left, right = (int(v) for v in values)
+  text = f"{flag} {top} {bottom} {left} {right}"
+  edge = lambda v: edge_ok and v == -1
+  if min(top, left) < 0 or (bottom < 0 and not edge(bottom)) or (right < 0 and not edge(right)):
+    raise UserError(f"{text}: pixels must not be negative" + (" (except -1 = the edge for bottom "
+                    "and right)" if edge_ok else ""))
+  if (not edge(bottom) and top >= bottom) or (not edge(right) and left >= right):
+    raise UserError(f"{text} is inverted or empty: the order is top bottom left right, with "
+                    "top < bottom and left < right")
+
+
+def check_face_options(opts: FaceOptions) -> None:
+  """The options that can be checked before any frame is read (one-line UserErrors)."""
+  if len(opts.pads) != 4:
+    raise UserError(f"--pads takes 4 numbers (top bottom left right), got {list(opts.pads)}")
+  if min(int(p) for p in opts.pads) < 0:
+    raise UserError(f"--pads {' '.join(str(int(p)) for p in opts.pads)}: pads must not be negative "
+                    "(they are pixels ADDED around the detected face: top bottom left right)")
+  _check_box("--box", opts.box, edge_ok=False)
+  _check_box("--crop", opts.crop, edge_ok=True)
+  if int(opts.resize_factor) < 1:
+    raise UserError(f"--resize-factor must be a positive integer, got {opts.resize_factor}")
+
+
+def check_frame_size(opts: FaceOptions, frame_shape) -> None:
+  """resize_factor must leave a frame big enough to find a face in (else 'no face' would mislead)."""
+  h, w = frame_shape[:2]
+  f = int(opts.resize_factor)
+  if f > 1 and min(h, w) // f < MIN_FRAME_SIDE:
+    raise UserError(f"--resize-factor {f} shrinks the {w}x{h} frame to {w // f}x{h // f}, too "
+                    f"small for a face (short side under {MIN_FRAME_SIDE} px); use at most "
+                    f"{max(1, min(h, w) // MIN_FRAME_SIDE)}")
 
 
 def prepare_frames(frames: Sequence[np.ndarray], opts: FaceOptions) -> list[np.ndarray]:
@@ -223,7 +267,7 @@ class Job:
   boxes: list             # one box per source frame
   crops: np.ndarray       # (num_source, 96, 96, 3) uint8
   mel_chunks: np.ndarray  # (num_output, 80, 16)
-  emotions: list          # label ids; several -> side by side
+  emotions: list          # (6,) emotion weight vectors; several -> side by side
   fps: float
 
   @property
@@ -234,7 +278,7 @@ class Job:
     return pingpong_index(i, len(self.frames))
 
 
-def make_job(frames: Sequence[np.ndarray], fps: float, wav: np.ndarray, emotions: Sequence[int],
+def make_job(frames: Sequence[np.ndarray], fps: float, wav: np.ndarray, emotions: Sequence,
              opts: FaceOptions, detector=None) -> Job:
   """Prepares frames, mel chunks (audio must cover one 16-step window) and face boxes/crops."""
   if not frames:
@@ -247,7 +291,7 @@ def make_job(frames: Sequence[np.ndarray], fps: float, wav: np.ndarray, emotions
   boxes = face_boxes_for(frames, opts, detector)
   crops = np.stack([face_detection.crop_face(f, b, FACE_SIZE) for f, b in zip(frames, boxes)])
   return Job(frames=list(frames), boxes=boxes, crops=crops, mel_chunks=chunks,
-             emotions=list(emotions), fps=float(fps))
+             emotions=[np.asarray(e, np.float32) for e in emotions], fps=float(fps))
 
 
 def render_frames(renderer: Renderer, job: Job, progress: bool = True) -> Iterator[np.ndarray]:
@@ -264,12 +308,12 @@ def render_frames(renderer: Renderer, job: Job, progress: bool = True) -> Iterat
       src = [job.source_index(i) for i in idx]
       mels = np.repeat(job.mel_chunks[s:s + len(idx)], num_emo, axis=0)
       crops = np.repeat(job.crops[src], num_emo, axis=0)
-      emos = np.tile(np.asarray(job.emotions, np.int32), len(idx))
+      emos = np.tile(np.stack(job.emotions), (len(idx), 1))
       faces = renderer(mels, crops, emos).reshape((len(idx), num_emo, FACE_SIZE, FACE_SIZE, 3))
       for k, j in enumerate(src):
         panels = [paste(job.frames[j], faces[k, e], job.boxes[j]) for e in range(num_emo)]
         if num_emo > 1:
-          panels = [label(p, f"{EMOTIONS[em]} {EMOTION_NAMES[em]}") for p, em in zip(panels, job.emotions)]
+          panels = [label(p, emotions_lib.describe(em)) for p, em in zip(panels, job.emotions)]
         yield np.concatenate(panels, axis=1) if num_emo > 1 else panels[0]
       bar.update(len(idx))
   finally:
