@@ -31,7 +31,6 @@ raw unpadded, unsmoothed boxes: ``--pads 0 0 0 0 --no-smooth`` reproduces it.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import multiprocessing
@@ -47,8 +46,9 @@ from typing import Optional
 import numpy as np
 
 from emogen_jax.data.emotions import EMOTIONS, INTENSITIES
+from emogen_jax.data import files as files_lib
 from emogen_jax.data import timing
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm", ".mpg", ".mpeg", ".m4v")
 FPS = 25.0
@@ -397,8 +397,8 @@ def make_report(summaries, bad_inputs, splits, processed_now, opts) -> dict:
 # ------------------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__.split("\n")[0])
+def _parser() -> ArgumentParser:
+  p = ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__.split("\n")[0])
   p.add_argument("--src", required=True, help="folder of 25 fps videos (searched recursively)")
   p.add_argument("--data-dir", required=True, help="output: TFDS dataset, cache/ and the report")
   p.add_argument("--cache-dir", default=None, help="per-clip cache (default DATA_DIR/cache)")
@@ -435,12 +435,24 @@ def main(argv=None) -> int:
     raise UserError("--max-missing must be in [0, 1)")
   if args.jobs < 1:
     raise UserError("--jobs must be >= 1")
+  if min(args.pads) < 0:
+    raise UserError(f"--pads {' '.join(map(str, args.pads))}: pads must not be negative (they are "
+                    "pixels ADDED around the detected face: top bottom left right)")
+  data_dir = files_lib.check_output_dir(args.data_dir, "--data-dir", "dataset folder")
+  cache_dir = files_lib.check_output_dir(args.cache_dir or os.path.join(data_dir, "cache"),
+                                         "--cache-dir", "preprocessing cache")
+  if args.s3fd_weights:
+    args.s3fd_weights = files_lib.input_file(args.s3fd_weights, "--s3fd-weights",
+                                             "give the path of s3fd-619a316812.pth")
+  if args.labels_csv:
+    args.labels_csv = files_lib.input_file(args.labels_csv, "--labels-csv",
+                                           "give a CSV with columns file,emotion,actor")
+  # The inputs are listed before anything is created: a bad --src leaves no folder behind.
+  clips, bad = list_clips(files_lib.user_path(args.src), args.labels_csv)
   # Fail on a bad detector choice before any work (and before forking workers).
   from emogen_jax.data.face_detection import make_detector
   make_detector(args.detector, weights=args.s3fd_weights)
 
-  data_dir = os.path.abspath(args.data_dir)
-  cache_dir = os.path.abspath(args.cache_dir or os.path.join(data_dir, "cache"))
   try:
     os.makedirs(cache_dir, exist_ok=True)
   except OSError as e:
@@ -460,7 +472,6 @@ def main(argv=None) -> int:
   else:
     _atomic_write(settings_path, json.dumps(settings).encode())
 
-  clips, bad = list_clips(args.src, args.labels_csv)
   for rel, why in bad:
     print(f"skip {rel}: {why}", file=sys.stderr)
   if args.stage != "build":

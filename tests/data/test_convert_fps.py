@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_tools import convert_fps
-from emogen_jax.data import audio
+from emogen_jax.data import audio, files
 from emogen_jax.errors import UserError
 from tests import _data_fixtures as fx
 
@@ -39,7 +39,7 @@ def test_convert_skip_and_failures(src, tmp_path):
   assert report.skipped == []
   assert [os.path.basename(p) for p, _ in report.failed] == ["broken.flv"]
   assert not os.path.exists(os.path.join(dst, "broken.mp4"))
-  assert not any(n.endswith(".part.mp4") for _, _, fs in os.walk(dst) for n in fs)
+  assert not any(files.TEMP_MARK in n for _, _, fs in os.walk(dst) for n in fs)  # no temporaries
 
   v = _video_stream(a)
   assert v["r_frame_rate"] == "25/1" and int(v["nb_read_frames"]) == 50

@@ -126,13 +126,14 @@ def test_cli_error_is_one_line_exit_2(files):
               "--out", str(files["dir"] / "x.mp4"), check=False)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      "error: unknown emotion 'JOY'; valid emotions are ANG, DIS, FEA, HAP, NEU, SAD or all"]
+      "error: unknown emotion 'JOY'; valid emotions are ANG, DIS, FEA, HAP, NEU, SAD (or angry, "
+      "disgusted, fearful, happy, neutral, sad), a mix such as HAP:0.6,NEU:0.4, or all"]
 
 
 @pytest.mark.parametrize("case, message", [
     ("missing_face", "does not exist"),
     ("bad_face", "could not be opened as a video"),
-    ("missing_audio", "audio file not found"),
+    ("missing_audio", "does not exist"),
     ("bad_audio", "cannot decode audio"),
     ("missing_ckpt", "does not exist"),
     ("short_audio", "audio too short"),
