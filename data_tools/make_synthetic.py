@@ -443,8 +443,9 @@ def write_clip(spec: ClipSpec) -> str:
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
            "-s", f"{spec.size}x{spec.size}", "-r", str(FPS), "-i", "-", "-i", wav_path,
            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
-           "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "64k", spec.path]
-    proc = subprocess.run(cmd, input=frames.tobytes(), stderr=subprocess.PIPE, check=False)
+           "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "64k"]
+    with files.atomic_file(spec.path) as out:  # a killed run leaves no partial clip
+      proc = subprocess.run(cmd + [out], input=frames.tobytes(), stderr=subprocess.PIPE, check=False)
     if proc.returncode != 0:
       raise RuntimeError(f"ffmpeg failed writing {spec.path}: {proc.stderr.decode(errors='replace')[-500:]}")
   return spec.path

@@ -39,7 +39,6 @@ import pickle
 import re
 import shutil
 import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -182,18 +181,6 @@ def list_clips(src: str, labels_csv: Optional[str]):
 # ------------------------------------------------------------------------- stage 1
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def read_frames(path: str):
   """-> (list of BGR frames, fps); ([], 0) when OpenCV cannot read it."""
   import cv2
@@ -265,8 +252,8 @@ def _run_one(clip) -> dict:
     summary.update(num_frames=len(rec["frames"]), num_valid=int(np.sum(rec["valid"])))
   clips_dir = opts["clips_dir"]
   # The pickle first, the summary last: a clip counts as done once its .json exists.
-  _atomic_write(os.path.join(clips_dir, f"{clip['clip_id']}.pkl"), pickle.dumps(rec, protocol=4))
-  _atomic_write(os.path.join(clips_dir, f"{clip['clip_id']}.json"), json.dumps(summary).encode())
+  files_lib.write_file(os.path.join(clips_dir, f"{clip['clip_id']}.pkl"), pickle.dumps(rec, protocol=4))
+  files_lib.write_file(os.path.join(clips_dir, f"{clip['clip_id']}.json"), json.dumps(summary))
   return summary
 
 
@@ -470,7 +457,7 @@ def main(argv=None) -> int:
       raise UserError(f"the cache {cache_dir} was made with other settings ({old}); rerun with "
                       "the same flags, or delete the cache (or pass another --cache-dir)")
   else:
-    _atomic_write(settings_path, json.dumps(settings).encode())
+    files_lib.write_file(settings_path, json.dumps(settings))
 
   for rel, why in bad:
     print(f"skip {rel}: {why}", file=sys.stderr)
@@ -505,7 +492,7 @@ def main(argv=None) -> int:
         reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
     raise UserError(f"no usable clip in {args.src} (skipped: {reasons or dict(bad) or 'none'}); "
                     "check the videos (25 fps, a visible face, audio)")
-  _atomic_write(os.path.join(cache_dir, "splits.json"), json.dumps(splits).encode())
+  files_lib.write_file(os.path.join(cache_dir, "splits.json"), json.dumps(splits))
   build_dataset(data_dir, cache_dir)
   report = make_report(summaries, bad, splits, processed_now, opts)
   report["split_mode"], report["split_seed"] = args.split, seed

@@ -406,8 +406,8 @@ def export_file(src: str, out: str, kind: str | None = None) -> tuple[str, dict]
   """Our checkpoint (or training workdir) -> PyTorch ``.pth`` the original code loads."""
   from emogen_jax.models import checkpoints
 
-  files.check_output_file(out, "--out", (".pth", ".pt"), "PyTorch state dict")
   where = checkpoints.resolve_checkpoint(src)
+  files.check_output_file(out, "--out", (".pth", ".pt"), "PyTorch state dict")
   models = checkpoints.load_models(where)
   meta = checkpoints.load_meta(where)
   if kind is None:

@@ -107,10 +107,7 @@ class _State:
 
   def finish(self, stage: str, wall_s: float, **info) -> None:
     self.data["stages"][stage] = {"done": True, "wall_s": round(wall_s, 1), **info}
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.data, f, indent=2)
-    os.replace(tmp, self.path)
+    files.write_file(self.path, json.dumps(self.data, indent=2))
 
 
 # ------------------------------------------------------------------------------ stages

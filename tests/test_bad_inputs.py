@@ -136,7 +136,7 @@ CASES = [
     ("evaluate-inception-folder", "evaluate", ["--checkpoint", "gen", "--data-dir", "folder", "--out",
                                                "ev", "--inception", "folder"], "is a folder"),
     ("evaluate-data-dir-missing", "evaluate", ["--checkpoint", "gen", "--data-dir", "nope", "--out",
-                                               "ev"], "is not a folder"),
+                                               "ev"], "does not exist"),
     # sync_check
     ("sync-check-max-clips-0", "sync_check", ["--data-dir", "folder", "--syncnet", "gen",
                                               "--max-clips", "0"], "at least 1"),

@@ -191,9 +191,11 @@ def made_dirs(path: str | os.PathLike) -> Iterator[str]:
     raise
 
 
-def write_text(path: str | os.PathLike, text: str) -> str:
-  """Writes ``text`` (UTF-8) to ``path`` atomically; returns the absolute path."""
+def write_file(path: str | os.PathLike, data: str | bytes) -> str:
+  """Writes ``data`` (text as UTF-8) to ``path`` atomically; returns the absolute path."""
+  if isinstance(data, str):
+    data = data.encode("utf-8")
   with atomic_file(path) as tmp:
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
+    with open(tmp, "wb") as f:
+      f.write(data)
   return user_path(path)

@@ -399,18 +399,19 @@ def main(argv=None) -> int:
       args.checkpoint, args.syncnet, args.emotion_classifier))
   inception = None
   if args.inception is not None:
-    inception = files.input_file(args.inception, "--inception", "give Keras InceptionV3 'notop' "
+    inception = files.input_file(args.inception, "Inception weights", "give Keras InceptionV3 'notop' "
                                  "weights (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5)")
   data_dir = files.user_path(args.data_dir)
   if not os.path.isdir(data_dir):
-    raise UserError(f"--data-dir {args.data_dir!r} is not a folder; give a dataset made by "
+    what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+    raise UserError(f"--data-dir {args.data_dir!r} {what}; give a dataset made by "
                     "python -m data_tools.preprocess")
   r = evaluate(checkpoint, data_dir, args.split, syncnet, classifier, inception, args.max_clips,
                args.batch_size)
   md = to_markdown(r)
   with files.made_dirs(out):  # created only now: a failed run leaves no empty folder
-    files.write_text(os.path.join(out, "metrics.json"), json.dumps(_json_safe(r), indent=2))
-    files.write_text(os.path.join(out, "metrics.md"), md)
+    files.write_file(os.path.join(out, "metrics.json"), json.dumps(_json_safe(r), indent=2))
+    files.write_file(os.path.join(out, "metrics.md"), md)
   print(md)
   print(f"wrote {os.path.join(out, 'metrics.json')} and metrics.md ({r['clips']} clips, "
         f"{r['seconds']:.1f} s)")

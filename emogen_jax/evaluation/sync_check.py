@@ -119,8 +119,8 @@ def run(data_dir: str, syncnet: str, split: str = "all", out: str | None = None,
   w.writeheader()
   w.writerows(rows)
   with files.made_dirs(out):
-    files.write_text(os.path.join(out, "sync_check.csv"), table.getvalue())
-    files.write_text(os.path.join(out, "sync_check.json"), json.dumps(
+    files.write_file(os.path.join(out, "sync_check.csv"), table.getvalue())
+    files.write_file(os.path.join(out, "sync_check.json"), json.dumps(
         {"summary": summary, "syncnet": syncnet, "split": split, "vshift": vshift, "clips": rows},
         indent=2))
   summary["out"] = out

@@ -236,8 +236,9 @@ def test_api_generate_matches_schedule_and_colour_order(files):
 def test_pingpong_and_emotion_parsing():
   assert [infer.pingpong_index(i, 4) for i in range(10)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
   assert [infer.pingpong_index(i, 1) for i in range(3)] == [0, 0, 0]
-  assert infer.parse_emotions("all") == [0, 1, 2, 3, 4, 5]
-  assert infer.parse_emotions("hap") == [3] and infer.parse_emotions("happy") == [3]
+  np.testing.assert_array_equal(infer.parse_emotions("all"), np.eye(6))  # one-hot vectors
+  for name in ("hap", "happy", "happiness"):
+    np.testing.assert_array_equal(infer.parse_emotions(name), [np.eye(6)[3]])
 
 
 def test_frame_preparation_resize_rotate_crop_box():
