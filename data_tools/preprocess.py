@@ -496,7 +496,7 @@ def main(argv=None) -> int:
   build_dataset(data_dir, cache_dir)
   report = make_report(summaries, bad, splits, processed_now, opts)
   report["split_mode"], report["split_seed"] = args.split, seed
-  _atomic_write(os.path.join(data_dir, "preprocess_report.json"), json.dumps(report, indent=1).encode())
+  files_lib.write_file(os.path.join(data_dir, "preprocess_report.json"), json.dumps(report, indent=1))
   brief = {k: v for k, v in report.items() if k not in ("skipped", "actors")}
   print(json.dumps(brief, indent=1))
   print(f"report: {os.path.join(data_dir, 'preprocess_report.json')}")
