@@ -434,11 +434,11 @@ def main(argv=None) -> int:
   if args.labels_csv:
     args.labels_csv = files_lib.input_file(args.labels_csv, "--labels-csv",
                                            "give a CSV with columns file,emotion,actor")
-  # The inputs are listed before anything is created: a bad --src leaves no folder behind.
-  clips, bad = list_clips(files_lib.user_path(args.src), args.labels_csv)
   # Fail on a bad detector choice before any work (and before forking workers).
   from emogen_jax.data.face_detection import make_detector
   make_detector(args.detector, weights=args.s3fd_weights)
+  # The inputs are listed before anything is created: a bad --src leaves no folder behind.
+  clips, bad = list_clips(files_lib.user_path(args.src), args.labels_csv)
 
   try:
     os.makedirs(cache_dir, exist_ok=True)

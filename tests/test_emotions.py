@@ -69,4 +69,6 @@ def test_mix_feeds_the_weighted_vector_to_the_generator():
   np.testing.assert_array_equal(hap1, hap)
   ids = renderer(np.repeat(mel, 2, 0), np.repeat(crop, 2, 0), np.array([3, 4]))
   np.testing.assert_array_equal(ids, out[1:3].astype(np.uint8))
+  with pytest.raises(TypeError, match="must be floats"):  # int vectors would turn a mix into zeros
+    renderer(mel, crop, vectors[:1].astype(np.int32))
   assert renderer.trace_count == 1

@@ -99,6 +99,8 @@ class Renderer:
     emotions = np.asarray(emotions)
     if emotions.ndim == 1:  # label ids -> their one-hot vectors
       emotions = np.eye(emotions_lib.NUM_EMOTIONS, dtype=np.float32)[emotions.astype(np.int64)]
+    elif not np.issubdtype(emotions.dtype, np.floating):  # a mix cast to ints would lose its weights
+      raise TypeError(f"emotion weight vectors must be floats, got {emotions.dtype}")
     outs = []
     for s in range(0, n, b):
       m, c, e = mels[s:s + b], crops[s:s + b], emotions[s:s + b]
