@@ -52,7 +52,7 @@ def test_readme_conversion_flow_with_relative_paths(tmp_path, monkeypatch):
   from emogen_jax.models import checkpoints
   from emogen_jax.train.recipe import load_config
   from emogen_jax.train.stages import emogen as emogen_stage
-  from tests.test_convert import random_state_dict
+  from tests.models.test_convert import random_state_dict
 
   cwd = tmp_path / "my project ü"
   cwd.mkdir()
@@ -193,7 +193,7 @@ def test_atomic_helpers_restore_on_failure(tmp_path):
 
 
 def test_train_config_and_data_dir_paths_are_expanded(monkeypatch):
-  from emogen_jax.train import loop
+  from emogen_jax.train import main as loop
   monkeypatch.setenv("HOME", REPO)
   argv = ["prog", "--config", "~/configs/syncnet.py:smoke", "--config=~/configs/emogen.py"]
   loop._check_config_path(argv)

@@ -9,6 +9,7 @@ import pytest
 from emogen_jax.data import emotions
 from emogen_jax.errors import UserError
 from tests import _infer_fixtures as F
+from tests._model_fixtures import random_variables
 
 
 @pytest.mark.parametrize("names, label", [
@@ -52,8 +53,8 @@ def test_mix_feeds_the_weighted_vector_to_the_generator():
   from emogen_jax.inference.renderer import Renderer, parse_emotions
   from emogen_jax.models import Generator
   model = Generator(width=F.TINY_WIDTH)
-  variables = F.random_variables(model, jnp.zeros((1, 80, 16, 1)), jnp.zeros((1, 96, 96, 6)),
-                                 jnp.zeros((1,), jnp.int32), train=False, seed=3)
+  variables = random_variables(model, jnp.zeros((1, 80, 16, 1)), jnp.zeros((1, 96, 96, 6)),
+                               jnp.zeros((1,), jnp.int32), train=False, seed=3, fresh=True)
   # At random init the emotion barely moves the output; scaled up, every label changes the face.
   for name in ("emotion_encoder_0", "emotion_encoder_2"):
     variables["params"][name]["kernel"] = variables["params"][name]["kernel"] * 30.0
