@@ -28,6 +28,7 @@ import numpy as np
 
 from emogen_jax.data.emotions import EMOTIONS
 from emogen_jax.data import files
+from emogen_jax.data import timing
 from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.evaluation import evaluate as ev
 from emogen_jax.evaluation import metrics
@@ -101,7 +102,7 @@ def run(data_dir: str, syncnet: str, split: str = "all", out: str | None = None,
   for clip in tqdm(ev.iter_clips(data_dir, split, max_clips), desc="sync check", unit="clip",
                    disable=not progress, file=sys.stderr):
     n = min(len(clip["frames"]) - ev.WINDOW + 1,
-            ev.num_mel_frames(len(clip["frames"]), clip["mel"].shape[1]))
+            timing.num_mel_frames(len(clip["frames"]), clip["mel"].shape[1]))
     if n < 1:
       skipped.append(clip["clip_id"])
       continue
