@@ -234,7 +234,6 @@ def torch_emotion_disc(width: float):
   """PyTorch DISCEMO (nn.Conv2d / nn.Linear / nn.LSTM) at a channel ``width``, keys as the
   original's (``conv_1.0``, ``projector.0``, ``rnn_1``, ``cls.0``). ``forward(frames)`` takes real
   frames (B, T, 3, 96, 96) -> logits (B, 6)."""
-  import torch
   from torch import nn
 
   chans = [3] + [_ch(c, width) for c in (64, 128, 256, 512, 512)]
@@ -260,7 +259,6 @@ def torch_emotion_disc(width: float):
       x, _ = self.rnn_1(x)
       return self.cls(x[:, -1])
 
-  del torch
   return EmotionDisc()
 
 
