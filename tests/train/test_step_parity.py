@@ -43,12 +43,12 @@ STEPS = 3
 WIDTH = 0.0625
 # Measured (seed 0, 2-core CPU): loss terms <= 1.5e-4 relative (<= 1e-6 at the first step);
 # running statistics 2.4e-5 (SyncNet), 4.7e-5 (generator); parameter moves 4.4e-3 (SyncNet; floor
-# 4.4e-3), 1.2e-4 (disc; floor 1.4e-5), 0.136 (generator; floor 0.064), 1.5e-4 (disc within
-# EmoGen; floor 3e-5).
+# 4.4e-3), 1.2e-4..1.6e-4 (disc; floor 1.2e-5..1.4e-5), 0.136 (generator; floor 0.046..0.064 with
+# two draws of the disc weights), 1.3e-4..1.5e-4 (disc within EmoGen; floor 3e-5).
 LOSS_RTOL = 1e-3
 STATS_RTOL = 5e-4
 MOVE_RTOL = 5e-3
-MOVES_VS_FLOOR = 3.0
+MOVES_VS_FLOOR = 5.0
 # bfloat16 against float32 (an 8-bit mantissa: ~4e-3 per rounding). Measured: loss terms within
 # 1.0 % (sync; L1 and emotion terms within 3e-4), running statistics 1.4e-3, parameter moves 0.92
 # relative (cosine ~0.58: Adam turns each element's gradient into +-lr, and bfloat16 flips the
