@@ -3,9 +3,16 @@
   python scripts/bench_train.py                                  # all stages, smoke + reference
   python scripts/bench_train.py --stages emogen --sizes reference --reference-batch 2 --steps 1
   python scripts/bench_train.py --json bench_train.json
+  python scripts/bench_train.py --compare-torch --stages syncnet --sizes reference --reference-batch 16
 
-Each stage's real pmapped train step (emogen_jax/*_step.py) on random in-memory batches over all
-local devices: compile time, then the mean time of --steps steps after one warm-up step. FLOPs per
+--compare-torch also builds the same step in PyTorch from the tests' reference networks
+(tests/_torch_reference.py via scripts/torch_baseline.py: same initial weights, same batch) and
+times one step of each in turn, so that both see the same machine load; the row gains the
+PyTorch step time and ``speedup_vs_torch`` (PyTorch time / ours: >= 1 means ours is as fast).
+
+Each stage's real pmapped train step (emogen_jax/train/stages/) on random in-memory batches over all
+local devices, state donated as in the training loop: compile time, then the median time of
+--steps steps after one warm-up step. FLOPs per
 step come from ``jax.pmap(step).lower(...).compile().cost_analysis()`` (per device, times the
 device count). "smoke" = the configs' :smoke variant (width 0.25, its batch); "reference" =
 width 1.0 at --reference-batch (the configs' own batches, 128/64/16, take minutes per step on a
@@ -24,6 +31,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_baseline
 
 STAGE_CONFIGS = {"syncnet": "syncnet", "emotion_disc": "emotion_disc", "emogen": "emogen"}
 
@@ -48,7 +56,16 @@ def _flops(compiled) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
-def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str) -> dict:
+def _load() -> str:
+  try:
+    return " ".join(open("/proc/loadavg").read().split()[:3])
+  except OSError:
+    return "n/a"
+
+
+def build(stage: str, size: str, *, batch: int | None, dtype: str) -> dict:
+  """Our pmapped step for one stage/size on a random batch: {"run": one step, blocking,
+  "compiled", "config", "setup", "host_state", "batch"}."""
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -58,6 +75,9 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str) -
 
   config = _config(stage, size, batch)
   config.compute_dtype = dtype
+  if stage == "emogen":
+    # The sync term on (as after the switch), so that every loss term costs its share.
+    config.w_sync = float(config.sync_weight)
   mod = stages.get(stage)
   n = jax.local_device_count()
   if config.batch_size % n:
@@ -68,30 +88,90 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str) -
     setup["vgg_width"] = 1.0
     setup["vgg19"] = VGG19Features().init(jax.random.PRNGKey(1), jnp.zeros((1, 96, 96, 3)))
     setup["random_init"].append("vgg19")
-  state = replicate(mod.init_state(config, jax.random.PRNGKey(0), setup))
+  host_state = mod.init_state(config, jax.random.PRNGKey(0), setup)
+  holder = {"state": replicate(host_state)}
   rng = np.random.default_rng(0)
   batch_np = mod.fake_batch(rng, config.batch_size)
-  batch_np = {k: v.reshape((n, per_device) + v.shape[1:]) for k, v in batch_np.items()}
+  sharded = {k: v.reshape((n, per_device) + v.shape[1:]) for k, v in batch_np.items()}
 
-  p_step = jax.pmap(mod.make_train_step(config, setup), axis_name="batch")
+  # Donated state, as the training loop does (the step's outputs reuse the state's buffers).
+  p_step = jax.pmap(mod.make_train_step(config, setup), axis_name="batch", donate_argnums=(0,))
   t0 = time.perf_counter()
-  compiled = p_step.lower(state, batch_np).compile()
+  compiled = p_step.lower(holder["state"], sharded).compile()
   compile_s = time.perf_counter() - t0
-  flops_per_step = _flops(compiled) * n
-  state, m = p_step(state, batch_np)  # warm-up (also checks the step runs)
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
+
+  def run():
+    holder["state"], m = p_step(holder["state"], sharded)
+    jax.block_until_ready(m)
+    return float(np.asarray(m["loss"])[0])
+
+  return {"run": run, "holder": holder, "compiled": compiled, "compile_s": compile_s, "config": config,
+          "setup": setup, "host_state": host_state, "batch": batch_np, "devices": n,
+          "platform": jax.devices()[0].platform}
+
+
+def build_torch(stage: str, ours: dict):
+  """The same step in PyTorch, from the same initial weights and batch (scripts/torch_baseline.py)."""
+  import jax
+  import torch
+  import torch_baseline as tb
+
+  device = "cuda" if ours["platform"] == "gpu" and torch.cuda.is_available() else "cpu"
+  config, setup, state, batch = ours["config"], ours["setup"], ours["host_state"], ours["batch"]
+  state = jax.device_get(state)
+  if stage == "syncnet":
+    sd = tb.state_dict("syncnet", state.variables("syncnet"), config.width, device)
+    return tb.syncnet_step(sd, batch, config, device), device
+  if stage == "emotion_disc":
+    sd = tb.state_dict("emotion_disc", state.variables("emotion_disc"), config.width, device)
+    return tb.emotion_disc_step(sd, batch, config, device), device
+  nets = {"generator": tb.state_dict("generator", state.variables("generator"), config.width, device),
+          "syncnet": tb.state_dict("syncnet", setup["syncnet"], setup["syncnet_width"], device,
+                                   trainable=False),
+          "emotion_disc": tb.state_dict("emotion_disc", state.variables("emotion_disc"),
+                                        setup["disc_width"], device),
+          "vgg19": (tb.state_dict("vgg19", jax.device_get(setup["vgg19"]), setup["vgg_width"],
+                                  device, trainable=False) if setup.get("use_vgg") else None)}
+  return tb.emogen_step(nets, batch, config, device, float(config.w_sync)), device
+
+
+def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
+          compare_torch: bool = False) -> dict:
+  """Compile, one warm-up step, then ``steps`` timed steps (median); with ``compare_torch`` the
+  PyTorch step is timed in the same loop, one of each in turn, so both see the same machine load."""
+  import numpy as np
+
+  ours = build(stage, size, batch=batch, dtype=dtype)
+  config = ours["config"]
+  flops_per_step = _flops(ours["compiled"]) * ours["devices"]
+  loss = ours["run"]()  # warm-up (also checks the step runs)
+  torch_step = None
+  if compare_torch:
+    torch_step, torch_device = build_torch(stage, ours)
+    torch_step()
+  times, torch_times = [], []
   for _ in range(steps):
-    state, m = p_step(state, batch_np)
-  jax.block_until_ready(m)
-  step_s = (time.perf_counter() - t0) / steps
-  return {"stage": stage, "size": size, "width": float(config.width), "dtype": dtype,
-          "devices": n, "platform": jax.devices()[0].platform, "batch": config.batch_size,
-          "compile_s": round(compile_s, 2), "step_s": round(step_s, 4),
-          "examples_per_s": round(config.batch_size / step_s, 3),
-          "gflop_per_step": round(flops_per_step / 1e9, 3),
-          "achieved_gflop_per_s": round(flops_per_step / step_s / 1e9, 3),
-          "loss": float(np.asarray(m["loss"])[0])}
+    t0 = time.perf_counter()
+    loss = ours["run"]()
+    times.append(time.perf_counter() - t0)
+    if torch_step is not None:
+      t0 = time.perf_counter()
+      torch_step()
+      torch_times.append(time.perf_counter() - t0)
+  step_s = float(np.median(times))
+  row = {"stage": stage, "size": size, "width": float(config.width), "dtype": dtype,
+         "devices": ours["devices"], "platform": ours["platform"], "batch": config.batch_size,
+         "compile_s": round(ours["compile_s"], 2), "step_s": round(step_s, 4),
+         "examples_per_s": round(config.batch_size / step_s, 3),
+         "gflop_per_step": round(flops_per_step / 1e9, 3),
+         "achieved_gflop_per_s": round(flops_per_step / step_s / 1e9, 3),
+         "loss": loss, "loadavg": _load()}
+  if torch_step is not None:
+    import torch
+    t_s = float(np.median(torch_times))
+    row.update(torch_step_s=round(t_s, 4), torch_device=torch_device,
+               torch_threads=torch.get_num_threads(), speedup_vs_torch=round(t_s / step_s, 3))
+  return row
 
 
 def main(argv=None) -> int:
@@ -104,6 +184,9 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=2, help="timed steps after one warm-up step")
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+  p.add_argument("--compare-torch", action="store_true",
+                 help="also time the same step in PyTorch (the tests' reference networks, same "
+                      "weights and batch), interleaved with ours; prints the speed ratio")
   args = p.parse_args(argv)
   rows = []
   for stage in [s for s in args.stages.split(",") if s]:
@@ -113,13 +196,16 @@ def main(argv=None) -> int:
       if size not in ("smoke", "reference"):
         p.error(f"unknown size {size!r}; use smoke or reference")
       batch = args.smoke_batch if size == "smoke" else args.reference_batch
-      row = bench(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype)
+      row = bench(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype,
+                  compare_torch=args.compare_torch)
       rows.append(row)
       print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
             f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
             f"{row['examples_per_s']:.2f} examples/s, {row['gflop_per_step']:.1f} GFLOP/step, "
-            f"{row['achieved_gflop_per_s']:.1f} GFLOP/s achieved (compile {row['compile_s']:.0f} s)",
-            flush=True)
+            f"{row['achieved_gflop_per_s']:.1f} GFLOP/s achieved (compile {row['compile_s']:.0f} s)"
+            + (f"; PyTorch ({row['torch_device']}, {row['torch_threads']} threads) "
+               f"{row['torch_step_s']:.3f} s: ours {row['speedup_vs_torch']:.2f}x"
+               if "torch_step_s" in row else "") + f"; load {row['loadavg']}", flush=True)
   if args.json:
     with open(args.json, "w") as f:
       json.dump(rows, f, indent=2)

@@ -9,6 +9,8 @@ so the functions work at any width.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -157,6 +159,12 @@ def quality_disc(sd, faces):
   return torch.sigmoid(x).view(x.shape[0], -1)
 
 
+@functools.lru_cache(maxsize=None)
+def _lstm(input_size, hidden):
+  """An LSTM module used only as the shape of the computation (its weights come from sd)."""
+  return torch.nn.LSTM(input_size, hidden, 1, batch_first=True)
+
+
 def emotion_disc(sd, video):
   """DISCEMO forward exactly as the original: video (N, C, T, H, W), folded with a plain view."""
   n, c, t, h, w = video.shape
@@ -168,9 +176,10 @@ def emotion_disc(sd, video):
   x = F.leaky_relu(F.linear(x, sd["projector.0.weight"], sd["projector.0.bias"]), 0.3)
   x = F.linear(x, sd["projector.2.weight"], sd["projector.2.bias"])
   hidden = sd["rnn_1.weight_hh_l0"].shape[1]
-  lstm = torch.nn.LSTM(x.shape[-1], hidden, 1, batch_first=True)
-  lstm.load_state_dict({k[len("rnn_1."):]: v for k, v in sd.items() if k.startswith("rnn_1.")})
-  x, _ = lstm(x)
+  lstm = _lstm(x.shape[-1], hidden).to(x.device)
+  # functional_call (not load_state_dict) so that a training step's gradient reaches sd's tensors.
+  x, _ = torch.func.functional_call(
+      lstm, {k[len("rnn_1."):]: v for k, v in sd.items() if k.startswith("rnn_1.")}, (x,))
   return F.linear(x[:, -1], sd["cls.0.weight"], sd["cls.0.bias"])
 
 
@@ -185,8 +194,8 @@ def vgg19_features(sd, images, normalize=True):
   """torchvision vgg19().features: images (N, 3, H, W) RGB in [0, 1] -> the 5 max-pool outputs."""
   x = images
   if normalize:
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype).view(1, 3, 1, 1)
+    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     x = (x - mean) / std
   outs = []
   for stage in VGG_CONVS:

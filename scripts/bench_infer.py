@@ -1,0 +1,102 @@
+"""Generator inference speed, ours against PyTorch in the same process: frames/s per batch size.
+
+  python scripts/bench_infer.py                         # full width, batches of 16 (the CLI's) and 80
+  python scripts/bench_infer.py --batches 16 --repeats 10 --json infer.json
+
+Our jitted ``Generator.apply`` (frame mode, BatchNorm from running statistics, as the inference
+CLI's Renderer calls it) and the tests' PyTorch reference generator (tests/_torch_reference.py)
+with the same random weights and inputs; one call of each in turn, ``--repeats`` times, medians.
+The load average is printed beside the figures: on a shared machine only the ratio is stable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_baseline, bench_train
+
+
+def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: bool) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from bench_train import _flops, _load
+  from emogen_jax.models import Generator
+  from emogen_jax.train.state import init_variables
+
+  model = Generator(width=width, dtype=jnp.bfloat16 if dtype == "bfloat16" else jnp.float32)
+  rng = np.random.default_rng(0)
+  mel = rng.normal(0, 2, (batch, 80, 16, 1)).clip(-4, 4).astype(np.float32)
+  face = np.concatenate([np.zeros((batch, 96, 96, 3), np.float32),
+                         rng.uniform(0, 1, (batch, 96, 96, 3)).astype(np.float32)], axis=-1)
+  emotion = rng.integers(0, 6, (batch,)).astype(np.int32)
+  variables = init_variables(Generator(width=width), jax.random.PRNGKey(0), mel[:1], face[:1],
+                             emotion[:1], train=False)
+  forward = jax.jit(lambda v, m, f, e: model.apply(v, m, f, e, train=False))
+  args = (variables, jnp.asarray(mel), jnp.asarray(face), jnp.asarray(emotion))
+  t0 = time.perf_counter()
+  compiled = forward.lower(*args).compile()
+  compile_s = time.perf_counter() - t0
+  ours = lambda: jax.block_until_ready(compiled(*args))
+  ours()
+  theirs = None
+  if compare_torch:
+    import torch
+    import torch_baseline as tb
+    device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    sd = tb.state_dict("generator", jax.device_get(variables), width, device, trainable=False)
+    theirs = tb.generator_forward(sd, mel, face, emotion, device)
+    theirs()
+  times, torch_times = [], []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    ours()
+    times.append(time.perf_counter() - t0)
+    if theirs is not None:
+      t0 = time.perf_counter()
+      theirs()
+      torch_times.append(time.perf_counter() - t0)
+  step = float(np.median(times))
+  row = {"batch": batch, "width": width, "dtype": dtype, "platform": jax.devices()[0].platform,
+         "compile_s": round(compile_s, 2), "call_s": round(step, 4),
+         "frames_per_s": round(batch / step, 2),
+         "achieved_gflop_per_s": round(_flops(compiled) / step / 1e9, 1), "loadavg": _load()}
+  if theirs is not None:
+    t = float(np.median(torch_times))
+    row.update(torch_call_s=round(t, 4), torch_frames_per_s=round(batch / t, 2),
+               torch_device=device, speedup_vs_torch=round(t / step, 3))
+  return row
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--batches", default="16,80", help="comma-separated frames per call")
+  p.add_argument("--width", type=float, default=1.0)
+  p.add_argument("--repeats", type=int, default=5)
+  p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--no-torch", action="store_true", help="time ours only")
+  p.add_argument("--json", default=None)
+  args = p.parse_args(argv)
+  rows = []
+  for b in [int(x) for x in args.batches.split(",") if x]:
+    row = bench(b, args.width, max(1, args.repeats), args.dtype, not args.no_torch)
+    rows.append(row)
+    print(f"generator width {row['width']} batch {b:>4} {row['dtype']} on {row['platform']}: "
+          f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
+          + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
+             f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")
+          + f"; load {row['loadavg']}", flush=True)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(rows, f, indent=2)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
