@@ -17,6 +17,7 @@ run at small batches and in the 1x1 layers.
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -60,28 +61,78 @@ class BatchNorm(nn.Module):
     bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones((c,), jnp.float32))
-    xf = x.astype(jnp.float32)
     if not self.train:
-      mean, var = ra_mean.value, ra_var.value
-    else:
-      axes = tuple(range(x.ndim - 1))
-      sync = self.axis_name is not None and not self.is_initializing()
+      y = (x.astype(jnp.float32) - ra_mean.value) * (
+          jax.lax.rsqrt(ra_var.value + self.epsilon) * scale) + bias
+      return y.astype(self.dtype)
+    sync = self.axis_name is not None and not self.is_initializing()
+    axis_name = self.axis_name if sync else None
+    y, mean, var = batch_norm_train(x, scale, bias, self.epsilon, axis_name, self.dtype)
+    if not self.is_initializing():
       n = float(np.prod(x.shape[:-1]))
-      mean = jnp.mean(xf, axes)
       if sync:
-        mean = jax.lax.pmean(mean, self.axis_name)
         n = n * jax.lax.psum(1, self.axis_name)
-      # Two passes (mean, then squared deviations): exact where E[x^2] - E[x]^2 cancels.
-      var = jnp.mean(jnp.square(xf - mean), axes)
-      if sync:
-        var = jax.lax.pmean(var, self.axis_name)
-      if not self.is_initializing():
-        unbiased = var * (n / jnp.maximum(n - 1.0, 1.0))
-        m = self.momentum
-        ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
-        ra_var.value = m * ra_var.value + (1.0 - m) * unbiased
-    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
-    return y.astype(self.dtype)
+      unbiased = var * (n / jnp.maximum(n - 1.0, 1.0))
+      m = self.momentum
+      ra_mean.value = m * ra_mean.value + (1.0 - m) * mean
+      ra_var.value = m * ra_var.value + (1.0 - m) * unbiased
+    return y
+
+
+def _batch_stats(xf, axis_name):
+  """Mean and biased variance over all axes but the last (and over ``axis_name``'s devices)."""
+  axes = tuple(range(xf.ndim - 1))
+  mean = jnp.mean(xf, axes)
+  if axis_name is not None:
+    mean = jax.lax.pmean(mean, axis_name)
+  # Two passes (mean, then squared deviations): exact where E[x^2] - E[x]^2 cancels.
+  var = jnp.mean(jnp.square(xf - mean), axes)
+  if axis_name is not None:
+    var = jax.lax.pmean(var, axis_name)
+  return mean, var
+
+
+def _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, out_dtype):
+  xf = x.astype(jnp.float32)
+  mean, var = _batch_stats(xf, axis_name)
+  rstd = jax.lax.rsqrt(var + epsilon)
+  y = (xf - mean) * (rstd * scale) + bias
+  return (y.astype(out_dtype), mean, var), (x, mean, rstd, scale)
+
+
+def _batch_norm_train_bwd(epsilon, axis_name, out_dtype, residuals, cotangents):
+  # The textbook BatchNorm gradient in one pass over the activations for both sums, instead of
+  # the chain that differentiating the two-pass statistics gives (mean, then the variance of
+  # the deviations, each transposed). The batch statistics are global (all devices of
+  # axis_name), so their sums are too; scale and bias gradients stay per device, like
+  # autodiff's, for the step to average. The mean/var outputs only feed the running averages,
+  # which no loss sees: their cotangents are zero and ignored.
+  del epsilon, out_dtype
+  x, mean, rstd, scale = residuals
+  dy = cotangents[0].astype(jnp.float32)
+  axes = tuple(range(x.ndim - 1))
+  xhat = (x.astype(jnp.float32) - mean) * rstd
+  sum_dy = jnp.sum(dy, axes)
+  sum_dy_xhat = jnp.sum(dy * xhat, axes)
+  n = float(np.prod(x.shape[:-1]))
+  all_dy, all_dy_xhat = sum_dy, sum_dy_xhat
+  if axis_name is not None:
+    all_dy, all_dy_xhat = jax.lax.psum((sum_dy, sum_dy_xhat), axis_name)
+    n = n * jax.lax.psum(1, axis_name)
+  dx = (rstd * scale) * (dy - all_dy / n - xhat * (all_dy_xhat / n))
+  return dx.astype(x.dtype), sum_dy_xhat, sum_dy
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def batch_norm_train(x, scale, bias, epsilon: float, axis_name, out_dtype):
+  """Training-mode BatchNorm of x (..., C) with batch statistics: (y in out_dtype, mean, var),
+  mean/var float32 (C,) over all axes but the last and all devices of ``axis_name`` (None: this
+  device). Statistics in float32 whatever x's dtype. Its gradient is hand-written (see
+  ``_batch_norm_train_bwd``); equal to autodiff's within float32 rounding."""
+  return _batch_norm_train_fwd(x, scale, bias, epsilon, axis_name, out_dtype)[0]
+
+
+batch_norm_train.defvjp(_batch_norm_train_fwd, _batch_norm_train_bwd)
 
 
 def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
