@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +29,7 @@ def _plain_batch_norm_train(x, scale, bias, epsilon, axis_name, out_dtype):
 def main(argv=None) -> int:
   import jax
   import numpy as np
-  from bench_train import _load, build
+  from bench_train import _load, build, interleaved
   from emogen_jax.models import layers
 
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -53,13 +52,8 @@ def main(argv=None) -> int:
       diff = max(float(np.max(np.abs(np.asarray(a) - np.asarray(b)))) for a, b in zip(
           jax.tree_util.tree_leaves(before["holder"]["state"].params),
           jax.tree_util.tree_leaves(after["holder"]["state"].params)))
-      times = {"before": [], "after": []}
-      for _ in range(args.steps):
-        for name, ours in (("before", before), ("after", after)):
-          t0 = time.perf_counter()
-          ours["run"]()
-          times[name].append(time.perf_counter() - t0)
-      tb, ta = (float(np.median(times[k])) for k in ("before", "after"))
+      medians = interleaved({"before": before["run"], "after": after["run"]}, args.steps)
+      tb, ta = medians["before"], medians["after"]
       print(f"{stage} {size} batch {after['config'].batch_size}: autodiff BatchNorm {tb:.3f} s, "
             f"hand-written gradient {ta:.3f} s: {tb / ta:.2f}x; params after one step differ by "
             f"<= {diff:.2e}; load {_load()}", flush=True)

@@ -12,7 +12,6 @@ The load average is printed beside the figures: on a shared machine only the rat
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bench_train import _flops, _load
+  from bench_train import _flops, _load, interleaved
   from emogen_jax.models import Generator
   from emogen_jax.train.state import init_variables
 
@@ -53,22 +52,14 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
     sd = tb.state_dict("generator", jax.device_get(variables), width, device, trainable=False)
     theirs = tb.generator_forward(sd, mel, face, emotion, device)
     theirs()
-  times, torch_times = [], []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    ours()
-    times.append(time.perf_counter() - t0)
-    if theirs is not None:
-      t0 = time.perf_counter()
-      theirs()
-      torch_times.append(time.perf_counter() - t0)
-  step = float(np.median(times))
+  medians = interleaved({"ours": ours, **({"torch": theirs} if theirs else {})}, repeats)
+  step = medians["ours"]
   row = {"batch": batch, "width": width, "dtype": dtype, "platform": jax.devices()[0].platform,
          "compile_s": round(compile_s, 2), "call_s": round(step, 4),
          "frames_per_s": round(batch / step, 2),
          "achieved_gflop_per_s": round(_flops(compiled) / step / 1e9, 1), "loadavg": _load()}
   if theirs is not None:
-    t = float(np.median(torch_times))
+    t = medians["torch"]
     row.update(torch_call_s=round(t, 4), torch_frames_per_s=round(batch / t, 2),
                torch_device=device, speedup_vs_torch=round(t / step, 3))
   return row
@@ -92,9 +83,8 @@ def main(argv=None) -> int:
           + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
              f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")
           + f"; load {row['loadavg']}", flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  from bench_train import write_rows
+  write_rows(args.json, rows)
   return 0
 
 

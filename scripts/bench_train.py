@@ -56,6 +56,26 @@ def _flops(compiled) -> float:
   return float((cost or {}).get("flops", float("nan")))
 
 
+def write_rows(path: str | None, rows: list[dict]) -> None:
+  """The result rows as a JSON list (nothing without a path)."""
+  if path:
+    with open(path, "w") as f:
+      json.dump(rows, f, indent=2)
+
+
+def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+  """{name: no-argument callable} -> {name: median seconds}, calling one of each in turn
+  ``repeats`` times, so that every callable sees the same machine load."""
+  import numpy as np
+  times = {name: [] for name in fns}
+  for _ in range(repeats):
+    for name, fn in fns.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def _load() -> str:
   try:
     return " ".join(open("/proc/loadavg").read().split()[:3])
@@ -139,7 +159,6 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
           compare_torch: bool = False) -> dict:
   """Compile, one warm-up step, then ``steps`` timed steps (median); with ``compare_torch`` the
   PyTorch step is timed in the same loop, one of each in turn, so both see the same machine load."""
-  import numpy as np
 
   ours = build(stage, size, batch=batch, dtype=dtype)
   config = ours["config"]
@@ -149,16 +168,10 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   if compare_torch:
     torch_step, torch_device = build_torch(stage, ours)
     torch_step()
-  times, torch_times = [], []
-  for _ in range(steps):
-    t0 = time.perf_counter()
-    loss = ours["run"]()
-    times.append(time.perf_counter() - t0)
-    if torch_step is not None:
-      t0 = time.perf_counter()
-      torch_step()
-      torch_times.append(time.perf_counter() - t0)
-  step_s = float(np.median(times))
+  medians = interleaved({"ours": ours["run"], **({"torch": torch_step} if torch_step else {})},
+                        steps)
+  loss = ours["run"]()
+  step_s = medians["ours"]
   row = {"stage": stage, "size": size, "width": float(config.width), "dtype": dtype,
          "devices": ours["devices"], "platform": ours["platform"], "batch": config.batch_size,
          "compile_s": round(ours["compile_s"], 2), "step_s": round(step_s, 4),
@@ -168,7 +181,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
          "loss": loss, "loadavg": _load()}
   if torch_step is not None:
     import torch
-    t_s = float(np.median(torch_times))
+    t_s = medians["torch"]
     row.update(torch_step_s=round(t_s, 4), torch_device=torch_device,
                torch_threads=torch.get_num_threads(), speedup_vs_torch=round(t_s / step_s, 3))
   return row
@@ -206,9 +219,7 @@ def main(argv=None) -> int:
             + (f"; PyTorch ({row['torch_device']}, {row['torch_threads']} threads) "
                f"{row['torch_step_s']:.3f} s: ours {row['speedup_vs_torch']:.2f}x"
                if "torch_step_s" in row else "") + f"; load {row['loadavg']}", flush=True)
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(rows, f, indent=2)
+  write_rows(args.json, rows)
   return 0
 
 
