@@ -16,14 +16,23 @@ in repeated ones), so that metrics can weight by it and count each example once.
 
 Frames are BGR (as stored by OpenCV). ``with_metadata=True`` adds ``clip_id`` (bytes),
 ``start`` (f: target / mel window start), ``other_start`` (g: the generator's
-reference start, or SyncNet's face start; equal to f for in-sync examples) for tests and
-debugging.
+reference start, or SyncNet's face start; equal to f for in-sync examples), and for the
+generator ``ref_clip_id`` / ``ref_emotion`` (the clip the reference window comes from) for
+tests and debugging.
 
 Sampling follows docs/design.md "Training recipe", restricted to windows of valid frames (frames
 where a face was detected): a target window f has 5 valid frames and its mel windows
 inside the clip's mel (generator: f >= 1); the generator's reference window and
 SyncNet's off-sync window start at a uniformly drawn other start g != f of the same clip
 with 5 valid frames; SyncNet is in sync with p = 0.5.
+
+Generator references (``reference_sampling``): "same_clip" is the original's rule above; with
+it the reference already shows the target's emotion, so the L1 term is minimised by copying
+the reference and the emotion label is never needed (measured: the generator ignored it).
+"other_clip" (ours) takes the reference window from ANOTHER clip of the SAME actor, of
+another emotion whenever the actor's clips near it in the stream offer one, while the target
+(and so every loss) keeps the label's emotion: copying the reference is then wrong, and
+the label is the only source of the target's expression.
 
 Training streams (train=True): files and clips shuffled, repeated forever; each clip read
 and decoded once yields ``windows_per_clip`` examples (only the JPEGs those windows use
@@ -169,31 +178,42 @@ def _mel_windows(mel_t: tf.Tensor, frames: tf.Tensor) -> tf.Tensor:
 
 
 def _clip_examples(task: str, clip: dict, seed: tf.Tensor, k: int, train: bool,
-                   with_metadata: bool) -> dict:
+                   with_metadata: bool, ref_clip: Optional[dict] = None) -> dict:
   """One clip -> k raw examples (leading dim k): uint8 frames, mel windows, labels.
 
   ``frames`` is (k, 10, 96, 96, 3) for the generator (target then reference window) and
   (k, 5, 96, 96, 3) otherwise; float conversion and augmentation happen per batch
-  (``_finish``), so the example shuffle buffer holds compact uint8 frames.
+  (``_finish``), so the example shuffle buffer holds compact uint8 frames. ``ref_clip``
+  (generator only): take the reference windows from that clip (any of its valid starts)
+  instead of another start of ``clip``.
   """
   jpegs, valid, mel = clip["frames"], clip["valid"], clip["mel"]
   mel_t = tf.transpose(mel)  # (M, 80)
   any_ok, sync_ok, gen_ok = _window_masks(valid, tf.shape(mel)[1])
   target_ok = {"syncnet": sync_ok, "emotion": any_ok, "generator": gen_ok}[task]
   cand_f = tf.cast(tf.where(target_ok)[:, 0], tf.int32)
-  cand_g = tf.cast(tf.where(any_ok)[:, 0], tf.int32)
   n_f = tf.shape(cand_f)[0]
+  if ref_clip is None:
+    ref_jpegs, cand_g = jpegs, tf.cast(tf.where(any_ok)[:, 0], tf.int32)
+  else:
+    ref_any_ok = _window_masks(ref_clip["valid"], tf.shape(ref_clip["mel"])[1])[0]
+    ref_jpegs, cand_g = ref_clip["frames"], tf.cast(tf.where(ref_any_ok)[:, 0], tf.int32)
+  n_g = tf.shape(cand_g)[0]
   seeds = tf.random.experimental.stateless_split(seed, num=3)
   if train:
     pick = tf.random.stateless_uniform([k], seeds[0], 0, n_f, dtype=tf.int32)
     f = tf.gather(cand_f, pick)
-    g = _other_start(cand_g, f, tf.random.stateless_uniform([k], seeds[1]))
+    if ref_clip is None:
+      g = _other_start(cand_g, f, tf.random.stateless_uniform([k], seeds[1]))
+    else:
+      g = tf.gather(cand_g, tf.random.stateless_uniform([k], seeds[1], 0, n_g, dtype=tf.int32))
     in_sync = tf.random.stateless_uniform([k], seeds[2]) < 0.5
   else:
-    pos = tf.cast((tf.range(k, dtype=tf.float32) + 0.5) * tf.cast(n_f, tf.float32) / k, tf.int32)
-    f = tf.gather(cand_f, tf.minimum(pos, n_f - 1))
-    n_g = tf.shape(cand_g)[0]
-    g = tf.gather(cand_g, (tf.searchsorted(cand_g, f) + n_g // 2) % n_g)
+    f = tf.gather(cand_f, _spread(k, n_f))
+    if ref_clip is None:
+      g = tf.gather(cand_g, (tf.searchsorted(cand_g, f) + n_g // 2) % n_g)
+    else:
+      g = tf.gather(cand_g, _spread(k, n_g))
     in_sync = tf.ones([k], tf.bool)
     if task == "syncnet":  # every window in sync, then off sync
       f, g = tf.concat([f, f], 0), tf.concat([g, g], 0)
@@ -201,7 +221,12 @@ def _clip_examples(task: str, clip: dict, seed: tf.Tensor, k: int, train: bool,
   steps = tf.range(T)
   out = {"emotion": tf.fill(tf.shape(f), tf.cast(clip["emotion"], tf.int32))}
   if task == "generator":
-    idx = tf.concat([f[:, None] + steps, g[:, None] + steps], axis=1)  # (k, 10): target, reference
+    # (k, 10): target, reference; one decode of each distinct frame when both share a clip
+    if ref_clip is None:
+      out["frames"] = _decode_frames(jpegs, tf.concat([f[:, None] + steps, g[:, None] + steps], 1))
+    else:
+      out["frames"] = tf.concat([_decode_frames(jpegs, f[:, None] + steps),
+                                 _decode_frames(ref_jpegs, g[:, None] + steps)], axis=1)
     out["mel"] = _mel_windows(mel_t, f[:, None] + steps - 1)
     out["sync_mel"] = _mel_windows(mel_t, f)
   elif task == "syncnet":
@@ -211,10 +236,71 @@ def _clip_examples(task: str, clip: dict, seed: tf.Tensor, k: int, train: bool,
     out["label"] = tf.cast(in_sync, tf.float32)
   else:
     idx = f[:, None] + steps
-  out["frames"] = _decode_frames(jpegs, idx)
+  if task != "generator":
+    out["frames"] = _decode_frames(jpegs, idx)
   if with_metadata:
     out.update(clip_id=tf.fill(tf.shape(f), clip["clip_id"]), start=f, other_start=g)
+    if task == "generator":
+      ref = clip if ref_clip is None else ref_clip
+      out.update(ref_clip_id=tf.fill(tf.shape(f), ref["clip_id"]),
+                 ref_emotion=tf.fill(tf.shape(f), tf.cast(ref["emotion"], tf.int32)))
   return out
+
+
+def _spread(k: int, n: tf.Tensor) -> tf.Tensor:
+  """k positions evenly spread over range(n) (the fixed windows of an evaluation stream)."""
+  pos = tf.cast((tf.range(k, dtype=tf.float32) + 0.5) * tf.cast(n, tf.float32) / k, tf.int32)
+  return tf.minimum(pos, n - 1)
+
+
+# ----------------------------------------------------------------------------- reference clips
+
+REFERENCE_SAMPLING = ("same_clip", "other_clip")
+# Clips of one actor gathered before each picks its reference clip among the others: with 4 of
+# CREMA-D's six emotions spread evenly, a clip finds another emotion in the group nearly always.
+REFERENCE_GROUP = 4
+
+
+def _reference_index(emotion: tf.Tensor, m: tf.Tensor) -> tf.Tensor:
+  """Member m of a group of clips (their emotions (n,)) -> the member whose frames are its
+  reference: the next one (cyclically) of another emotion, else the next one, else m itself
+  (a group of one: only the end of a finite pass can leave a clip alone)."""
+  n = tf.shape(emotion)[0]
+  order = (m + tf.range(1, n)) % n
+  other = tf.gather(emotion, order) != emotion[m]
+  first_other = tf.cast(tf.argmax(tf.cast(other, tf.int32)), tf.int32)
+  return tf.cond(n < 2, lambda: m,
+                 lambda: tf.where(tf.reduce_any(other), tf.gather(order, first_other), order[0]))
+
+
+def _pair_with_other_clips(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """Clips -> {"clip", "ref"} pairs: every clip once as the target, its reference another clip of
+  the SAME actor, of another emotion when one is near (``_reference_index``).
+
+  Clips of an actor are gathered REFERENCE_GROUP at a time as they stream past
+  (group_by_window), so no clip is read twice and nothing is looked up: the pairing follows the
+  stream's (seeded) order, which keeps it deterministic and lets a resume skip to any batch."""
+
+  def sized(ex):
+    return {**ex, "n_frames": tf.shape(ex["valid"])[0], "n_mel": tf.shape(ex["mel"])[1]}
+
+  def unpad(grp, m):
+    nf, nm = grp["n_frames"][m], grp["n_mel"][m]
+    return {"frames": grp["frames"][m, :nf], "valid": grp["valid"][m, :nf],
+            "mel": grp["mel"][m, :, :nm], "emotion": grp["emotion"][m],
+            "clip_id": grp["clip_id"][m]}
+
+  def pairs(grp):
+    n = tf.shape(grp["emotion"], out_type=tf.int64)[0]
+    return tf.data.Dataset.range(n).map(lambda m: {
+        "clip": unpad(grp, tf.cast(m, tf.int32)),
+        "ref": unpad(grp, _reference_index(grp["emotion"], tf.cast(m, tf.int32)))})
+
+  ds = ds.map(sized).group_by_window(
+      key_func=lambda ex: tf.strings.to_hash_bucket_fast(ex["actor"], 1 << 62),
+      reduce_func=lambda _, window: window.padded_batch(REFERENCE_GROUP),
+      window_size=REFERENCE_GROUP)
+  return ds.flat_map(pairs)
 
 
 def _assemble(task: str, x: tf.Tensor) -> dict:
@@ -264,7 +350,8 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
                      shuffle_buffer: int = 512, num_parallel=tf.data.AUTOTUNE,
                      windows_per_clip: int = 16, eval_windows: int = 2, repeat: Optional[bool] = None,
                      with_metadata: bool = False, process_index: int = 0,
-                     process_count: int = 1, min_batches: int = 0) -> tuple:
+                     process_count: int = 1, min_batches: int = 0,
+                     reference_sampling: str = "same_clip") -> tuple:
   """The tf.data.Dataset of batches with leading dim global_batch (create_dataset's core).
 
   A finite evaluation pass is padded (mask 0) to at least ``min_batches`` batches: hosts of a
@@ -276,6 +363,10 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
   import tensorflow_datasets as tfds
   if task not in TASKS:
     raise UserError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+  if reference_sampling not in REFERENCE_SAMPLING:
+    raise UserError(f"reference_sampling={reference_sampling!r}; use one of "
+                    f"{', '.join(REFERENCE_SAMPLING)}")
+  other_clip = task == "generator" and reference_sampling == "other_clip"
   builder = dataset_builder(data_dir)
   splits = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
   if split not in splits or splits[split] == 0:
@@ -298,7 +389,7 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
   read_config = tfds.ReadConfig(shuffle_seed=seed, interleave_cycle_length=4,
                                 add_tfds_id=False, try_autocache=False)
   ds = builder.as_dataset(split=split_spec, shuffle_files=train, read_config=read_config)
-  keep = ("frames", "valid", "mel", "emotion", "clip_id")
+  keep = ("frames", "valid", "mel", "emotion", "clip_id") + (("actor",) if other_clip else ())
   ds = ds.map(lambda ex: {k: ex[k] for k in keep})
   base_seed = tf.constant([seed, 0x5EED], tf.int64)
   if train:
@@ -307,8 +398,13 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
     ds = ds.repeat()
   k = windows_per_clip if train else eval_windows
 
+  if other_clip:
+    ds = _pair_with_other_clips(ds)
+
   def per_clip(i, clip):
     s = tf.random.experimental.stateless_fold_in(base_seed, i)
+    if other_clip:
+      return _clip_examples(task, clip["clip"], s, k, train, with_metadata, ref_clip=clip["ref"])
     return _clip_examples(task, clip, s, k, train, with_metadata)
 
   ds = ds.enumerate().map(per_clip, num_parallel_calls=num_parallel, deterministic=True)
@@ -363,7 +459,7 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
                    num_parallel=tf.data.AUTOTUNE, windows_per_clip: int = 16,
                    eval_windows: int = 2, repeat: Optional[bool] = None,
                    with_metadata: bool = False, prefetch: int = 2,
-                   min_batches: int = 0) -> Iterator[dict]:
+                   min_batches: int = 0, reference_sampling: str = "same_clip") -> Iterator[dict]:
   """Batches of ``task`` examples from ``split``: dicts of numpy arrays, leading dims
   (num_devices, per_device_batch). See the module docstring for the contents and rules.
 
@@ -387,6 +483,9 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
     with_metadata: also return clip_id, start and other_start per example.
     prefetch: batches prefetched.
     min_batches: pad a finite evaluation pass (mask 0) to at least this many batches.
+    reference_sampling: generator only: "same_clip" (the original: the reference window is
+      another start of the target's clip) or "other_clip" (another clip of the same actor,
+      of another emotion when possible; see ``_pair_with_other_clips``).
   """
   _hide_accelerators()
   if per_device_batch < 1:
@@ -401,7 +500,7 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
                            num_parallel=num_parallel, windows_per_clip=windows_per_clip,
                            eval_windows=eval_windows, repeat=repeat, with_metadata=with_metadata,
                            process_index=jax.process_index(), process_count=jax.process_count(),
-                           min_batches=min_batches)
+                           min_batches=min_batches, reference_sampling=reference_sampling)
 
   def to_devices(batch):
     return {k: tf.reshape(v, tf.concat([[num_devices, per_device_batch], tf.shape(v)[1:]], 0))

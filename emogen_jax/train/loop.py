@@ -73,6 +73,8 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int,
   kwargs = {}
   if config.get("shuffle_buffer", 0):
     kwargs["shuffle_buffer"] = int(config.shuffle_buffer)
+  if stage.TASK == "generator":
+    kwargs["reference_sampling"] = config.reference_sampling
   if split != "train":
     kwargs["eval_windows"] = int(config.eval_windows)
     kwargs["min_batches"] = min_batches
