@@ -33,6 +33,17 @@ def get_config(arg: str | None = None):
   c.syncnet_checkpoint = ""         # workdir of configs/syncnet.py or a converted lipsync_expert.pth
   c.emotion_disc_checkpoint = ""    # workdir of configs/emotion_disc.py or a converted checkpoint
   c.vgg_checkpoint = ""             # converted ImageNet VGG-19 (python -m emogen_jax.convert)
+  # Validation only: a FROZEN emotion classifier (another configs/emotion_disc.py run, with its
+  # own seed and stream) scores the generated windows for all six targets (val/emo_acc*). "" = no
+  # EmoAcc; the label sensitivity (val/emo_sensitivity) is reported either way.
+  c.emotion_classifier_checkpoint = ""
+  # Where the generator's reference window comes from (emogen_jax.input_pipeline):
+  #   "same_clip"  the original's: another window of the target's own clip. It already shows the
+  #                target's emotion, so L1 is minimised by copying it and the label is ignored
+  #                (measured: EmoAcc 16.7 % = chance with an independent classifier).
+  #   "other_clip" ours: a window of ANOTHER clip of the same actor, of another emotion whenever
+  #                one is at hand; the target keeps the label's emotion, so the label is needed.
+  c.reference_sampling = "same_clip"
   if arg == "smoke":
     apply_smoke(c, batch_size=2)
     # Measured on the synthetic corpus (width 0.25): validation L1 fell 43 % in 250 steps at lr 5e-4

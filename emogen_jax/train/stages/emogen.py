@@ -13,6 +13,12 @@ sync_threshold, then sync_weight for good (``maybe_enable_sync``).
 Gradients and metrics are ``lax.pmean``-ed; BatchNorm statistics use the global batch.
 Batch (per device): face (B,5,96,96,6), mel (B,5,80,16,1), sync_mel (B,80,16,1),
 target (B,5,96,96,3) in [0, 1], emotion (B,) int.
+Validation also generates every window with each of the six labels (``emotion_probe``): the
+emotion sensitivity (how much the label moves the pixels) and, with a FROZEN classifier
+(config.emotion_classifier_checkpoint, a separate run of configs/emotion_disc.py, never the
+disc trained here), EmoAcc overall and per target. The in-training disc's accuracy is no
+evidence of emotion control: it scored 0.99 on generated clips of a generator that ignored
+the label (SPEC "EmoGen training").
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from emogen_jax.data.emotions import EMOTIONS
 from emogen_jax.errors import UserError
 from emogen_jax.models import EmotionDiscriminator, Generator, SyncNet, VGG19Features
 from emogen_jax.models import checkpoints
@@ -96,6 +103,15 @@ def prepare(config, *, log=print) -> dict[str, Any]:
                     "(python -m emogen_jax.convert --help), then pass "
                     "--config.emotion_disc_checkpoint=PATH")
 
+  if config.emotion_classifier_checkpoint:
+    # Validation only (EmoAcc of the generated windows): never trained, never a loss term.
+    setup["emotion_classifier"], meta = _load(config.emotion_classifier_checkpoint, "emotion_disc", log)
+    setup["classifier_width"] = float(meta.get("width", 1.0))
+    setup["classifier_original_layout"] = bool(meta.get("original_layout", False))
+  else:
+    log("no config.emotion_classifier_checkpoint: validation reports the emotion sensitivity "
+        "but no EmoAcc")
+
   setup["use_vgg"] = float(config.w_pl) > 0
   if not setup["use_vgg"]:
     log("perceptual loss off (config.w_pl = 0): VGG-19 not used")
@@ -142,6 +158,8 @@ def init_state(config, rng: jax.Array, setup: dict[str, Any]) -> TrainState:
   frozen = {"syncnet": setup["syncnet"]}
   if setup["use_vgg"]:
     frozen["vgg19"] = setup["vgg19"]
+  if "emotion_classifier" in setup:
+    frozen["emotion_classifier"] = {"params": setup["emotion_classifier"]["params"]}
   return create_state(rng=rng,
                       models={"generator": gen_vars,
                               "emotion_disc": {"params": setup["emotion_disc"]["params"]}},
@@ -235,13 +253,49 @@ def make_train_step(config, setup: dict[str, Any]):
   return train_step
 
 
+def emotion_probe(generated: jax.Array, classify=None) -> dict[str, jax.Array]:
+  """Per-example emotion-control figures of the clips generated for every target emotion.
+
+  generated: (E, B, 5, 96, 96, 3), row e made with label e from the same inputs;
+  classify: None or a frozen classifier, clips (B, 5, 96, 96, 3) -> logits (B, E).
+  Returns (B,) arrays: "emo_sensitivity", the mean absolute pixel change (0-1 scale) between
+  the clips of two labels, averaged over the E(E-1)/2 label pairs (0 for a generator that
+  ignores the label); with ``classify``, "emo_acc" (share of the E targets recognised) and
+  "emo_acc_<EMO>" per target.
+  """
+  n = generated.shape[0]
+  diffs = [jnp.mean(jnp.abs(generated[a] - generated[b]).astype(jnp.float32), axis=(1, 2, 3, 4))
+           for a in range(n) for b in range(a + 1, n)]
+  out = {"emo_sensitivity": jnp.mean(jnp.stack(diffs), axis=0)}
+  if classify is not None:
+    pred = jnp.stack([jnp.argmax(classify(generated[e]), axis=-1) for e in range(n)])  # (E, B)
+    hits = (pred == jnp.arange(n)[:, None]).astype(jnp.float32)
+    out["emo_acc"] = jnp.mean(hits, axis=0)
+    for e, name in enumerate(EMOTIONS[:n]):
+      out[f"emo_acc_{name}"] = hits[e]
+  return out
+
+
 def make_eval_step(config, setup: dict[str, Any]):
   gen, expert, disc, vgg = make_models(config, setup)
   w_pl, w_emo = float(config.w_pl), float(config.w_emo)
+  classifier = None
+  if "emotion_classifier" in setup:
+    classifier = EmotionDiscriminator(original_layout=setup["classifier_original_layout"],
+                                      width=setup["classifier_width"], dtype=compute_dtype(config))
 
   def eval_step(state: TrainState, batch: dict[str, Any]):
-    g = gen.apply(state.variables("generator"), batch["mel"], batch["face"], batch["emotion"],
-                  train=False)
+    variables = state.variables("generator")
+    # Every window generated with each of the six labels (one at a time: the memory of one
+    # forward); the window's own label gives the loss terms below.
+    per_label = jax.lax.map(
+        lambda e: gen.apply(variables, batch["mel"], batch["face"],
+                            jnp.full_like(batch["emotion"], e), train=False),
+        jnp.arange(len(EMOTIONS), dtype=batch["emotion"].dtype))
+    g = per_label[batch["emotion"], jnp.arange(per_label.shape[1])]
+    classify = None if classifier is None else (
+        lambda clips: classifier.apply(state.frozen["emotion_classifier"], clips))
+    probe = emotion_probe(per_label, classify)
     # per example (each term of a batch of 1), so that the padding of the last validation
     # batch (mask 0) is left out
     inputs = {k: batch[k] for k in ("sync_mel", "target", "emotion")}
@@ -251,6 +305,7 @@ def make_eval_step(config, setup: dict[str, Any]):
     terms["loss"] = total_loss(terms, state.extras["w_sync"], w_pl, w_emo)
     logits = disc.apply({"params": state.params["emotion_disc"]}, batch["target"])
     terms["disc_accuracy"] = losses.per_example(losses.accuracy, logits, batch["emotion"])
+    terms.update(probe)
     return losses.masked_mean(terms, batch.get("mask"), AXIS)
 
   return eval_step
