@@ -16,7 +16,13 @@ frame f from int(80 * f / 25), the clip's own emotion. Against the ground-truth 
 * EmoAcc (``--emotion-classifier``, an EmotionDiscriminator checkpoint): every clip is generated
   with each of the six target emotions; a clip counts as recognised when the classifier's mean
   softmax over its 5-frame windows peaks at the target; the classifier's accuracy on the real
-  clips is reported as its own reference;
+  clips is reported as its own reference. ``--independent-classifier`` scores the same clips
+  with a second one the generator never trained against (another configs/emotion_disc.py run,
+  its own seed and stream): the honest figure, since the generator's emotion loss was fitted to
+  the first. Each classifier also gets the NEUTRAL-reference EmoAcc, the case users have: the
+  reference frames come from the same actor's neutral clip (its first NEU clip in the split)
+  and the label asks for each of the six emotions (clips of actors without one are counted
+  under ``neutral_reference_missing``);
 * FID (``--inception``, Keras InceptionV3 "notop" weights, e.g.
   inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5): 2048-d pool features of generated
   vs real crops (resized to 299, RGB); otherwise "not computed".
@@ -68,7 +74,7 @@ def iter_clips(data_dir: str, split: str, max_clips: int | None = None) -> Itera
   """Whole clips of the preprocessed dataset, in dataset order (deterministic).
 
   Yields {"clip_id": str, "frames": (N, 96, 96, 3) uint8 BGR, "valid": (N,) bool,
-  "mel": (80, T) float32, "emotion": int, "split": str}; with split "all" a clip present in two
+  "mel": (80, T) float32, "emotion": int, "split": str, "actor": str}; with split "all" a clip present in two
   splits (the random protocol's validation == test) is read once.
   """
   from emogen_jax.data import input_pipeline
@@ -88,10 +94,41 @@ def iter_clips(data_dir: str, split: str, max_clips: int | None = None) -> Itera
       frames = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
                          for b in ex["frames"]])
       yield {"clip_id": cid, "frames": frames, "valid": np.asarray(ex["valid"], bool),
-             "mel": np.asarray(ex["mel"], np.float32), "emotion": int(ex["emotion"]), "split": name}
+             "mel": np.asarray(ex["mel"], np.float32), "emotion": int(ex["emotion"]), "split": name,
+             "actor": ex["actor"].decode() if isinstance(ex["actor"], bytes) else str(ex["actor"])}
       count += 1
       if max_clips is not None and count >= max_clips:
         return
+
+
+def neutral_references(data_dir: str, split: str) -> dict[str, dict]:
+  """{actor: {"clip_id", "frames"}}: each actor's first neutral (NEU) clip of the split, the
+  reference frames of the neutral-reference EmoAcc (only those clips' JPEGs are decoded)."""
+  from emogen_jax.data import input_pipeline
+  import tensorflow_datasets as tfds
+  builder = input_pipeline.dataset_builder(data_dir)
+  neutral = EMOTIONS.index("NEU")
+  out: dict[str, dict] = {}
+  for name in split_names(data_dir, split):
+    ds = builder.as_dataset(split=name, shuffle_files=False,
+                            read_config=tfds.ReadConfig(add_tfds_id=False, try_autocache=False))
+    for ex in ds.as_numpy_iterator():
+      actor = ex["actor"].decode()
+      if int(ex["emotion"]) != neutral or actor in out:
+        continue
+      frames = np.stack([cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)
+                         for b in ex["frames"]])
+      out[actor] = {"clip_id": ex["clip_id"].decode(), "frames": frames}
+  return out
+
+
+def emotion_scores(pred: list[int], target: list[int]) -> dict:
+  """EmoAcc overall, per target emotion and the confusion matrix (rows: target)."""
+  pred, target = np.asarray(pred), np.asarray(target)
+  return {"emo_acc": metrics.accuracy(pred, target),
+          "emo_acc_per_target": {EMOTIONS[e]: metrics.accuracy(pred[target == e], target[target == e])
+                                 for e in range(len(EMOTIONS))},
+          "emo_confusion": metrics.confusion_matrix(pred, target, len(EMOTIONS)).tolist()}
 
 
 def lower_half_windows(frames: np.ndarray) -> np.ndarray:
@@ -208,19 +245,25 @@ class InceptionFeatures:
 def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str | None = None,
              emotion_classifier: str | None = None, inception: str | None = None,
              max_clips: int | None = None, batch_size: int = 16, vshift: int = metrics.DEFAULT_VSHIFT,
-             progress: bool = True) -> dict:
+             progress: bool = True, independent_classifier: str | None = None) -> dict:
   """All metrics as a JSON-able dict (see the module docstring)."""
   from tqdm import tqdm
   split_names(data_dir, split)  # a bad data dir or split fails here, before any model loads
   model, variables, meta = infer.load_generator(checkpoint)
   renderer = infer.Renderer(model, variables, batch_size)
   sync_fn = load_syncnet(syncnet) if syncnet else None
-  emo_fn = load_emotion_classifier(emotion_classifier) if emotion_classifier else None
+  # name -> (classifier, its checkpoint); "" names the in-training one (the historical keys)
+  judges = {name: (load_emotion_classifier(path), path) for name, path in
+            (("", emotion_classifier), ("_independent", independent_classifier)) if path}
+  neutral = neutral_references(data_dir, split) if judges else {}
+  emo = {name: {"pred": [], "target": [], "real": [], "neutral_pred": [], "neutral_target": []}
+         for name in judges}
+  neutral_missing = []
   incep = InceptionFeatures(inception) if inception else None
 
   psnrs, ssims, weights = [], [], []
   sync_gen, sync_gt = [], []
-  emo_pred, emo_target, real_pred, real_target = [], [], [], []
+  real_target = []
   feats_gen, feats_real = [], []
   skipped = {"too_short": [], "no_valid_frame": []}
   frames_total = frames_no_face = 0
@@ -248,13 +291,27 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
     if sync_fn is not None:
       sync_gen.append(metrics.lse(*sync_embeddings(sync_fn, gen, clip["mel"]), vshift=vshift).as_dict())
       sync_gt.append(metrics.lse(*sync_embeddings(sync_fn, gt, clip["mel"]), vshift=vshift).as_dict())
-    if emo_fn is not None:
-      real_pred.append(classify_clip(emo_fn, gt))
+    if judges:
       real_target.append(clip["emotion"])
-      for e in range(len(EMOTIONS)):
-        out = gen if e == clip["emotion"] else renderer(mels, gt, np.full((n,), e, np.int32))
-        emo_pred.append(classify_clip(emo_fn, out))
-        emo_target.append(e)
+      outs = [gen if e == clip["emotion"] else renderer(mels, gt, np.full((n,), e, np.int32))
+              for e in range(len(EMOTIONS))]
+      ref = neutral.get(clip["actor"])
+      if ref is None or ref["clip_id"] == clip["clip_id"]:
+        neutral_missing.append(clip["clip_id"])
+        neutral_outs = []
+      else:  # the neutral clip's frames, looped to this clip's length
+        ref_frames = ref["frames"][np.arange(n) % len(ref["frames"])]
+        neutral_outs = [renderer(mels, ref_frames, np.full((n,), e, np.int32))
+                        for e in range(len(EMOTIONS))]
+      for name, (fn, _) in judges.items():
+        r = emo[name]
+        r["real"].append(classify_clip(fn, gt))
+        for e, out in enumerate(outs):
+          r["pred"].append(classify_clip(fn, out))
+          r["target"].append(e)
+        for e, out in enumerate(neutral_outs):
+          r["neutral_pred"].append(classify_clip(fn, out))
+          r["neutral_target"].append(e)
     if incep is not None:
       feats_gen.append(incep(gen[valid]))
       feats_real.append(incep(gt[valid]))
@@ -294,17 +351,19 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
     result["lse_vshift"] = vshift
   else:
     result["lse_d"] = result["lse_c"] = "not computed (no SyncNet; --syncnet)"
-  if emo_fn is not None:
-    result["emo_acc"] = metrics.accuracy(np.array(emo_pred), np.array(emo_target))
-    result["emo_acc_per_target"] = {
-        EMOTIONS[e]: metrics.accuracy(np.array(emo_pred)[np.array(emo_target) == e],
-                                      np.array(emo_target)[np.array(emo_target) == e])
-        for e in range(len(EMOTIONS))}
-    result["emo_confusion"] = metrics.confusion_matrix(np.array(emo_pred), np.array(emo_target),
-                                                       len(EMOTIONS)).tolist()
-    result["classifier_acc_on_real"] = metrics.accuracy(np.array(real_pred), np.array(real_target))
-    result["emotion_classifier"] = os.path.abspath(emotion_classifier)
-  else:
+  for name, (_, path) in judges.items():
+    r = emo[name]
+    result.update({f"{k}{name}": v for k, v in emotion_scores(r["pred"], r["target"]).items()})
+    result[f"classifier_acc_on_real{name}"] = metrics.accuracy(np.array(r["real"]),
+                                                                np.array(real_target))
+    result[f"emotion_classifier{name}"] = os.path.abspath(path)
+    if r["neutral_pred"]:
+      result.update({f"{k}{name}_neutral_reference": v for k, v in
+                     emotion_scores(r["neutral_pred"], r["neutral_target"]).items()})
+  if judges:
+    result["neutral_reference_clips"] = clips - len(neutral_missing)
+    result["neutral_reference_missing"] = neutral_missing
+  if not judges:
     result["emo_acc"] = "not computed (no emotion classifier; --emotion-classifier)"
   if incep is not None:
     fg, fr = np.concatenate(feats_gen), np.concatenate(feats_real)
@@ -317,7 +376,7 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
     result["fid"] = FID_NOT_COMPUTED
   result["compilations"] = {"generator": renderer.trace_count,
                             **({"syncnet": sync_fn.trace_count} if sync_fn else {}),
-                            **({"emotion_classifier": emo_fn.trace_count} if emo_fn else {})}
+                            **{f"emotion_classifier{k}": fn.trace_count for k, (fn, _) in judges.items()}}
   return result
 
 
@@ -348,10 +407,20 @@ def to_markdown(r: dict) -> str:
     g = r["lse_ground_truth"]
     lines += ["", f"Ground-truth clips with the same SyncNet: LSE-D {_fmt(g['lse_d'])}, LSE-C "
               f"{_fmt(g['lse_c'])}, best offset 0 in {100 * g['offset_zero_fraction']:.0f} % of clips."]
-  if "classifier_acc_on_real" in r:
-    lines += ["", f"Emotion classifier accuracy on the real clips: "
-              f"{100 * r['classifier_acc_on_real']:.1f} %; EmoAcc per target: "
-              + ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["emo_acc_per_target"].items()) + "."]
+  for name, title in (("", "in-training"), ("_independent", "independent")):
+    if f"classifier_acc_on_real{name}" not in r:
+      continue
+    lines += ["", f"Emotion classifier ({title}, `{r['emotion_classifier' + name]}`): accuracy on "
+              f"the real clips {100 * r['classifier_acc_on_real' + name]:.1f} %; EmoAcc "
+              f"{100 * r['emo_acc' + name]:.1f} %, per target: "
+              + ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["emo_acc_per_target" + name].items())
+              + "."]
+    key = f"emo_acc{name}_neutral_reference"
+    if key in r:
+      lines += [f"With the reference frames from the actor's NEUTRAL clip ({r['neutral_reference_clips']} "
+                f"clips): EmoAcc {100 * r[key]:.1f} %, per target: "
+                + ", ".join(f"{k} {100 * v:.0f} %" for k, v in r[f"emo_acc_per_target{name}_neutral_reference"].items())
+                + "."]
   return "\n".join(lines) + "\n"
 
 
@@ -375,6 +444,9 @@ def _parser() -> ArgumentParser:
   p.add_argument("--syncnet", default=None, help="SyncNet checkpoint for LSE-D / LSE-C")
   p.add_argument("--emotion-classifier", default=None,
                  help="emotion discriminator checkpoint for EmoAcc")
+  p.add_argument("--independent-classifier", default=None,
+                 help="a second emotion classifier the generator never trained against (another "
+                      "configs/emotion_disc.py run): EmoAcc reported beside the first")
   p.add_argument("--inception", default=None,
                  help="Keras InceptionV3 notop weights (.h5) for FID")
   p.add_argument("--max-clips", type=int, default=None, help="evaluate at most this many clips")
@@ -392,11 +464,11 @@ def main(argv=None) -> int:
     raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
   # Every path is checked before the long run, naming the flag.
   out = files.check_output_dir(args.out, "--out", "evaluation report folder")
-  for path in (args.checkpoint, args.syncnet, args.emotion_classifier):
+  for path in (args.checkpoint, args.syncnet, args.emotion_classifier, args.independent_classifier):
     if path is not None:
       checkpoints.resolve_checkpoint(path)
-  checkpoint, syncnet, classifier = (None if p is None else files.user_path(p) for p in (
-      args.checkpoint, args.syncnet, args.emotion_classifier))
+  checkpoint, syncnet, classifier, independent = (None if p is None else files.user_path(p) for p in (
+      args.checkpoint, args.syncnet, args.emotion_classifier, args.independent_classifier))
   inception = None
   if args.inception is not None:
     inception = files.input_file(args.inception, "Inception weights", "give Keras InceptionV3 'notop' "
@@ -407,7 +479,7 @@ def main(argv=None) -> int:
     raise UserError(f"--data-dir {args.data_dir!r} {what}; give a dataset made by "
                     "python -m data_tools.preprocess")
   r = evaluate(checkpoint, data_dir, args.split, syncnet, classifier, inception, args.max_clips,
-               args.batch_size)
+               args.batch_size, independent_classifier=independent)
   md = to_markdown(r)
   with files.made_dirs(out):  # created only now: a failed run leaves no empty folder
     files.write_file(os.path.join(out, "metrics.json"), json.dumps(_json_safe(r), indent=2))

@@ -113,3 +113,38 @@ def test_cli_errors(setup, capsys):
   assert ev.main(base + ["--data-dir", setup["data"], "--inception", str(setup["dir"] / "x.h5")]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and "Inception weights" in err[0]
+
+
+def test_independent_classifier_and_neutral_reference(tmp_path):
+  """The second classifier scores the same generated clips; the neutral-reference EmoAcc renders
+  the non-neutral clip's audio over the actor's NEUTRAL clip's frames with each label."""
+  mel = audio_lib.melspectrogram(F.synth_speech(SECONDS))
+  clips = [{"clip_id": "1001_DFA_ANG_XX", "crops": F.face_crops(N_FRAMES), "mel": mel, "emotion": "ANG"},
+           {"clip_id": "1001_IEO_NEU_XX", "crops": F.face_crops(N_FRAMES)[::-1], "mel": mel,
+            "emotion": "NEU"}]
+  data = F.make_dataset(str(tmp_path / "data"), clips, {"train": [], "validation": [],
+                                                        "test": [c["clip_id"] for c in clips]})
+  gen = F.make_generator_checkpoint(str(tmp_path / "gen"))
+  emo = F.make_model_checkpoint(str(tmp_path / "emo"), "emotion_disc")
+  other = F.make_model_checkpoint(str(tmp_path / "emo2"), "emotion_disc", seed=7)
+  r = ev.evaluate(gen, data, "test", emotion_classifier=emo, independent_classifier=other,
+                  batch_size=8, progress=False)
+  assert r["neutral_reference_clips"] == 1 and r["neutral_reference_missing"] == ["1001_IEO_NEU_XX"]
+  assert np.sum(r["emo_confusion_independent"]) == 2 * 6
+  assert r["compilations"] == {"generator": 1, "emotion_classifier": 1,
+                               "emotion_classifier_independent": 1}
+  # the independent figures, recomputed: the same renders judged by the second classifier
+  model, variables, _ = infer.load_generator(gen)
+  render = infer.Renderer(model, variables, 8)
+  judge = ev.load_emotion_classifier(other)
+  by_id = {c["clip_id"]: c for c in ev.iter_clips(data, "test")}
+  ang, neu = by_id["1001_DFA_ANG_XX"], by_id["1001_IEO_NEU_XX"]
+  mels = timing.mel_windows(ang["mel"], 16)
+  neutral_pred = [ev.classify_clip(judge, render(mels, neu["frames"][:16], np.full(16, e)))
+                  for e in range(6)]
+  hits = [p == e for e, p in enumerate(neutral_pred)]
+  assert r["emo_acc_independent_neutral_reference"] == pytest.approx(np.mean(hits))
+  assert r["emo_acc_per_target_independent_neutral_reference"]["HAP"] == float(hits[3])
+  real = [ev.classify_clip(judge, c["frames"][:16]) == c["emotion"] for c in (ang, neu)]
+  assert r["classifier_acc_on_real_independent"] == pytest.approx(np.mean(real))
+  assert "independent" in ev.to_markdown(r) and "NEUTRAL" in ev.to_markdown(r)
