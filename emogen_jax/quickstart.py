@@ -10,9 +10,13 @@ is finished and resumes an interrupted training):
   3. preprocess  data_tools.preprocess (Haar face boxes, 96x96 crops, mels, TFDS shards,
                  actor-disjoint train/validation/test splits)
   4. training    the lip-sync expert, the emotion discriminator, then EmoGen using both
-                 (emogen_jax.train.recipe.train_stages with the configs/*.py:smoke settings, width 0.25)
+                 (emogen_jax.train.recipe.train_stages with the configs/*.py:smoke settings, width 0.25;
+                 two emotion classifiers: the in-training one and the independent judge)
   5. demo        emogen_jax.inference.api: a held-out (test-split) clip re-voiced with its own audio in all
-                 six emotions side by side
+                 six emotions side by side, and a PNG contact sheet of it (a row per emotion)
+  6. emotion     emogen_jax.evaluate on the test actors: EmoAcc judged by the independent
+                 classifier (and the in-training one), with the clips' own frames and with the
+                 actor's neutral clip as the reference
 Ends with DIR/summary.json and DIR/summary.md: where every output is, the validation figures
 against the learnability targets and the wall time of each stage.
 """
@@ -39,6 +43,8 @@ DEFAULTS = {"actors": 16, "clips_per_actor": 12, "syncnet_steps": 3000, "emotion
             "emogen_steps": 300}
 STATE_FILE = "quickstart_state.json"
 DEMO_NAME = "demo_all_emotions.mp4"
+CONTACT_SHEET_NAME = "demo_contact_sheet.png"
+EVAL_DIR = "eval_test"
 
 
 # ------------------------------------------------------------------------------ feedback
@@ -167,9 +173,28 @@ def demo_candidates(data_dir: str, split: str = "test") -> list[str]:
   return full + partial
 
 
+def contact_sheet(frames: np.ndarray, names: list[str], per_row: int = 5) -> np.ndarray:
+  """Demo frames (T, H, P*W, 3), P panels side by side -> one image, a row per panel (emotion)
+  holding ``per_row`` frames evenly spaced over the clip, the emotion's name on the left."""
+  import cv2
+  import numpy as np
+  p = len(names)
+  t, h, w = frames.shape[0], frames.shape[1], frames.shape[2] // p
+  picks = np.linspace(0, t - 1, min(per_row, t)).round().astype(int)
+  label_w = 64
+  rows = []
+  for i, name in enumerate(names):
+    label = np.full((h, label_w, 3), 255, np.uint8)
+    cv2.putText(label, name, (6, h // 2 + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2)
+    rows.append(np.concatenate([label] + [frames[k][:, i * w:(i + 1) * w] for k in picks], axis=1))
+  return np.concatenate(rows, axis=0)
+
+
 def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion: str = "all",
                 progress: bool = True) -> dict:
   """The generator of ``workdir`` re-voicing a held-out clip (its face and its own audio)."""
+  import cv2
+  from emogen_jax.data.emotions import EMOTIONS
   from emogen_jax.inference import api, renderer as infer
   if not os.path.isdir(workdir):
     raise UserError(f"generator workdir {workdir} not found; train EmoGen first")
@@ -186,11 +211,33 @@ def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion
         tried.append(f"{cid} (no face in frame {e.frame_index})")
         continue
       api.to_video(frames, clip, out_path, fps)
-      return {"video": out_path, "source_clip": clip, "split": split, "frames": int(len(frames)),
+      panels = len(infer.parse_emotions(emotion))
+      sheet = os.path.join(os.path.dirname(out_path), CONTACT_SHEET_NAME)
+      cv2.imwrite(sheet, contact_sheet(frames, [EMOTIONS[e] for e in infer.parse_emotions(emotion)]))
+      return {"video": out_path, "contact_sheet": sheet, "source_clip": clip, "split": split, "frames": int(len(frames)),
               "width": int(frames.shape[2]), "height": int(frames.shape[1]), "fps": float(fps),
               "panel_width": int(frames.shape[2]) // max(1, len(infer.parse_emotions(emotion)))}
   raise UserError(f"no held-out clip of {data_dir} could be used for the demo (tried: "
                   f"{', '.join(tried) or 'none'}); make a larger corpus (--actors)")
+
+
+def emotion_eval(workdirs: dict, data_dir: str, out_dir: str, progress: bool = True) -> dict:
+  """EmoAcc of the trained generator on the test actors (emogen_jax.evaluate with both
+  classifiers): every test clip generated with each emotion over its own frames and over the
+  actor's neutral clip's frames. Writes out_dir/metrics.{json,md}; returns the headline figures."""
+  from emogen_jax.evaluation import evaluate as ev
+  r = ev.evaluate(workdirs["emogen"], data_dir, "test", emotion_classifier=workdirs["emotion_disc"],
+                  independent_classifier=workdirs["emotion_judge"], progress=progress)
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, "metrics.json"), "w") as f:
+    json.dump(ev._json_safe(r), f, indent=2)
+  with open(os.path.join(out_dir, "metrics.md"), "w") as f:
+    f.write(ev.to_markdown(r))
+  keys = ("clips", "neutral_reference_clips", "psnr",
+          "emo_acc_independent", "emo_acc_per_target_independent",
+          "emo_acc_independent_neutral_reference", "emo_acc_per_target_independent_neutral_reference",
+          "classifier_acc_on_real_independent", "emo_acc", "classifier_acc_on_real")
+  return {k: r[k] for k in keys if k in r}
 
 
 # ------------------------------------------------------------------------------ the run
@@ -245,19 +292,19 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
     print(f"{name}: {walls[name]:.1f} s", flush=True)
 
   n_clips = actors * clips_per_actor
-  step("corpus", f"1/5 synthetic corpus: {actors} actors x {clips_per_actor} clips -> {paths['corpus']}",
+  step("corpus", f"1/6 synthetic corpus: {actors} actors x {clips_per_actor} clips -> {paths['corpus']}",
        lambda: {"clips": len(_corpus(paths["corpus"], actors, clips_per_actor, seed, jobs, progress))})
-  step("convert_fps", f"2/5 convert to 25 fps: {n_clips} clips -> {paths['corpus_25fps']}",
+  step("convert_fps", f"2/6 convert to 25 fps: {n_clips} clips -> {paths['corpus_25fps']}",
        lambda: _convert(paths["corpus"], paths["corpus_25fps"], jobs, progress))
-  step("preprocess", f"3/5 preprocess (Haar faces, crops, mels, TFDS) -> {paths['data_dir']}",
+  step("preprocess", f"3/6 preprocess (Haar faces, crops, mels, TFDS) -> {paths['data_dir']}",
        lambda: _preprocess(paths["corpus_25fps"], paths["data_dir"], jobs, progress))
 
-  banner("4/5 training (configs/*.py:smoke, width %g)" % width)
+  banner("4/6 training (configs/*.py:smoke, width %g)" % width)
   results = stages.train_stages(paths["data_dir"], paths["workdirs"], syncnet_steps=syncnet_steps,
                                 emotion_steps=emotion_steps, emogen_steps=emogen_steps,
                                 width=width, seed=seed, eval_batches=eval_batches,
                                 progress=progress, banner=banner)
-  for name in stages.STAGE_NAMES:
+  for name in stages.TRAININGS:
     walls[name] = results["wall_s"][name]
     if results["skipped"][name]:
       skipped.append(name)
@@ -267,16 +314,26 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
                        paths["demo_video"], emotion=emotion, progress=progress)
     # Stored relative to --out, so that a moved or copied output folder stays consistent.
     return {**info, "emotion": emotion, "video": os.path.relpath(info["video"], out_dir),
+            "contact_sheet": os.path.relpath(info["contact_sheet"], out_dir),
             "source_clip": os.path.relpath(info["source_clip"], out_dir)}
 
   # A generator trained further in this run (more --emogen-steps), or another --emotion, gets a
   # new demo.
   old_emotion = state.data["stages"].get("demo", {}).get("emotion")
-  step("demo", f"5/5 demo video ({emotion}) -> {paths['demo_video']}", demo,
+  step("demo", f"5/6 demo video ({emotion}) -> {paths['demo_video']}", demo,
        redo=not results["skipped"]["emogen"] or old_emotion != emotion)
   demo_info = {k: v for k, v in state.data["stages"]["demo"].items() if k not in ("done",)}
-  for key in ("video", "source_clip"):
-    demo_info[key] = os.path.join(out_dir, demo_info[key])
+  for key in ("video", "source_clip", "contact_sheet"):
+    if key in demo_info:
+      demo_info[key] = os.path.join(out_dir, demo_info[key])
+
+  eval_dir = os.path.join(out_dir, EVAL_DIR)
+  step("emotion_eval", f"6/6 EmoAcc on the held-out test actors (the judge and the in-training "
+       f"classifier; own and NEUTRAL references) -> {eval_dir}",
+       lambda: emotion_eval(results["workdirs"], paths["data_dir"], eval_dir, progress),
+       redo=not results["skipped"]["emogen"])
+  emotion_info = {k: v for k, v in state.data["stages"]["emotion_eval"].items()
+                  if k not in ("done", "wall_s")}
 
   emogen_dir = results["workdirs"]["emogen"]
   summary = {
@@ -289,6 +346,8 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
           "tensorboard_logdir": paths["workdirs"],
           "sample_grids": sorted(glob.glob(os.path.join(emogen_dir, "samples", "*.png"))),
           "demo_video": paths["demo_video"],
+          "contact_sheet": demo_info.get("contact_sheet"),
+          "emotion_eval": os.path.join(eval_dir, "metrics.md"),
           "summary_json": os.path.join(out_dir, "summary.json"),
           "summary_md": os.path.join(out_dir, "summary.md"),
       },
@@ -301,11 +360,14 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
           "emogen_last_val_l1": results["emogen_last_l1"],
           "emogen_val_l1_decrease": results["emogen_l1_decrease"],
           "emogen_val_sync_loss": results["emogen_val_sync"],
+          "emogen_val_emo_acc_judge": results.get("emogen_emo_acc"),
+          "emogen_val_emo_sensitivity": results.get("emogen_emo_sensitivity"),
       },
       "validation_examples": results["validation_examples"],
       "targets": {k: {"value": results[k], "at_least": t, "passed": results["passed"][k]}
                   for k, t in stages.TARGETS.items()},
       "demo": demo_info,
+      "emotion_control": emotion_info,
       "corpus": {k: state.data["stages"].get(k, {}) for k in ("corpus", "convert_fps", "preprocess")},
       "settings": settings,
       "wall_s": walls,
@@ -342,6 +404,8 @@ def _write_summary(summary: dict, results: dict) -> None:
       "| what | where |",
       "|---|---|",
       f"| demo video, six emotions side by side | `{o['demo_video']}` |",
+      f"| contact sheet: a row per emotion, five frames each | `{o['contact_sheet']}` |",
+      f"| EmoAcc on the test actors (emogen_jax.evaluate) | `{o['emotion_eval']}` |",
       f"| synthetic corpus | `{o['corpus']}` |",
       f"| corpus at 25 fps (convert_fps) | `{o['corpus_25fps']}` |",
       f"| preprocessed data (TFDS) + report | `{o['data_dir']}`, `{o['preprocess_report']}` |",
@@ -372,6 +436,7 @@ def _write_summary(summary: dict, results: dict) -> None:
       "",
       *[f"- {line}" for line in stages.target_lines(results)],
       "",
+      *_emotion_lines(summary["emotion_control"]),
       "## Wall time per stage (s)",
       "",
       "| stage | seconds |",
@@ -392,6 +457,35 @@ def _write_summary(summary: dict, results: dict) -> None:
     f.write("\n".join(lines))
 
 
+def _pct(v) -> str:
+  return f"{100 * v:.1f} %" if isinstance(v, float) else "-"
+
+
+def _emotion_lines(e: dict) -> list[str]:
+  """The emotion-control table of summary.md (test actors; chance is 16.7 %)."""
+  per = lambda key: ", ".join(f"{k} {100 * v:.0f} %" for k, v in e.get(key, {}).items()) or "-"
+  return [
+      "## Emotion control (held-out test actors, chance 16.7 %)",
+      "",
+      f"Every one of the {e.get('clips', 0)} test clips generated with each of the six emotions; "
+      "judged by the independent classifier (its own seed and stream; the generator never "
+      "trained against it) and by the in-training one.",
+      "",
+      "| figure | value | per target |",
+      "|---|---|---|",
+      f"| EmoAcc, independent classifier | {_pct(e.get('emo_acc_independent'))} | "
+      f"{per('emo_acc_per_target_independent')} |",
+      f"| EmoAcc, independent, reference from the actor's NEUTRAL clip "
+      f"({e.get('neutral_reference_clips', 0)} clips) | "
+      f"{_pct(e.get('emo_acc_independent_neutral_reference'))} | "
+      f"{per('emo_acc_per_target_independent_neutral_reference')} |",
+      f"| EmoAcc, in-training classifier | {_pct(e.get('emo_acc'))} | |",
+      f"| independent classifier on the real clips | "
+      f"{_pct(e.get('classifier_acc_on_real_independent'))} | |",
+      "",
+  ]
+
+
 def print_summary(summary: dict) -> None:
   o, fig = summary["outputs"], summary["figures"]
   banner(f"done in {summary['total_wall_s']:.0f} s")
@@ -404,6 +498,10 @@ def print_summary(summary: dict) -> None:
     print(f"{k:24s} {_fmt(t['value'])} (target >= {t['at_least']}) "
           f"{'PASS' if t['passed'] else 'FAIL'}")
   print(f"EmoGen val L1:   {_fmt(fig['emogen_first_val_l1'])} -> {_fmt(fig['emogen_last_val_l1'])}")
+  e = summary["emotion_control"]
+  print(f"EmoAcc (test):   {_pct(e.get('emo_acc_independent'))} independent classifier, "
+        f"{_pct(e.get('emo_acc_independent_neutral_reference'))} from neutral references "
+        f"(chance 16.7 %); contact sheet {o['contact_sheet']}")
   print("wall time (s):   " + ", ".join(f"{k} {v:.0f}" for k, v in summary["wall_s"].items()))
   print(f"summary:         {o['summary_md']} , {o['summary_json']}", flush=True)
 

@@ -15,7 +15,8 @@ import pytest
 from emogen_jax.data.media import ffmpeg_exe
 from tests import _quickstart_fixtures as qf
 
-STAGES = ("corpus", "convert_fps", "preprocess", "syncnet", "emotion_disc", "emogen", "demo")
+STAGES = ("corpus", "convert_fps", "preprocess", "syncnet", "emotion_disc", "emotion_judge", "emogen",
+          "demo", "emotion_eval")
 
 
 def _probe(path: str) -> dict:
@@ -33,14 +34,14 @@ def test_quickstart_outputs_and_summary():
   o = s["outputs"]
   # Every output named in the summary exists, inside --out.
   for key in ("corpus", "corpus_25fps", "data_dir", "preprocess_report", "demo_video",
-              "summary_json", "summary_md", "tensorboard_logdir"):
+              "contact_sheet", "emotion_eval", "summary_json", "summary_md", "tensorboard_logdir"):
     assert os.path.exists(o[key]), key
     assert os.path.abspath(o[key]).startswith(os.path.abspath(out)), key
   n_clips = qf.TINY["actors"] * qf.TINY["clips_per_actor"]
   assert len([f for f in os.listdir(o["corpus"]) if f.endswith(".mp4")]) == n_clips
   assert len([f for f in os.listdir(o["corpus_25fps"]) if f.endswith(".mp4")]) == n_clips
   for name, steps in (("syncnet", "syncnet_steps"), ("emotion_disc", "emotion_steps"),
-                      ("emogen", "emogen_steps")):
+                      ("emotion_judge", "emotion_steps"), ("emogen", "emogen_steps")):
     with open(os.path.join(o["workdirs"][name], "final_metrics.json")) as f:
       assert json.load(f)["step"] == qf.TINY[steps]
     assert any(n.startswith("events.out.tfevents") for n in os.listdir(o["workdirs"][name]))
@@ -61,7 +62,14 @@ def test_quickstart_outputs_and_summary():
     n_val = len(json.load(f)["validation"])
   assert n_val >= 1
   assert s["validation_examples"] == {"syncnet": n_val * 6 * 2, "emotion_disc": n_val * 6,
-                                      "emogen": n_val * 6}
+                                      "emotion_judge": n_val * 6, "emogen": n_val * 6}
+  # Emotion control: the judge scored EmoGen's validation windows, evaluate the test clips.
+  assert 0.0 <= fig["emogen_val_emo_acc_judge"] <= 1.0 and fig["emogen_val_emo_sensitivity"] > 0
+  e = s["emotion_control"]
+  with open(os.path.join(o["data_dir"], "cache", "splits.json")) as f:
+    n_test = len(json.load(f)["test"])
+  assert e["clips"] == n_test and 0.0 <= e["emo_acc_independent"] <= 1.0
+  assert e["emo_acc_independent"] * 6 * n_test == pytest.approx(round(e["emo_acc_independent"] * 6 * n_test))
   t = s["targets"]["syncnet_accuracy"]
   assert t["passed"] == (t["value"] >= t["at_least"])
   # The first EmoGen validation is the one before any step (the learning-curve baseline).
@@ -88,6 +96,11 @@ def test_quickstart_demo_video_has_six_faces_and_audio():
   assert len(video) == 1 and any(st["codec_type"] == "audio" for st in demo["streams"])
   assert video[0]["width"] == 6 * src_video[0]["width"]
   assert video[0]["height"] == src_video[0]["height"]
+  # The contact sheet: a row per emotion, five frames of one panel width each (+ the name).
+  import cv2
+  sheet = cv2.imread(s["outputs"]["contact_sheet"])
+  assert sheet.shape[0] == 6 * src_video[0]["height"]
+  assert sheet.shape[1] == 64 + 5 * src_video[0]["width"]
   # The demo face is a held-out clip (the actor-disjoint test split).
   with open(os.path.join(s["outputs"]["data_dir"], "cache", "splits.json")) as f:
     splits = json.load(f)

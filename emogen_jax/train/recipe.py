@@ -1,9 +1,11 @@
-"""The three training stages in order, on one preprocessed corpus, with the learnability targets.
+"""The training stages in order, on one preprocessed corpus, with the learnability targets.
 
   1. the lip-sync expert (configs/syncnet.py)          -> W/syncnet
   2. the emotion discriminator (configs/emotion_disc.py) -> W/emotion_disc
-  3. EmoGen (configs/emogen.py), with 1. as its frozen expert and 2. as its initial emotion
-     discriminator                                      -> W/emogen
+  3. the independent emotion classifier, the judge of EmoAcc (configs/emotion_disc.py with
+     another seed: its own init and training stream)  -> W/emotion_judge
+  4. EmoGen (configs/emogen.py), with 1. as its frozen expert, 2. as its initial emotion
+     discriminator and 3. scoring its validation windows -> W/emogen
 
 ``train_stages`` is shared by ``python -m emogen_jax.quickstart`` and
 ``scripts/reproduce_training.py``. A stage whose workdir already holds the final metrics of the
@@ -27,6 +29,13 @@ from typing import Any, Callable
 from emogen_jax.errors import UserError
 from emogen_jax.train.stages import STAGE_NAMES
 
+# The trainings of the recipe, in order (the judge is a second run of the emotion_disc stage).
+TRAININGS = ("syncnet", "emotion_disc", "emotion_judge", "emogen")
+# The judge is a second configs/emotion_disc.py run (its own seed, so its own init and training
+# stream): EmoGen never trains against it, so its EmoAcc of generated clips is honest; EmoGen's
+# validation reports it (config.emotion_classifier_checkpoint).
+CONFIG_OF = {"emotion_judge": "emotion_disc"}
+JUDGE_SEED_OFFSET = 1000
 # What a CPU smoke run (width 0.25) on the synthetic corpus must reach to count as "learns".
 TARGETS = {"syncnet_accuracy": 0.75, "emotion_accuracy": 0.60, "emogen_l1_decrease": 0.30}
 TARGET_TEXT = {"syncnet_accuracy": "SyncNet validation accuracy (in sync vs off sync)",
@@ -118,7 +127,7 @@ def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: floa
   from emogen_jax.train import loop as train
   # Ten validations per run, but not closer than 25 steps (each one also saves a checkpoint).
   every = eval_every or max(steps // 10, min(steps, 25))
-  config = load_config(name, data_dir=data_dir, width=width, seed=seed, num_train_steps=steps,
+  config = load_config(CONFIG_OF.get(name, name), data_dir=data_dir, width=width, seed=seed, num_train_steps=steps,
                        eval_every_steps=every, checkpoint_every_steps=every,
                        eval_batches=eval_batches, log_every_steps=max(1, min(25, steps // 50)),
                        **extra)
@@ -172,19 +181,22 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
       raise UserError(f"{key}={n} must be at least 1")
   banner = banner or (lambda text: print(f"\n=== {text} ===", flush=True))
   os.makedirs(workdir, exist_ok=True)
-  dirs = {name: os.path.abspath(os.path.join(workdir, name)) for name in STAGE_NAMES}
+  dirs = {name: os.path.abspath(os.path.join(workdir, name)) for name in TRAININGS}
   common = {"data_dir": os.path.abspath(data_dir), "width": width, "seed": seed,
             "eval_every": eval_every, "eval_batches": eval_batches, "progress": progress}
   steps = {"syncnet": int(syncnet_steps), "emotion_disc": int(emotion_steps),
-           "emogen": int(emogen_steps)}
+           "emotion_judge": int(emotion_steps), "emogen": int(emogen_steps)}
   extra = {"emogen": {"eval_at_start": True, "syncnet_checkpoint": dirs["syncnet"],
-                      "emotion_disc_checkpoint": dirs["emotion_disc"]}}
+                      "emotion_disc_checkpoint": dirs["emotion_disc"],
+                      "emotion_classifier_checkpoint": dirs["emotion_judge"]},
+           "emotion_judge": {"seed": seed + JUDGE_SEED_OFFSET}}
   titles = {"syncnet": "lip-sync expert (SyncNet)", "emotion_disc": "emotion discriminator",
+            "emotion_judge": "independent emotion classifier (the judge of EmoAcc; another seed)",
             "emogen": "EmoGen generator (frozen expert + emotion disc from the stages above)"}
   runs = {}
-  for i, name in enumerate(STAGE_NAMES, 1):
-    banner(f"training {i}/3: {titles[name]}, {steps[name]} steps -> {dirs[name]}")
-    runs[name] = run_stage(name, dirs[name], steps=steps[name], **common, **extra.get(name, {}))
+  for i, name in enumerate(TRAININGS, 1):
+    banner(f"training {i}/{len(TRAININGS)}: {titles[name]}, {steps[name]} steps -> {dirs[name]}")
+    runs[name] = run_stage(name, dirs[name], steps=steps[name], **{**common, **extra.get(name, {})})
     if runs[name]["skipped"]:
       print(f"{name}: already trained to step {runs[name]['step']} in {dirs[name]}; skipped",
             flush=True)
@@ -202,11 +214,18 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
       "emogen_l1_decrease": 1.0 - last_l1 / first_l1 if first_l1 and math.isfinite(first_l1)
                             else float("nan"),
       "emogen_val_sync": gen["validation"].get("sync"),
+      # Emotion control on the validation actors (the judge's EmoAcc of windows generated for
+      # all six targets; the label sensitivity in 0-1 pixel units).
+      "emogen_emo_acc": gen["validation"].get("emo_acc"),
+      "emogen_emo_acc_per_target": {k[len("emo_acc_"):]: v for k, v in gen["validation"].items()
+                                    if k.startswith("emo_acc_")},
+      "emogen_emo_sensitivity": gen["validation"].get("emo_sensitivity"),
+      "emotion_judge_accuracy": float(runs["emotion_judge"]["validation"]["accuracy"]),
       # How many validation examples each final figure averages (SyncNet: windows in and off sync).
       "validation_examples": {name: int(runs[name].get("validation_examples", 0))
-                              for name in STAGE_NAMES},
-      "wall_s": {name: runs[name]["wall_s"] for name in STAGE_NAMES},
-      "skipped": {name: runs[name]["skipped"] for name in STAGE_NAMES},
+                              for name in TRAININGS},
+      "wall_s": {name: runs[name]["wall_s"] for name in TRAININGS},
+      "skipped": {name: runs[name]["skipped"] for name in TRAININGS},
       "steps": steps,
       "workdirs": dirs,
       "width": width,
