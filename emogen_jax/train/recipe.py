@@ -27,7 +27,6 @@ import time
 from typing import Any, Callable
 
 from emogen_jax.errors import UserError
-from emogen_jax.train.stages import STAGE_NAMES
 
 # The trainings of the recipe, in order (the judge is a second run of the emotion_disc stage).
 TRAININGS = ("syncnet", "emotion_disc", "emotion_judge", "emogen")

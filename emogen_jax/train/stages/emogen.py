@@ -41,6 +41,9 @@ from emogen_jax.train.state import TrainState, adam, create_state, init_variable
 NAME = "emogen"
 TASK = "generator"
 KINDS = ("generator", "emotion_disc")
+# The generator's reference windows (emogen_jax.data.input_pipeline.REFERENCE_SAMPLING, repeated
+# so that checking a config does not import TensorFlow).
+REFERENCE_SAMPLING = ("same_clip", "other_clip")
 # Width of the random VGG-19 a smoke run uses when w_pl > 0 and no weights are given.
 RANDOM_VGG_WIDTH = 0.125
 
@@ -61,6 +64,9 @@ def validate_config(config) -> None:
     raise UserError(f"loss weights w_pl={config.w_pl}, w_emo={config.w_emo}, sync_weight="
                     f"{config.sync_weight} must be >= 0 with a sum below 1 (the L1 term gets 1 - "
                     "their sum)")
+  if config.reference_sampling not in REFERENCE_SAMPLING:
+    raise UserError(f"config.reference_sampling={config.reference_sampling!r}; use one of "
+                    f"{', '.join(REFERENCE_SAMPLING)} (see configs/emogen.py)")
 
 
 def prepare(config, *, log=print) -> dict[str, Any]:

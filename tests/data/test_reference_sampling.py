@@ -114,3 +114,6 @@ def test_unknown_mode_is_a_user_error(data):
   with pytest.raises(UserError, match="reference_sampling"):
     ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=1, num_devices=1,
                       reference_sampling="neighbour")
+  assert emogen_stage.REFERENCE_SAMPLING == ip.REFERENCE_SAMPLING
+  with pytest.raises(UserError, match="config.reference_sampling='neighbour'"):
+    emogen_stage.validate_config(recipe.load_config("emogen", reference_sampling="neighbour"))
