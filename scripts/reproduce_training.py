@@ -10,8 +10,10 @@
 Training uses the :smoke configs (width 0.25, small batches) in this order:
   1. the lip-sync expert (configs/syncnet.py:smoke)             -> .../syncnet
   2. the emotion discriminator (configs/emotion_disc.py:smoke)  -> .../emotion_disc
-  3. EmoGen (configs/emogen.py:smoke) with 1. as its frozen expert and 2. as its initial
-     emotion discriminator                                       -> .../emogen
+  3. the independent emotion classifier (configs/emotion_disc.py:smoke, seed + 1000), the judge
+     of EmoAcc                                                   -> .../emotion_judge
+  4. EmoGen (configs/emogen.py:smoke) with 1. as its frozen expert, 2. as its initial
+     emotion discriminator and 3. scoring its validation windows -> .../emogen
 then judges the final validation figures (whole validation split) against the targets:
   in-sync accuracy >= 75 %, emotion accuracy >= 60 %, EmoGen validation L1 at least 30 % below its
   first validation (taken before the first step).
@@ -79,6 +81,12 @@ def main(argv=None) -> int:
   print(f"EmoGen validation L1 {results['emogen_first_l1']:.4f} -> {results['emogen_last_l1']:.4f}; "
         f"validation examples {results['validation_examples']}; training wall time (s) "
         f"{results['wall_s']}; {os.path.join(args.workdir, 'reproduce.json')}")
+  acc, sens = results.get("emogen_emo_acc"), results.get("emogen_emo_sensitivity")
+  if acc is not None:
+    print(f"EmoGen emotion control (validation, judged by the independent classifier): EmoAcc "
+          f"{100 * acc:.1f} % (chance 16.7 %), per target "
+          + ", ".join(f"{k} {100 * v:.0f} %" for k, v in results["emogen_emo_acc_per_target"].items())
+          + f"; label sensitivity {sens:.4f}")
   return 0 if all(results["passed"].values()) else 1
 
 
