@@ -41,9 +41,11 @@ def get_config(arg: str | None = None):
   #   "same_clip"  the original's: another window of the target's own clip. It already shows the
   #                target's emotion, so L1 is minimised by copying it and the label is ignored
   #                (measured: EmoAcc 16.7 % = chance with an independent classifier).
-  #   "other_clip" ours: a window of ANOTHER clip of the same actor, of another emotion whenever
-  #                one is at hand; the target keeps the label's emotion, so the label is needed.
-  c.reference_sampling = "same_clip"
+  #   "other_clip" ours (the default): a window of ANOTHER clip of the same actor, of another
+  #                emotion whenever one is at hand; the target keeps the label's emotion, so the
+  #                label is needed. Measured on the quickstart corpus (SPEC "EmoGen training"):
+  #                EmoAcc 16.7 % -> 40.3 % after 400 more steps with an independent classifier.
+  c.reference_sampling = "other_clip"
   if arg == "smoke":
     apply_smoke(c, batch_size=2)
     # Measured on the synthetic corpus (width 0.25): validation L1 fell 43 % in 250 steps at lr 5e-4
