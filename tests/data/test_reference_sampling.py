@@ -3,7 +3,6 @@ determinism, and exact resume through the training loop's segment/skip rule."""
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -17,14 +16,13 @@ from tests import _pipeline_fixtures as fx
 
 
 @pytest.fixture(scope="module")
-def data():
+def data(preprocessed_data, tmp_path_factory):
   """The suite's tiny corpus rebuilt from its clip cache with the random (clip-level) split, so
   that the training split holds clips of all three actors (the actor split leaves it one)."""
-  d = fx.preprocessed()
-  data_dir = os.path.join(os.path.dirname(d["data_dir"]), "data_random_split")
-  if not os.path.isdir(os.path.join(data_dir, "emogen_clips")):
-    fx.run_preprocess(["--src", d["src"], "--data-dir", data_dir, "--cache-dir", d["cache_dir"],
-                       "--stage", "build", "--split", "random", "--jobs", "2"])
+  d = preprocessed_data
+  data_dir = str(tmp_path_factory.mktemp("random_split"))
+  fx.run_preprocess(["--src", d["src"], "--data-dir", data_dir, "--cache-dir", d["cache_dir"],
+                     "--stage", "build", "--split", "random", "--jobs", "2"])
   import tensorflow_datasets as tfds
   clips = {}
   for ex in tfds.as_numpy(ip.dataset_builder(data_dir).as_dataset(split="train")):
