@@ -3,7 +3,6 @@ determinism, and exact resume through the training loop's segment/skip rule."""
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 import tensorflow as tf
