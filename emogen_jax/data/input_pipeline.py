@@ -266,11 +266,14 @@ def _reference_index(emotion: tf.Tensor, m: tf.Tensor) -> tf.Tensor:
   reference: the next one (cyclically) of another emotion, else the next one, else m itself
   (a group of one: only the end of a finite pass can leave a clip alone)."""
   n = tf.shape(emotion)[0]
-  order = (m + tf.range(1, n)) % n
-  other = tf.gather(emotion, order) != emotion[m]
-  first_other = tf.cast(tf.argmax(tf.cast(other, tf.int32)), tf.int32)
-  return tf.cond(n < 2, lambda: m,
-                 lambda: tf.where(tf.reduce_any(other), tf.gather(order, first_other), order[0]))
+
+  def among_others():  # only built for n >= 2: an argmax over no candidate is an error
+    order = (m + tf.range(1, n)) % n
+    other = tf.gather(emotion, order) != emotion[m]
+    first_other = tf.cast(tf.argmax(tf.cast(other, tf.int32)), tf.int32)
+    return tf.where(tf.reduce_any(other), tf.gather(order, first_other), order[0])
+
+  return tf.cond(n < 2, lambda: m, among_others)
 
 
 def _pair_with_other_clips(ds: tf.data.Dataset) -> tf.data.Dataset:
