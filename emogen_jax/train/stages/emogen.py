@@ -33,7 +33,7 @@ import optax
 from emogen_jax.data.emotions import EMOTIONS
 from emogen_jax.errors import UserError
 from emogen_jax.models import EmotionDiscriminator, Generator, SyncNet, VGG19Features
-from emogen_jax.models import checkpoints
+from emogen_jax.models import checkpoints, factory
 from emogen_jax.train import losses
 from emogen_jax.train.stages.base import AXIS, apply_gradients, compute_dtype, nonfinite_hook
 from emogen_jax.train.state import TrainState, adam, create_state, init_variables, learning_rate, replicate
@@ -50,11 +50,24 @@ RANDOM_VGG_WIDTH = 0.125
 
 # ------------------------------------------------------------------------------------------ setup
 
-def _load(path: str, kind: str, log) -> tuple[dict[str, Any], dict[str, Any]]:
-  """(variables, {"width", "original_layout"}) of network ``kind`` stored at ``path``."""
-  module, variables, _ = checkpoints.load(path, kind)
-  log(f"{kind}: loaded from {path} (width {module.width})")
-  return variables, {"width": module.width, "original_layout": getattr(module, "original_layout", False)}
+def _network(config, kind: str, path: str, *, rng, width: float, log, random_note: str,
+             missing: str) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+  """(variables, {"width", "original_layout", "random"}) of a network this stage does not start
+  from scratch: loaded from ``path``; else, in a smoke run (allow_random_init), randomly
+  initialised at ``width`` and said in the log; else a UserError (``missing``; None: optional)."""
+  if path:
+    module, variables, _ = checkpoints.load(path, kind)
+    log(f"{kind}: loaded from {path} (width {module.width})")
+    return variables, {"width": float(module.width), "random": False,
+                       "original_layout": bool(getattr(module, "original_layout", False))}
+  if missing is None:
+    return None, {}
+  if config.allow_random_init:
+    args, kwargs = factory.example_inputs(kind)
+    variables = init_variables(factory.build(kind, width), rng, *args, **kwargs)
+    log(f"{kind}: {random_note}")
+    return variables, {"width": float(width), "random": True, "original_layout": False}
+  raise UserError(missing)
 
 
 def validate_config(config) -> None:
@@ -75,45 +88,39 @@ def prepare(config, *, log=print) -> dict[str, Any]:
   rng = jax.random.PRNGKey(int(config.seed) + 7919)
   setup: dict[str, Any] = {"random_init": []}
 
-  if config.syncnet_checkpoint:
-    setup["syncnet"], meta = _load(config.syncnet_checkpoint, "syncnet", log)
-    setup["syncnet_width"] = float(meta.get("width", 1.0))
-  elif config.allow_random_init:
-    setup["syncnet_width"] = float(config.width)
-    setup["syncnet"] = init_variables(
-        SyncNet(width=config.width), jax.random.fold_in(rng, 1), jnp.zeros((1, 80, 16, 1)), jnp.zeros((1, 48, 96, 15)))
-    setup["random_init"].append("syncnet")
-    log("syncnet: no config.syncnet_checkpoint; the frozen expert is RANDOMLY initialised "
-        "(smoke run; its sync loss means nothing)")
-  else:
-    raise UserError("config.syncnet_checkpoint is empty: EmoGen training needs a trained lip-sync "
-                    "expert; train one (python -m emogen_jax.train --config configs/syncnet.py "
-                    "--workdir W) or convert Wav2Lip's lipsync_expert.pth (python -m "
-                    "emogen_jax.convert --help), then pass --config.syncnet_checkpoint=PATH")
+  def network(name, kind, path, index, width, random_note, missing):
+    variables, info = _network(config, kind, path, rng=jax.random.fold_in(rng, index), width=width,
+                               log=log, random_note=random_note, missing=missing)
+    if variables is not None:
+      setup[name] = variables
+      if info["random"]:
+        setup["random_init"].append(name)
+    return info
 
-  if config.emotion_disc_checkpoint:
-    setup["emotion_disc"], meta = _load(config.emotion_disc_checkpoint, "emotion_disc", log)
-    setup["disc_width"] = float(meta.get("width", 1.0))
-    setup["disc_original_layout"] = bool(meta.get("original_layout", False))
-  elif config.allow_random_init:
-    setup["disc_width"] = float(config.width)
-    setup["disc_original_layout"] = False
-    setup["emotion_disc"] = init_variables(
-        EmotionDiscriminator(width=config.width), jax.random.fold_in(rng, 2), jnp.zeros((1, 5, 96, 96, 3)))
-    setup["random_init"].append("emotion_disc")
-    log("emotion_disc: no config.emotion_disc_checkpoint; starting it from random init (smoke run)")
-  else:
-    raise UserError("config.emotion_disc_checkpoint is empty: EmoGen training needs a trained "
-                    "emotion discriminator; train one (python -m emogen_jax.train --config "
-                    "configs/emotion_disc.py --workdir W) or convert the original DISCEMO checkpoint "
-                    "(python -m emogen_jax.convert --help), then pass "
-                    "--config.emotion_disc_checkpoint=PATH")
+  info = network("syncnet", "syncnet", config.syncnet_checkpoint, 1, config.width,
+                 "no config.syncnet_checkpoint; the frozen expert is RANDOMLY initialised (smoke "
+                 "run; its sync loss means nothing)",
+                 "config.syncnet_checkpoint is empty: EmoGen training needs a trained lip-sync "
+                 "expert; train one (python -m emogen_jax.train --config configs/syncnet.py "
+                 "--workdir W) or convert Wav2Lip's lipsync_expert.pth (python -m "
+                 "emogen_jax.convert --help), then pass --config.syncnet_checkpoint=PATH")
+  setup["syncnet_width"] = info["width"]
 
-  if config.emotion_classifier_checkpoint:
-    # Validation only (EmoAcc of the generated windows): never trained, never a loss term.
-    setup["emotion_classifier"], meta = _load(config.emotion_classifier_checkpoint, "emotion_disc", log)
-    setup["classifier_width"] = float(meta.get("width", 1.0))
-    setup["classifier_original_layout"] = bool(meta.get("original_layout", False))
+  info = network("emotion_disc", "emotion_disc", config.emotion_disc_checkpoint, 2, config.width,
+                 "no config.emotion_disc_checkpoint; starting it from random init (smoke run)",
+                 "config.emotion_disc_checkpoint is empty: EmoGen training needs a trained "
+                 "emotion discriminator; train one (python -m emogen_jax.train --config "
+                 "configs/emotion_disc.py --workdir W) or convert the original DISCEMO checkpoint "
+                 "(python -m emogen_jax.convert --help), then pass "
+                 "--config.emotion_disc_checkpoint=PATH")
+  setup["disc_width"], setup["disc_original_layout"] = info["width"], info["original_layout"]
+
+  # Validation only (EmoAcc of the generated windows): never trained, never a loss term.
+  info = network("emotion_classifier", "emotion_disc", config.emotion_classifier_checkpoint, 4,
+                 config.width, "", None)
+  if info:
+    setup["classifier_width"] = info["width"]
+    setup["classifier_original_layout"] = info["original_layout"]
   else:
     log("no config.emotion_classifier_checkpoint: validation reports the emotion sensitivity "
         "but no EmoAcc")
@@ -121,20 +128,14 @@ def prepare(config, *, log=print) -> dict[str, Any]:
   setup["use_vgg"] = float(config.w_pl) > 0
   if not setup["use_vgg"]:
     log("perceptual loss off (config.w_pl = 0): VGG-19 not used")
-  elif config.vgg_checkpoint:
-    setup["vgg19"], meta = _load(config.vgg_checkpoint, "vgg19", log)
-    setup["vgg_width"] = float(meta.get("width", 1.0))
-  elif config.allow_random_init:
-    setup["vgg_width"] = RANDOM_VGG_WIDTH
-    setup["vgg19"] = init_variables(
-        VGG19Features(width=RANDOM_VGG_WIDTH), jax.random.fold_in(rng, 3), jnp.zeros((1, 96, 96, 3)))
-    setup["random_init"].append("vgg19")
-    log(f"vgg19: no config.vgg_checkpoint; the perceptual loss uses a RANDOM VGG-19 of width "
-        f"{RANDOM_VGG_WIDTH} (smoke run)")
   else:
-    raise UserError("config.vgg_checkpoint is empty but config.w_pl > 0: the perceptual loss needs "
-                    "ImageNet VGG-19 weights converted with python -m emogen_jax.convert (see --help); "
-                    "pass --config.vgg_checkpoint=PATH, or --config.w_pl=0 to train without it")
+    info = network("vgg19", "vgg19", config.vgg_checkpoint, 3, RANDOM_VGG_WIDTH,
+                   f"no config.vgg_checkpoint; the perceptual loss uses a RANDOM VGG-19 of width "
+                   f"{RANDOM_VGG_WIDTH} (smoke run)",
+                   "config.vgg_checkpoint is empty but config.w_pl > 0: the perceptual loss needs "
+                   "ImageNet VGG-19 weights converted with python -m emogen_jax.convert (see --help); "
+                   "pass --config.vgg_checkpoint=PATH, or --config.w_pl=0 to train without it")
+    setup["vgg_width"] = info["width"]
   return setup
 
 
