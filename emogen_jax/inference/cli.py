@@ -20,12 +20,14 @@ import cv2
 
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
+from emogen_jax.data import timing
 from emogen_jax.data import video_io
 from emogen_jax.data.emotions import EMOTIONS
 from emogen_jax.errors import UserError, cli_main
-from emogen_jax.inference.renderer import (DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions, NoFaceError,
-                                           Renderer, load_generator, make_job, parse_emotions,
-                                           render_frames)
+from emogen_jax.inference.renderer import (BLENDS, DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions,
+                                           Renderer, Source, load_generator, parse_emotions,
+                                           render_stream)
+from emogen_jax.inference.stream import ON_NO_FACE, StreamStats
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--detector", default="haar", choices=face_detection.DETECTORS,
                  help="face detector (haar: offline; s3fd: needs --s3fd-weights)")
   p.add_argument("--s3fd-weights", default=None, help=f"path of {face_detection.S3FD_FILE}")
+  p.add_argument("--on-no-face", default="keep", choices=ON_NO_FACE,
+                 help="frames without a face: keep (default: passed through unchanged, short gaps "
+                      "between faces interpolated, the count reported) or error (stop)")
+  p.add_argument("--blend", default="feather", choices=BLENDS,
+                 help="paste-back of the generated face: feather (default: soft edges) or box "
+                      "(the hard rectangle of the original)")
   return p
 
 
@@ -64,8 +72,10 @@ def _noface_png(out: str, k: int) -> str:
   return f"{os.path.splitext(os.path.abspath(out))[0]}_noface_frame{k}.png"
 
 
-def run(args: argparse.Namespace) -> dict:
-  """The CLI's work; returns a summary dict (frames, seconds, compilations, path)."""
+def run(args: argparse.Namespace, log=None) -> dict:
+  """The CLI's work; returns a summary dict (frames, seconds, startup, compilations, path, stats)."""
+  log = log or (lambda msg: print(msg, file=sys.stderr))
+  t_start = time.perf_counter()
   emotions = parse_emotions(args.emotion)
   if not args.out.lower().endswith(".mp4"):
     raise UserError(f"--out {args.out!r} must end in .mp4")
@@ -74,46 +84,64 @@ def run(args: argparse.Namespace) -> dict:
     raise UserError(f"output folder {out_dir!r} does not exist; create it or change --out")
   if args.fps is not None and args.fps <= 0:
     raise UserError(f"--fps must be positive, got {args.fps}")
-  frames, fps = video_io.read_face_input(args.face)
-  if fps is None:
-    fps = args.fps or DEFAULT_IMAGE_FPS
-  elif args.fps is not None and abs(args.fps - fps) > 1e-3:
-    raise UserError(f"--fps {args.fps:g} given for a {fps:g} fps video; --fps is for still images. "
-                    f"Convert the video first (ffmpeg -i {args.face} -r {args.fps:g} face.mp4)")
-  wav = audio_lib.load_wav(args.audio)
-  model, variables, _ = load_generator(args.checkpoint)
   opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
                      crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
-                     detector=args.detector, s3fd_weights=args.s3fd_weights)
-  try:
-    job = make_job(frames, fps, wav, emotions, opts)
-  except NoFaceError as e:
-    png = _noface_png(args.out, e.frame_index)
-    cv2.imwrite(png, e.frame)
-    raise UserError(f"no face found in frame {e.frame_index} of {args.face} (saved as {png}); try "
-                    "larger --pads, a fixed --box T B L R, or --detector s3fd") from None
+                     detector=args.detector, s3fd_weights=args.s3fd_weights,
+                     on_no_face=args.on_no_face, blend=args.blend)
+  opts.check()
+  source = Source.of_path(args.face, args.fps)
+  wav = audio_lib.load_wav(args.audio)
+  timing.inference_chunk_starts(audio_lib.mel_steps(len(wav)), source.fps)  # too short: say so now
+  detector = None if args.box is not None else face_detection.make_detector(
+      args.detector, weights=args.s3fd_weights)
+  # Startup, reported apart from the generation speed: imports, checkpoint, compile.
+  t0 = time.perf_counter()
+  import jax  # noqa: F401  (the heavy imports, timed here rather than hidden in the load)
+  from emogen_jax import models  # noqa: F401
+  t_imports = time.perf_counter() - t0
+  t0 = time.perf_counter()
+  model, variables, _ = load_generator(args.checkpoint)
+  t_load = time.perf_counter() - t0
   renderer = Renderer(model, variables, args.batch_size)
-  t0 = time.perf_counter()  # generation + encoding, after the compile
+  startup = time.perf_counter() - t_start
+  log(f"startup {startup:.1f} s: imports {t_imports:.1f} s, checkpoint {t_load:.1f} s, "
+      f"compile {renderer.compile_seconds:.1f} s, inputs and checks "
+      f"{startup - t_imports - t_load - renderer.compile_seconds:.1f} s")
+
+  def no_face(k, frame):
+    png = _noface_png(args.out, k)
+    cv2.imwrite(png, frame)
+    raise UserError(f"no face found in frame {k} of {args.face} (saved as {png}); try larger --pads, "
+                    "a fixed --box T B L R, --detector s3fd, or --on-no-face keep")
+
+  stats = StreamStats()
+  t0 = time.perf_counter()  # decode + detect + generate + paste + encode, after the startup
   with tempfile.TemporaryDirectory(prefix="emogen_infer_") as tmp:
     # Written in a private folder first so that a failed run leaves no half-written --out.
     tmp_out = os.path.join(tmp, "out.mp4")
-    with video_io.VideoWriter(tmp_out, job.fps, audio=args.audio) as writer:
-      for frame in render_frames(renderer, job, progress=True):
+    with video_io.VideoWriter(tmp_out, source.fps, audio=args.audio) as writer:
+      for frame in render_stream(renderer, source, wav, emotions, opts, detector, stats=stats,
+                                 progress=sys.stderr.isatty(), on_missing_error=no_face):
         writer.write(frame)
     shutil.move(tmp_out, args.out)
   seconds = time.perf_counter() - t0
-  return {"out": args.out, "frames": job.num_frames, "faces": job.num_frames * len(emotions),
-          "seconds": seconds, "compilations": renderer.trace_count, "fps": job.fps,
-          "compile_seconds": renderer.compile_seconds}
+  for w in stats.warnings(args.face):
+    log(f"warning: {w}")
+  return {"out": args.out, "frames": writer.num_frames, "faces": writer.num_frames * len(emotions),
+          "seconds": seconds, "compilations": renderer.trace_count, "fps": source.fps,
+          "compile_seconds": renderer.compile_seconds, "startup_seconds": startup, "stats": stats}
 
 
 @cli_main
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   s = run(args)
+  st = s["stats"]
   print(f"wrote {s['out']}: {s['frames']} frames at {s['fps']:g} fps, {s['faces']} faces generated in "
-        f"{s['seconds']:.1f} s ({s['faces'] / max(s['seconds'], 1e-9):.1f} faces/s, "
-        f"{s['compilations']} compilation, {s['compile_seconds']:.1f} s)")
+        f"{s['seconds']:.1f} s ({s['faces'] / max(s['seconds'], 1e-9):.1f} faces/s end to end, after "
+        f"a startup of {s['startup_seconds']:.1f} s with {s['compilations']} compilation of "
+        f"{s['compile_seconds']:.1f} s); source frames: {st.found} with a face, {st.interpolated} "
+        f"interpolated, {st.missing} passed through")
   return 0
 
 
