@@ -36,6 +36,7 @@ Box = tuple  # (x1, y1, x2, y2) ints
 S3FD_FILE = "s3fd-619a316812.pth"
 S3FD_URL = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
 DETECTORS = ("haar", "s3fd")
+DETECT_BATCH = 16  # frames per detector call when streaming (S3FD batches them)
 
 
 class HaarDetector:
@@ -339,7 +340,7 @@ def crop_face(frame: np.ndarray, box: Box, size: int = 96) -> np.ndarray:
   return cv2.resize(frame[y1:y2, x1:x2], (size, size))
 
 
-def face_boxes(frames: Sequence[np.ndarray], detector, pads=(0, 10, 0, 0), smooth: bool = True,
+def face_boxes(frames: Iterable[np.ndarray], detector, pads=(0, 10, 0, 0), smooth: bool = True,
                detect_every: int = 1, window: int = 5):
   """Detect, pad + clamp, fill gaps, smooth: one box per frame and which were detected.
 
@@ -347,25 +348,43 @@ def face_boxes(frames: Sequence[np.ndarray], detector, pads=(0, 10, 0, 0), smoot
   face was found anywhere), ``found`` a bool array, False where the frame had no face of
   its own (its box is interpolated from neighbours). With ``detect_every=k`` only every
   k-th frame (and the last) is run through the detector and the rest are interpolated;
-  they count as found when both neighbours found a face.
+  they count as found when both neighbours found a face. ``frames`` may be any iterable
+  (a decoder): it is read once and no frame is kept but the latest, so memory does not
+  grow with the clip's length.
   """
-  n = len(frames)
+  k = max(1, int(detect_every))
+  raw: list = []        # padded box (or None) of each detected frame, None elsewhere
+  ok: dict = {}         # detected frame index -> a face was found
+  pending: list = []    # (index, frame) waiting for the detector (batched: S3FD runs 16 at once)
+  last = None           # (index, frame) of the latest frame not run through the detector
+
+  def flush():
+    for (i, frame), b in zip(pending, detector.detect([f for _, f in pending])):
+      raw[i] = None if b is None else pad_box(b, pads, frame.shape)
+      ok[i] = b is not None
+    pending.clear()
+
+  n = 0
+  for i, frame in enumerate(frames):
+    raw.append(None)
+    n = i + 1
+    if i % k == 0:
+      pending.append((i, frame))
+      last = None
+      if len(pending) == DETECT_BATCH:
+        flush()
+    else:
+      last = (i, frame)
   if n == 0:
     return [], np.zeros((0,), bool)
-  k = max(1, int(detect_every))
-  idx = list(range(0, n, k))
-  if idx[-1] != n - 1:
-    idx.append(n - 1)
-  dets = detector.detect([frames[i] for i in idx])
-  raw = [None] * n
-  for i, b in zip(idx, dets):
-    if b is not None:
-      raw[i] = pad_box(b, pads, frames[i].shape)
+  if last is not None:  # the last frame is always detected
+    pending.append(last)
+  flush()
+  idx = sorted(ok)
   found = np.zeros((n,), bool)
   if k == 1:
     found[:] = [b is not None for b in raw]
   else:
-    ok = {i: b is not None for i, b in zip(idx, dets)}
     for a, b in zip(idx[:-1], idx[1:]):
       found[a:b + 1] = ok[a] and ok[b]
       found[a] = ok[a]

@@ -33,7 +33,6 @@ from emogen_jax.errors import UserError
 
 ON_NO_FACE = ("keep", "error")
 MAX_GAP_SECONDS = 0.5   # faceless runs up to this long between two faces get interpolated boxes
-DETECT_CHUNK = 8        # frames per detector call (S3FD batches them)
 
 
 # ---------------------------------------------------------------------------- bounded queues
@@ -185,7 +184,7 @@ def _detected(frames: Iterable[np.ndarray], detector, pads) -> Iterator[tuple]:
 
   for f in frames:
     chunk.append(f)
-    if len(chunk) == DETECT_CHUNK:
+    if len(chunk) == face_detection.DETECT_BATCH:
       yield from flush()
   if chunk:
     yield from flush()
