@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from emogen_jax.data import audio as audio_lib
-from emogen_jax.data import face_detection, video_io
+from emogen_jax.data import face_detection, timing, video_io
 from emogen_jax.evaluation import metrics
 from emogen_jax.inference import cli as infer_cli
 from emogen_jax.inference import renderer as infer
@@ -79,7 +79,7 @@ def test_prefetch_hands_over_errors_and_stops():
 
 def _whole_video_path(renderer, frames, wav, fps, emotion, per_batch):
   """The previous whole-video renderer: every frame decoded, detected and cropped up front."""
-  chunks = audio_lib.inference_mel_chunks(audio_lib.melspectrogram(wav), fps)
+  chunks = timing.inference_mel_chunks(audio_lib.melspectrogram(wav), fps)
   frames = frames[:len(chunks)]
   det = face_detection.HaarDetector().detect(frames)
   boxes = face_detection.smooth_boxes([face_detection.pad_box(b, infer.DEFAULT_PADS, f.shape)
