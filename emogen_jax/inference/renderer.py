@@ -3,14 +3,18 @@
 Per docs/design.md "Time rules" and "Data flow": one face box per frame (pads top, bottom, left, right; averaged over a
 5-frame window unless --nosmooth), crops resized to 96x96, generator input = [zeros, the frame's
 own crop], mel chunk i starts at int(i * 80 / fps) (the last one aligned to the end of the audio),
-the generated crop is resized back into the frame and the audio is muxed with ffmpeg.
+the generated crop is feathered (``--blend feather``, default) or pasted as the original's hard
+rectangle (``--blend box``) back into the frame and the audio is muxed with ffmpeg. Frames without
+a face pass through unchanged (``--on-no-face keep``, default; short gaps between two faces get
+interpolated boxes) or stop the run (``--on-no-face error``).
 
 When the audio is longer than the video, the video is played forwards then backwards
 ("ping-pong") so that the loop has no jump; frame i of the output shows source frame
 ``pingpong_index(i, num_frames)``. ``--emotion all`` renders the six emotions side by side.
 
-The core (``Renderer``, ``prepare_frames``, ``face_boxes_for``, ``render_frames``) is shared with
-the command line (``emogen_jax.inference.cli``) and the notebook API (``emogen_jax.inference.api``).
+The core (``Renderer``, ``Source``, ``render_stream``, which streams through
+``emogen_jax.inference.stream`` in constant memory) is shared with the command line
+(``emogen_jax.inference.cli``) and the notebook API (``emogen_jax.inference.api``).
 """
 
 from __future__ import annotations
