@@ -20,7 +20,6 @@ sentence, rate/pitch per emotion), else from a synthesised syllabic buzz with pa
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import hashlib
 import multiprocessing
@@ -38,7 +37,8 @@ import numpy as np
 from emogen_jax.data.audio import load_wav
 from emogen_jax.data.emotions import EMOTIONS
 from emogen_jax.data.media import ffmpeg_exe
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.data import files
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 
 FPS = 25
 SAMPLE_RATE = 16000
@@ -443,8 +443,9 @@ def write_clip(spec: ClipSpec) -> str:
     cmd = [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "bgr24",
            "-s", f"{spec.size}x{spec.size}", "-r", str(FPS), "-i", "-", "-i", wav_path,
            "-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18",
-           "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "64k", spec.path]
-    proc = subprocess.run(cmd, input=frames.tobytes(), stderr=subprocess.PIPE, check=False)
+           "-pix_fmt", "yuv420p", "-threads", "1", "-c:a", "aac", "-b:a", "64k"]
+    with files.atomic_file(spec.path) as out:  # a killed run leaves no partial clip
+      proc = subprocess.run(cmd + [out], input=frames.tobytes(), stderr=subprocess.PIPE, check=False)
     if proc.returncode != 0:
       raise RuntimeError(f"ffmpeg failed writing {spec.path}: {proc.stderr.decode(errors='replace')[-500:]}")
   return spec.path
@@ -510,7 +511,7 @@ def make_corpus(out_dir: str, num_actors: int = 4, clips_per_actor: int = 12, se
 
 @cli_main
 def main(argv=None):
-  parser = argparse.ArgumentParser(
+  parser = ArgumentParser(
       prog="python -m data_tools.make_synthetic",
       description="Render a synthetic CREMA-D-like corpus: <Actor>_<Sentence>_<EMO>_<INT>.mp4 at 25 fps "
                   "with speech, mouths in sync with the audio and expressions per emotion.")
@@ -528,10 +529,12 @@ def main(argv=None):
                       help=f"also write a corrupt file ({BAD_CORRUPT}), a clip without a face "
                            f"({BAD_NOFACE}) and a clip with an unparseable name ({BAD_NAME})")
   args = parser.parse_args(argv)
+  out = files.check_output_dir(args.out, "--out", "corpus folder")
   t0 = time.time()
-  paths = make_corpus(args.out, args.actors, args.clips_per_actor, args.seed,
-                      (args.min_frames, args.max_frames), args.size, args.speech, args.jobs,
-                      args.with_bad_examples)
+  with files.made_dirs(out):  # removed again if the run fails before writing a clip
+    paths = make_corpus(out, args.actors, args.clips_per_actor, args.seed,
+                        (args.min_frames, args.max_frames), args.size, args.speech, args.jobs,
+                        args.with_bad_examples)
   extra = " (+3 bad examples)" if args.with_bad_examples else ""
   print(f"wrote {len(paths)} clips{extra} to {args.out} in {time.time() - t0:.1f}s")
 

@@ -31,7 +31,6 @@ raw unpadded, unsmoothed boxes: ``--pads 0 0 0 0 --no-smooth`` reproduces it.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import multiprocessing
@@ -40,15 +39,15 @@ import pickle
 import re
 import shutil
 import sys
-import tempfile
 import time
 from typing import Optional
 
 import numpy as np
 
 from emogen_jax.data.emotions import EMOTIONS, INTENSITIES
+from emogen_jax.data import files as files_lib
 from emogen_jax.data import timing
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 
 VIDEO_EXTS = (".mp4", ".avi", ".mov", ".mkv", ".flv", ".webm", ".mpg", ".mpeg", ".m4v")
 FPS = 25.0
@@ -182,18 +181,6 @@ def list_clips(src: str, labels_csv: Optional[str]):
 # ------------------------------------------------------------------------- stage 1
 
 
-def _atomic_write(path: str, data: bytes) -> None:
-  fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      f.write(data)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def read_frames(path: str):
   """-> (list of BGR frames, fps); ([], 0) when OpenCV cannot read it. (Tests and short clips;
   ``process_clip`` streams instead.)"""
@@ -292,8 +279,8 @@ def _run_one(clip) -> dict:
     summary.update(num_frames=len(rec["frames"]), num_valid=int(np.sum(rec["valid"])))
   clips_dir = opts["clips_dir"]
   # The pickle first, the summary last: a clip counts as done once its .json exists.
-  _atomic_write(os.path.join(clips_dir, f"{clip['clip_id']}.pkl"), pickle.dumps(rec, protocol=4))
-  _atomic_write(os.path.join(clips_dir, f"{clip['clip_id']}.json"), json.dumps(summary).encode())
+  files_lib.write_file(os.path.join(clips_dir, f"{clip['clip_id']}.pkl"), pickle.dumps(rec, protocol=4))
+  files_lib.write_file(os.path.join(clips_dir, f"{clip['clip_id']}.json"), json.dumps(summary))
   return summary
 
 
@@ -427,8 +414,8 @@ def make_report(summaries, bad_inputs, splits, processed_now, opts) -> dict:
 # ------------------------------------------------------------------------- CLI
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__.split("\n")[0])
+def _parser() -> ArgumentParser:
+  p = ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__.split("\n")[0])
   p.add_argument("--src", required=True, help="folder of 25 fps videos (searched recursively)")
   p.add_argument("--data-dir", required=True, help="output: TFDS dataset, cache/ and the report")
   p.add_argument("--cache-dir", default=None, help="per-clip cache (default DATA_DIR/cache)")
@@ -465,12 +452,24 @@ def main(argv=None) -> int:
     raise UserError("--max-missing must be in [0, 1)")
   if args.jobs < 1:
     raise UserError("--jobs must be >= 1")
+  if min(args.pads) < 0:
+    raise UserError(f"--pads {' '.join(map(str, args.pads))}: pads must not be negative (they are "
+                    "pixels ADDED around the detected face: top bottom left right)")
+  data_dir = files_lib.check_output_dir(args.data_dir, "--data-dir", "dataset folder")
+  cache_dir = files_lib.check_output_dir(args.cache_dir or os.path.join(data_dir, "cache"),
+                                         "--cache-dir", "preprocessing cache")
+  if args.s3fd_weights:
+    args.s3fd_weights = files_lib.input_file(args.s3fd_weights, "--s3fd-weights",
+                                             "give the path of s3fd-619a316812.pth")
+  if args.labels_csv:
+    args.labels_csv = files_lib.input_file(args.labels_csv, "--labels-csv",
+                                           "give a CSV with columns file,emotion,actor")
   # Fail on a bad detector choice before any work (and before forking workers).
   from emogen_jax.data.face_detection import make_detector
   make_detector(args.detector, weights=args.s3fd_weights)
+  # The inputs are listed before anything is created: a bad --src leaves no folder behind.
+  clips, bad = list_clips(files_lib.user_path(args.src), args.labels_csv)
 
-  data_dir = os.path.abspath(args.data_dir)
-  cache_dir = os.path.abspath(args.cache_dir or os.path.join(data_dir, "cache"))
   try:
     os.makedirs(cache_dir, exist_ok=True)
   except OSError as e:
@@ -488,9 +487,8 @@ def main(argv=None) -> int:
       raise UserError(f"the cache {cache_dir} was made with other settings ({old}); rerun with "
                       "the same flags, or delete the cache (or pass another --cache-dir)")
   else:
-    _atomic_write(settings_path, json.dumps(settings).encode())
+    files_lib.write_file(settings_path, json.dumps(settings))
 
-  clips, bad = list_clips(args.src, args.labels_csv)
   for rel, why in bad:
     print(f"skip {rel}: {why}", file=sys.stderr)
   if args.stage != "build":
@@ -524,11 +522,11 @@ def main(argv=None) -> int:
         reasons[s["reason"]] = reasons.get(s["reason"], 0) + 1
     raise UserError(f"no usable clip in {args.src} (skipped: {reasons or dict(bad) or 'none'}); "
                     "check the videos (25 fps, a visible face, audio)")
-  _atomic_write(os.path.join(cache_dir, "splits.json"), json.dumps(splits).encode())
+  files_lib.write_file(os.path.join(cache_dir, "splits.json"), json.dumps(splits))
   build_dataset(data_dir, cache_dir)
   report = make_report(summaries, bad, splits, processed_now, opts)
   report["split_mode"], report["split_seed"] = args.split, seed
-  _atomic_write(os.path.join(data_dir, "preprocess_report.json"), json.dumps(report, indent=1).encode())
+  files_lib.write_file(os.path.join(data_dir, "preprocess_report.json"), json.dumps(report, indent=1))
   brief = {k: v for k, v in report.items() if k not in ("skipped", "actors")}
   print(json.dumps(brief, indent=1))
   print(f"report: {os.path.join(data_dir, 'preprocess_report.json')}")

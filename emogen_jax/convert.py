@@ -23,7 +23,6 @@ only to read and write ``.pth`` files.
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import re
@@ -32,7 +31,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.data import files
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.models.factory import KINDS
 
 
@@ -318,6 +318,7 @@ def flax_to_torch(kind: str, variables: Mapping, width: float = 1.0,
 
 
 def load_torch_file(path: str, trust_pickle: bool = False) -> Any:
+  path = files.user_path(path)
   if not os.path.exists(path):
     raise UserError(f"PyTorch checkpoint {path!r} does not exist")
   if os.path.isdir(path):
@@ -351,9 +352,27 @@ def save_torch_file(path: str, kind: str, state_dict: Mapping[str, np.ndarray],
   obj = sd
   if kind in _WRAPPED_IN_STATE_DICT:
     obj = {"state_dict": sd, "optimizer": None, "global_step": int(global_step), "global_epoch": 0}
-  parent = os.path.dirname(os.path.abspath(path))
-  os.makedirs(parent, exist_ok=True)
-  torch.save(obj, path)
+  with files.atomic_file(path) as tmp:
+    torch.save(obj, tmp)
+
+
+def check_checkpoint_out(out: str, kind: str | None = None) -> str:
+  """The folder a conversion writes: new, empty, or a converted checkpoint of the same ``kind``
+  (which is replaced); a file, a training workdir, other contents or another kind are refused."""
+  from emogen_jax.models import checkpoints
+
+  def is_model_checkpoint(d: str) -> bool:
+    return (os.path.isdir(os.path.join(d, "models")) and checkpoints.latest_step_dir(d) is None
+            and checkpoints.checkpoint_kinds(d) is not None)
+
+  p = files.check_output_dir(out, "--out", "converted emogen_jax checkpoint",
+                             is_same_kind=is_model_checkpoint)
+  if kind is not None and os.path.isdir(p) and os.listdir(p):
+    have = checkpoints.checkpoint_kinds(p)
+    if have != [kind]:
+      raise UserError(f"--out {out!r} holds a {' + '.join(have)} checkpoint, not a {kind}; "
+                      "choose another --out (or remove that one first)")
+  return p
 
 
 def convert_file(src: str, out: str, kind: str | None = None, original_layout: bool | None = None,
@@ -361,13 +380,15 @@ def convert_file(src: str, out: str, kind: str | None = None, original_layout: b
   """PyTorch ``.pth`` -> our checkpoint directory. Returns (kind, meta)."""
   from emogen_jax.models import checkpoints
 
+  check_checkpoint_out(out, kind)
   sd = normalize_state_dict(load_torch_file(src, trust_pickle))
   if kind is None:
     kind = detect_kind(sd)
     if kind is None:
       raise UserError(f"{src!r} matches none of the known models ({', '.join(KINDS)})")
+    check_checkpoint_out(out, kind)
   variables = torch_to_flax(kind, sd)
-  meta: dict[str, Any] = {"width": 1.0, "source": os.path.abspath(src), "converted_from": "pytorch"}
+  meta: dict[str, Any] = {"width": 1.0, "source": files.user_path(src), "converted_from": "pytorch"}
   ignored = unused_keys(kind, sd)
   if ignored:
     meta["ignored_keys"] = ignored
@@ -385,8 +406,10 @@ def export_file(src: str, out: str, kind: str | None = None) -> tuple[str, dict]
   """Our checkpoint (or training workdir) -> PyTorch ``.pth`` the original code loads."""
   from emogen_jax.models import checkpoints
 
-  models = checkpoints.load_models(src)
-  meta = checkpoints.load_meta(src)
+  where = checkpoints.resolve_checkpoint(src)
+  files.check_output_file(out, "--out", (".pth", ".pt"), "PyTorch state dict")
+  models = checkpoints.load_models(where)
+  meta = checkpoints.load_meta(where)
   if kind is None:
     if len(models) != 1:
       raise UserError(f"{src!r} holds {', '.join(sorted(models))}; pick one with --kind")
@@ -404,7 +427,7 @@ def export_file(src: str, out: str, kind: str | None = None) -> tuple[str, dict]
 
 @cli_main
 def main(argv=None):
-  p = argparse.ArgumentParser(
+  p = ArgumentParser(
       prog="python -m emogen_jax.convert",
       description="Convert weights between PyTorch .pth files (original EmoGen generator and "
                   "emotion discriminator, Wav2Lip lip-sync expert and quality discriminator, "
@@ -435,7 +458,7 @@ def main(argv=None):
     kind, meta = convert_file(args.src, args.out, args.kind,
                               original_layout=args.layout == "original", trust_pickle=args.trust_pickle)
     extra = f", original_layout={meta['original_layout']}" if "original_layout" in meta else ""
-    print(f"converted {kind} from {args.src} to {os.path.abspath(args.out)}{extra}")
+    print(f"converted {kind} from {args.src} to {files.user_path(args.out)}{extra}")
     if meta.get("ignored_keys"):
       print(f"ignored {len(meta['ignored_keys'])} keys not used by our {kind} "
             f"({_short(meta['ignored_keys'])})")

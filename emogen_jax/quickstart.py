@@ -19,7 +19,6 @@ against the learnability targets and the wall time of each stage.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import glob
 import json
@@ -30,7 +29,8 @@ import threading
 import time
 from typing import Any, Callable
 
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.data import files
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 
 # The learnability recipe of issue "training" (emogen_jax.train.recipe.TARGETS), measured on the idle
 # 2-core CPU: 16 actors leave 12 for training and 2 each for validation and test; with fewer
@@ -56,18 +56,15 @@ os.register_at_fork(before=_POLL_LOCK.acquire, after_in_parent=_POLL_LOCK.releas
 
 
 @contextlib.contextmanager
-def watch_files(pattern: str, total: int, desc: str, unit: str = "clip", enabled: bool = True,
-                exclude: str | None = None):
-  """A tqdm bar that counts files matching ``pattern`` (minus names ending in ``exclude``) while
-  the body runs: for library calls that work in worker processes and report nothing until done."""
+def watch_files(pattern: str, total: int, desc: str, unit: str = "clip", enabled: bool = True):
+  """A tqdm bar that counts files matching ``pattern`` while the body runs: for library calls that work in worker processes and report nothing until done."""
   from tqdm import tqdm
   bar = tqdm(total=total, desc=desc, unit=unit, disable=not enabled, file=sys.stderr,
              dynamic_ncols=True)
   stop = threading.Event()
 
   def count() -> int:
-    names = glob.glob(pattern)
-    return min(total, sum(not (exclude and n.endswith(exclude)) for n in names))
+    return min(total, len(glob.glob(pattern)))
 
   def poll():
     while not stop.wait(0.5):
@@ -110,10 +107,7 @@ class _State:
 
   def finish(self, stage: str, wall_s: float, **info) -> None:
     self.data["stages"][stage] = {"done": True, "wall_s": round(wall_s, 1), **info}
-    tmp = self.path + ".tmp"
-    with open(tmp, "w") as f:
-      json.dump(self.data, f, indent=2)
-    os.replace(tmp, self.path)
+    files.write_file(self.path, json.dumps(self.data, indent=2))
 
 
 # ------------------------------------------------------------------------------ stages
@@ -132,9 +126,8 @@ def _corpus(src: str, actors: int, clips_per_actor: int, seed: int, jobs: int | 
 def _convert(src: str, dst: str, jobs: int | None, progress: bool) -> dict:
   from data_tools import convert_fps
   total = len(convert_fps.find_videos(src))
-  # .part.mp4 files are the ones being written; only finished outputs count.
-  with watch_files(os.path.join(dst, "*.mp4"), total, "converting to 25 fps", enabled=progress,
-                   exclude=".part.mp4"):
+  # Videos being written have hidden temporary names, which the pattern does not match.
+  with watch_files(os.path.join(dst, "*.mp4"), total, "converting to 25 fps", enabled=progress):
     report = convert_fps.convert_dir(src, dst, fps=25, jobs=jobs)
   print(f"convert_fps: {report.summary()} -> {dst}", flush=True)
   if report.failed:
@@ -212,17 +205,16 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
                    emotion: str = "all", progress: bool = True) -> dict:
   """Corpus -> 25 fps -> preprocess -> three trainings -> demo video; returns the summary
   (also written to out_dir/summary.json and summary.md). Finished stages are skipped."""
-  from emogen_jax.data.emotions import emotion_id
+  from emogen_jax.data import emotions
   from emogen_jax.train import recipe as stages
-  if emotion.strip().lower() != "all":
-    emotion_id(emotion)  # a bad --emotion fails now, not after the training (no JAX import yet)
+  emotions.parse_emotions(emotion)  # a bad --emotion fails now, not after the training
   if actors < 3:
     raise UserError(f"--actors {actors}: the actor-disjoint split needs at least 3 actors "
                     "(train, validation, test)")
   if clips_per_actor < 1:
     raise UserError(f"--clips-per-actor {clips_per_actor} must be at least 1")
   t_start = time.time()
-  out_dir = os.path.abspath(out_dir)
+  out_dir = files.check_output_dir(out_dir, "--out", "quickstart folder")
   try:
     os.makedirs(out_dir, exist_ok=True)
   except OSError as e:
@@ -417,8 +409,8 @@ def print_summary(summary: dict) -> None:
   print(f"summary:         {o['summary_md']} , {o['summary_json']}", flush=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m emogen_jax.quickstart",
+def _parser() -> ArgumentParser:
+  p = ArgumentParser(prog="python -m emogen_jax.quickstart",
                               description=__doc__.split("\n")[0])
   p.add_argument("--out", default="quickstart_out", help="output folder (a rerun resumes it)")
   p.add_argument("--actors", type=int, default=DEFAULTS["actors"])
@@ -429,7 +421,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--width", type=float, default=0.25, help="channel multiplier of the networks")
   p.add_argument("--eval-batches", type=int, default=0,
                  help="validation batches per evaluation (0: the whole validation split)")
-  p.add_argument("--emotion", default="all", help="demo emotion: ANG DIS FEA HAP NEU SAD or all")
+  p.add_argument("--emotion", default="all", help="demo emotion: ANG DIS FEA HAP NEU SAD (or a "
+                 "name such as happy, or a mix such as HAP:0.6,NEU:0.4) or all (default)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
   p.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")

@@ -14,7 +14,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   fi
 fi
 
-# The CPU build of PyTorch first, so that no multi-GB CUDA build is pulled in by the extras.
+# The CPU build of PyTorch first, so that no multi-GB CUDA build is pulled in by the extras (the
+# test extra needs torch: the parity tests fail, not skip, without it when CI=true).
 if ! $PY -c "import torch" >/dev/null 2>&1; then
   $PY -m pip install -q --timeout 20 --retries 1 torch --index-url https://download.pytorch.org/whl/cpu \
     || $PY -m pip install -q "torch==2.13.0"

@@ -228,3 +228,67 @@ def load_flax_into_torch(torch_model, variables) -> int:
   unused = sorted(set(flat) - used)
   assert not unused, f"Flax variables without a PyTorch counterpart: {unused[:5]}"
   return count
+
+
+def torch_emotion_disc(width: float):
+  """PyTorch DISCEMO (nn.Conv2d / nn.Linear / nn.LSTM) at a channel ``width``, keys as the
+  original's (``conv_1.0``, ``projector.0``, ``rnn_1``, ``cls.0``). ``forward(frames)`` takes real
+  frames (B, T, 3, 96, 96) -> logits (B, 6)."""
+  from torch import nn
+
+  chans = [3] + [_ch(c, width) for c in (64, 128, 256, 512, 512)]
+  hidden, embed = _ch(2048, width), _ch(512, width)
+
+  class EmotionDisc(nn.Module):
+    def __init__(self):
+      super().__init__()
+      for k in range(1, 6):
+        setattr(self, f"conv_{k}", nn.Sequential(nn.Conv2d(chans[k - 1], chans[k], 3, 2, 1),
+                                                 nn.LeakyReLU(0.3)))
+      self.projector = nn.Sequential(nn.Linear(chans[5] * 3 * 3, hidden), nn.LeakyReLU(0.3),
+                                     nn.Linear(hidden, embed))
+      self.rnn_1 = nn.LSTM(embed, embed, 1, batch_first=True)
+      self.cls = nn.Sequential(nn.Linear(embed, 6))
+
+    def forward(self, frames):
+      b, t = frames.shape[:2]
+      x = frames.reshape((b * t,) + frames.shape[2:])
+      for k in range(1, 6):
+        x = getattr(self, f"conv_{k}")(x)
+      x = self.projector(x.reshape(b, t, -1))
+      x, _ = self.rnn_1(x)
+      return self.cls(x[:, -1])
+
+  return EmotionDisc()
+
+
+def torch_vgg19(width: float):
+  """torchvision's ``vgg19().features`` rebuilt from nn.Conv2d / nn.ReLU / nn.MaxPool2d at a channel
+  ``width`` (same module indices, so the keys are ``features.{i}.weight``). ``forward(x)`` -> the
+  five max-pool outputs."""
+  from torch import nn
+
+  cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+         512, 512, 512, 512, "M"]
+  layers, cin = [], 3
+  for v in cfg:
+    if v == "M":
+      layers.append(nn.MaxPool2d(2, 2))
+    else:
+      layers += [nn.Conv2d(cin, _ch(v, width), 3, padding=1), nn.ReLU()]
+      cin = _ch(v, width)
+
+  class VGG(nn.Module):
+    def __init__(self):
+      super().__init__()
+      self.features = nn.Sequential(*layers)
+
+    def forward(self, x):
+      outs = []
+      for layer in self.features:
+        x = layer(x)
+        if isinstance(layer, nn.MaxPool2d):
+          outs.append(x)
+      return outs
+
+  return VGG()

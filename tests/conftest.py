@@ -1,4 +1,5 @@
-"""Test-session settings (JAX on the CPU, TensorFlow quiet) and the fixtures built once per session."""
+"""Test-session settings (JAX on the CPU, TensorFlow quiet), the fixtures built once per session,
+and, in CI, a test that skips because a package is missing fails instead."""
 
 import os
 
@@ -6,6 +7,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
+
+# pytest.importorskip's reason starts with this.
+_MISSING_IMPORT = "could not import"
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +24,34 @@ def preprocessed_data(pipeline_corpus, tmp_path_factory):
   """``pipeline_corpus`` preprocessed into TFDS shards with the default settings."""
   from tests import _pipeline_fixtures as fx
   return fx.preprocess_corpus(pipeline_corpus, str(tmp_path_factory.mktemp("preprocessed")))
+
+
+def _in_ci() -> bool:
+  return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+def _fail_missing_import_skip(report) -> None:
+  """With CI=true (the CI sets it), a skip for a missing import (torch for the PyTorch parity
+  tests, ...) becomes a failure: the CI installs every test dependency (scripts/install.sh), so
+  such a skip means that a parity test silently did not run."""
+  if not (report.skipped and _in_ci()):
+    return
+  reason = str(report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr)
+  if _MISSING_IMPORT in reason:
+    report.outcome = "failed"
+    report.longrepr = (f"CI=true and this test was skipped ({reason.strip()}); the test "
+                       "dependencies must be installed in CI: bash scripts/install.sh")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+  """A test's own importorskip."""
+  outcome = yield
+  _fail_missing_import_skip(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+  """A module-level importorskip (the whole file skipped at collection)."""
+  outcome = yield
+  _fail_missing_import_skip(outcome.get_result())

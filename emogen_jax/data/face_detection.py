@@ -117,6 +117,20 @@ class HaarDetector:
     return [b for b, _ in self.detect_faces(frames)]
 
 
+def _load_problem(e: Exception) -> str:
+  """One short clause for a failed weights load: torch lists every key it missed, kilobytes long."""
+  text = str(e)
+  if "state_dict" in text:
+    counts = [f"{text.split(label, 1)[1].split(chr(10), 1)[0].count(chr(34)) // 2} {word}"
+              for label, word in (("Missing key(s) in state_dict:", "missing"),
+                                  ("Unexpected key(s) in state_dict:", "unexpected"))
+              if label in text]
+    return "not S3FD weights: " + (", ".join(counts) + " tensor names" if counts
+                                   else "tensor shapes differ")
+  first = (text.strip().splitlines() or [type(e).__name__])[0]
+  return f"{type(e).__name__}: {first[:150]}"
+
+
 class S3FDDetector:
   """S3FD through face-alignment, weights from a local file; the largest face per frame."""
 
@@ -132,8 +146,8 @@ class S3FDDetector:
       self.detector = sfd_detector.SFDDetector(device=device, path_to_detector=weights,
                                                filter_threshold=threshold)
     except Exception as e:
-      raise UserError(f"cannot load S3FD weights from {weights}: {e}; expected the file "
-                      f"{S3FD_FILE} from {S3FD_URL}") from e
+      raise UserError(f"cannot load S3FD weights from {weights} ({_load_problem(e)}); expected the "
+                      f"file {S3FD_FILE} from {S3FD_URL}") from None
     self.torch = torch
     self.device = device
     self.batch_size = batch_size

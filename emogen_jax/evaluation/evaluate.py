@@ -26,7 +26,6 @@ Writes ``metrics.json`` and ``metrics.md`` into ``--out``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -37,8 +36,9 @@ import cv2
 import numpy as np
 
 from emogen_jax.data.emotions import EMOTIONS
+from emogen_jax.data import files
 from emogen_jax.data import timing
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.evaluation import metrics
 from emogen_jax.inference import renderer as infer
 from emogen_jax.models import checkpoints
@@ -365,8 +365,8 @@ def _json_safe(x):
   return x
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m emogen_jax.evaluate",
+def _parser() -> ArgumentParser:
+  p = ArgumentParser(prog="python -m emogen_jax.evaluate",
                               description="PSNR, SSIM, LSE-D/C, EmoAcc and FID of a generator "
                                           "on a preprocessed split.")
   p.add_argument("--checkpoint", required=True, help="generator: training workdir or checkpoint")
@@ -388,22 +388,32 @@ def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   if args.max_clips is not None and args.max_clips < 1:
     raise UserError(f"--max-clips must be at least 1, got {args.max_clips}")
-  for flag, path in (("--syncnet", args.syncnet), ("--emotion-classifier", args.emotion_classifier)):
+  if args.batch_size < 1:
+    raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+  # Every path is checked before the long run, naming the flag.
+  out = files.check_output_dir(args.out, "--out", "evaluation report folder")
+  for path in (args.checkpoint, args.syncnet, args.emotion_classifier):
     if path is not None:
-      checkpoints.resolve_checkpoint(path)  # fail before the long run, naming the path
-  if args.inception is not None and not os.path.isfile(args.inception):
-    raise UserError(f"Inception weights {args.inception!r} not found; give Keras InceptionV3 "
-                    "'notop' weights (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5)")
-  os.makedirs(args.out, exist_ok=True)
-  r = evaluate(args.checkpoint, args.data_dir, args.split, args.syncnet, args.emotion_classifier,
-               args.inception, args.max_clips, args.batch_size)
-  with open(os.path.join(args.out, "metrics.json"), "w") as f:
-    json.dump(_json_safe(r), f, indent=2)
+      checkpoints.resolve_checkpoint(path)
+  checkpoint, syncnet, classifier = (None if p is None else files.user_path(p) for p in (
+      args.checkpoint, args.syncnet, args.emotion_classifier))
+  inception = None
+  if args.inception is not None:
+    inception = files.input_file(args.inception, "Inception weights", "give Keras InceptionV3 'notop' "
+                                 "weights (inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5)")
+  data_dir = files.user_path(args.data_dir)
+  if not os.path.isdir(data_dir):
+    what = "is a file, not a folder" if os.path.exists(data_dir) else "does not exist"
+    raise UserError(f"--data-dir {args.data_dir!r} {what}; give a dataset made by "
+                    "python -m data_tools.preprocess")
+  r = evaluate(checkpoint, data_dir, args.split, syncnet, classifier, inception, args.max_clips,
+               args.batch_size)
   md = to_markdown(r)
-  with open(os.path.join(args.out, "metrics.md"), "w") as f:
-    f.write(md)
+  with files.made_dirs(out):  # created only now: a failed run leaves no empty folder
+    files.write_file(os.path.join(out, "metrics.json"), json.dumps(_json_safe(r), indent=2))
+    files.write_file(os.path.join(out, "metrics.md"), md)
   print(md)
-  print(f"wrote {os.path.join(args.out, 'metrics.json')} and metrics.md ({r['clips']} clips, "
+  print(f"wrote {os.path.join(out, 'metrics.json')} and metrics.md ({r['clips']} clips, "
         f"{r['seconds']:.1f} s)")
   return 0
 

@@ -16,9 +16,9 @@ An untrained expert gives near-zero confidences everywhere; the check needs a tr
 
 from __future__ import annotations
 
-import argparse
 import collections
 import csv
+import io
 import json
 import os
 import sys
@@ -27,7 +27,9 @@ from typing import Callable
 import numpy as np
 
 from emogen_jax.data.emotions import EMOTIONS
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.data import files
+from emogen_jax.data import timing
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.evaluation import evaluate as ev
 from emogen_jax.evaluation import metrics
 
@@ -85,6 +87,13 @@ def run(data_dir: str, syncnet: str, split: str = "all", out: str | None = None,
         progress: bool = True) -> dict:
   """Checks every clip; writes the CSV/JSON report into ``out`` (default DATA/sync_check)."""
   from tqdm import tqdm
+  if max_clips is not None and max_clips < 1:
+    raise UserError(f"--max-clips must be at least 1, got {max_clips}")
+  if vshift < 1:
+    raise UserError(f"--vshift must be at least 1 (offsets -vshift..vshift frames are searched), "
+                    f"got {vshift}")
+  out = files.check_output_dir(out or os.path.join(data_dir, "sync_check"), "--out",
+                               "sync check report folder")
   ev.split_names(data_dir, split)  # a bad data dir or split fails here, before any model loads
   if embed is None:
     net = ev.load_syncnet(syncnet)
@@ -93,7 +102,7 @@ def run(data_dir: str, syncnet: str, split: str = "all", out: str | None = None,
   for clip in tqdm(ev.iter_clips(data_dir, split, max_clips), desc="sync check", unit="clip",
                    disable=not progress, file=sys.stderr):
     n = min(len(clip["frames"]) - ev.WINDOW + 1,
-            ev.num_mel_frames(len(clip["frames"]), clip["mel"].shape[1]))
+            timing.num_mel_frames(len(clip["frames"]), clip["mel"].shape[1]))
     if n < 1:
       skipped.append(clip["clip_id"])
       continue
@@ -104,23 +113,23 @@ def run(data_dir: str, syncnet: str, split: str = "all", out: str | None = None,
   if not rows:
     raise UserError(f"no clip of split {split!r} in {data_dir} is long enough for a SyncNet window")
   summary = summarize(rows, min_confidence, skipped)
-  out = out or os.path.join(data_dir, "sync_check")
-  os.makedirs(out, exist_ok=True)
   fields = ["clip_id", "split", "emotion", "frames", "windows", "offset", "min_dist", "confidence",
             "flag"]
-  with open(os.path.join(out, "sync_check.csv"), "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=fields)
-    w.writeheader()
-    w.writerows(rows)
-  with open(os.path.join(out, "sync_check.json"), "w") as f:
-    json.dump({"summary": summary, "syncnet": syncnet, "split": split, "vshift": vshift,
-               "clips": rows}, f, indent=2)
+  table = io.StringIO()
+  w = csv.DictWriter(table, fieldnames=fields)
+  w.writeheader()
+  w.writerows(rows)
+  with files.made_dirs(out):
+    files.write_file(os.path.join(out, "sync_check.csv"), table.getvalue())
+    files.write_file(os.path.join(out, "sync_check.json"), json.dumps(
+        {"summary": summary, "syncnet": syncnet, "split": split, "vshift": vshift, "clips": rows},
+        indent=2))
   summary["out"] = out
   return summary
 
 
-def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m emogen_jax.sync_check",
+def _parser() -> ArgumentParser:
+  p = ArgumentParser(prog="python -m emogen_jax.sync_check",
                               description="Estimate the audio/video offset of every clip of a "
                                           "preprocessed dataset with the expert SyncNet.")
   p.add_argument("--data-dir", required=True, help="preprocessed dataset (data_tools.preprocess)")
@@ -139,8 +148,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   from emogen_jax.models import checkpoints
-  checkpoints.resolve_checkpoint(args.syncnet)
-  s = run(args.data_dir, args.syncnet, args.split, args.out, args.min_confidence, args.max_clips,
+  syncnet = checkpoints.resolve_checkpoint(args.syncnet)
+  s = run(files.user_path(args.data_dir), syncnet, args.split, args.out, args.min_confidence, args.max_clips,
           args.vshift)
   print(f"checked {s['clips']} clips ({s['skipped_too_short']} too short for a window, skipped): "
         f"{s['off_sync']} with best offset != 0, {s['low_confidence']} with confidence < "

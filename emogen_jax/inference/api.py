@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
+from emogen_jax.data import files
 from emogen_jax.data import video_io
 from emogen_jax.errors import UserError
 from emogen_jax.inference import renderer as infer
@@ -31,7 +32,7 @@ def _face_source(face, fps: float | None, rgb: bool) -> infer.Source:
   A video path keeps its own rate; ``fps`` is the rate of an image or of array frames.
   """
   if isinstance(face, (str, os.PathLike)):
-    path = os.fspath(face)
+    path = files.input_file(face, "face", "give a video or an image with a face")
     return infer.Source.of_path(path, fps if video_io.is_image(path) else None)
   arr = [np.asarray(f) for f in face] if isinstance(face, (list, tuple)) else np.asarray(face)
   if isinstance(arr, np.ndarray):
@@ -55,7 +56,7 @@ def _face_source(face, fps: float | None, rgb: bool) -> infer.Source:
 def _waveform(audio) -> np.ndarray:
   """A path (any file ffmpeg reads) or a float waveform at 16 kHz -> float32 (N,)."""
   if isinstance(audio, (str, os.PathLike)):
-    return audio_lib.load_wav(os.fspath(audio))
+    return audio_lib.load_wav(files.input_file(audio, "audio", "give a speech file"))
   wav = np.asarray(audio, np.float32)
   if wav.ndim != 1:
     raise UserError(f"audio array must be a mono waveform (N,) at {audio_lib.SAMPLE_RATE} Hz, "
@@ -88,13 +89,16 @@ class TalkingFace:
       self._detector = face_detection.make_detector(self.detector_name, weights=self.s3fd_weights)
     return self._detector
 
-  def generate(self, face, audio, emotion: str = "NEU", *, fps: float | None = None,
+  def generate(self, face, audio, emotion: str | Mapping[str, float] = "NEU", *, fps: float | None = None,
                pads: Sequence[int] = infer.DEFAULT_PADS, smooth: bool = True,
                box: Sequence[int] | None = None, static: bool = False, resize_factor: int = 1,
                crop: Sequence[int] | None = None, rotate: bool = False, rgb: bool = False,
                on_no_face: str = "keep", blend: str = "feather",
                progress: bool = True) -> tuple[np.ndarray, float]:
     """Frames (N, H, W, 3) uint8 and their fps; ``emotion="all"`` gives six faces side by side.
+
+    emotion: a code, noun or adjective ("HAP", "happiness", "happy"), a mix with weights summing
+    to 1 ("HAP:0.6,NEU:0.4" or {"HAP": 0.6, "NEU": 0.4}), or "all".
 
     face: a video/image path, an image array (H, W, 3), or frames (N, H, W, 3) / a list of them.
     audio: any file ffmpeg reads, or a mono float waveform at 16 kHz.
@@ -123,16 +127,16 @@ class TalkingFace:
 def to_video(frames, audio, path: str, fps: float = infer.DEFAULT_IMAGE_FPS, rgb: bool = False) -> str:
   """Writes frames (BGR, or RGB with ``rgb=True``) with audio (a path or a 16 kHz waveform) as mp4."""
   frames = [np.asarray(f)[:, :, ::-1] if rgb else np.asarray(f) for f in frames]
+  out = files.check_output_file(path, "path", (".mp4",), "mp4 video")
   with tempfile.TemporaryDirectory(prefix="emogen_api_") as tmp:
     if audio is None or isinstance(audio, (str, os.PathLike)):
-      track = None if audio is None else os.fspath(audio)
-      if track is not None and not os.path.isfile(track):
-        raise UserError(f"audio file not found: {track}; check the path")
+      track = None if audio is None else files.input_file(audio, "audio", "check the path")
     else:
       track = os.path.join(tmp, "audio.wav")
       video_io.write_wav(track, _waveform(audio), audio_lib.SAMPLE_RATE)
-    video_io.write_video(path, frames, fps, audio=track)
-  return path
+    with files.atomic_file(out) as tmp_out:
+      video_io.write_video(tmp_out, frames, fps, audio=track)
+  return out
 
 
 def show(path: str, width: int | None = None):

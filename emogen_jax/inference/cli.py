@@ -15,9 +15,7 @@ _IMPORTS_START = time.perf_counter()  # the imports below (JAX, Flax, OpenCV, ..
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-import shutil  # noqa: E402
 import sys  # noqa: E402
-import tempfile  # noqa: E402
 
 import cv2
 
@@ -25,18 +23,20 @@ from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
 from emogen_jax.data import timing
 from emogen_jax.data import video_io
-from emogen_jax.data.emotions import EMOTIONS
-from emogen_jax.errors import UserError, cli_main
+from emogen_jax.data import emotions as emotions_lib
+from emogen_jax.data import files
+from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.inference.renderer import (BLENDS, DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions,
-                                           Renderer, Source, load_generator, parse_emotions,
-                                           render_stream)
+                                           Renderer, Source, check_face_options, load_generator,
+                                           parse_emotions, render_stream)
 from emogen_jax.inference.stream import ON_NO_FACE, StreamStats
+from emogen_jax.models import checkpoints
 
 _IMPORTS_SECONDS = time.perf_counter() - _IMPORTS_START
 
 
 def _parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(
+  p = ArgumentParser(
       prog="python -m emogen_jax.infer",
       description="Make a face speak an audio track with a chosen emotion (EmoGen).")
   p.add_argument("--checkpoint", required=True,
@@ -44,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--face", required=True, help="video or image with a face")
   p.add_argument("--audio", required=True, help="speech: any file ffmpeg reads (wav, mp3, a video)")
   p.add_argument("--emotion", default="NEU",
-                 help=f"one of {', '.join(EMOTIONS)}, or 'all' for the six side by side (default NEU)")
+                 help=f"{emotions_lib.HELP}; or 'all' for the six side by side (default NEU)")
   p.add_argument("--out", required=True, help="output .mp4 (H.264 + AAC)")
   p.add_argument("--pads", type=int, nargs=4, default=list(DEFAULT_PADS), metavar=("T", "B", "L", "R"),
                  help="pixels added to the detected box: top bottom left right (default 0 10 0 0)")
@@ -77,31 +77,41 @@ def _noface_png(out: str, k: int) -> str:
   return f"{os.path.splitext(os.path.abspath(out))[0]}_noface_frame{k}.png"
 
 
+def check_flags(args: argparse.Namespace) -> FaceOptions:
+  """Every flag that can be checked before reading any input (one-line UserErrors); the face options."""
+  if args.fps is not None and args.fps <= 0:
+    raise UserError(f"--fps must be positive, got {args.fps}")
+  if args.batch_size < 1:
+    raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
+  opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
+                     crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
+                     detector=args.detector, s3fd_weights=args.s3fd_weights,
+                     on_no_face=args.on_no_face, blend=args.blend)
+  check_face_options(opts)
+  return opts
+
+
 def run(args: argparse.Namespace, log=None) -> dict:
   """The CLI's work; returns a summary dict (frames, seconds, startup, compilations, path, stats)."""
   log = log or (lambda msg: print(msg, file=sys.stderr))
   t_start = time.perf_counter()
   emotions = parse_emotions(args.emotion)
-  if not args.out.lower().endswith(".mp4"):
-    raise UserError(f"--out {args.out!r} must end in .mp4")
-  out_dir = os.path.dirname(os.path.abspath(args.out))
-  if not os.path.isdir(out_dir):
-    raise UserError(f"output folder {out_dir!r} does not exist; create it or change --out")
-  if args.fps is not None and args.fps <= 0:
-    raise UserError(f"--fps must be positive, got {args.fps}")
-  opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
-                     crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
-                     detector=args.detector, s3fd_weights=args.s3fd_weights,
-                     on_no_face=args.on_no_face, blend=args.blend)
-  opts.check()
-  source = Source.of_path(args.face, args.fps)
-  wav = audio_lib.load_wav(args.audio)
+  opts = check_flags(args)
+  out = files.check_output_file(args.out, "--out", (".mp4",), "mp4 video")
+  face = files.input_file(args.face, "--face", "give a video or an image with a face")
+  audio = files.input_file(args.audio, "--audio", "give a speech file (wav, mp3 or a video)")
+  checkpoint = checkpoints.resolve_checkpoint(args.checkpoint)
+  if args.detector == "s3fd" and args.s3fd_weights:
+    opts.s3fd_weights = files.input_file(args.s3fd_weights, "--s3fd-weights",
+                                         f"give the path of {face_detection.S3FD_FILE}")
+  source = Source.of_path(face, args.fps)
+  wav = audio_lib.load_wav(audio)
   timing.inference_chunk_starts(audio_lib.mel_steps(len(wav)), source.fps)  # too short: say so now
   detector = None if args.box is not None else face_detection.make_detector(
-      args.detector, weights=args.s3fd_weights)
+      args.detector, weights=opts.s3fd_weights)
   # Startup, reported apart from the generation speed: imports, checkpoint, compile.
   t0 = time.perf_counter()
-  model, variables, _ = load_generator(args.checkpoint)
+  model, variables, _ = load_generator(checkpoint)
   t_load = time.perf_counter() - t0
   renderer = Renderer(model, variables, args.batch_size)
   startup = time.perf_counter() - t_start + _IMPORTS_SECONDS
@@ -110,21 +120,20 @@ def run(args: argparse.Namespace, log=None) -> dict:
       f"{startup - _IMPORTS_SECONDS - t_load - renderer.compile_seconds:.1f} s")
 
   def no_face(k, frame):
-    png = _noface_png(args.out, k)
+    png = _noface_png(out, k)
     cv2.imwrite(png, frame)
     raise UserError(f"no face found in frame {k} of {args.face} (saved as {png}); try larger --pads, "
                     "a fixed --box T B L R, --detector s3fd, or --on-no-face keep")
 
   stats = StreamStats()
   t0 = time.perf_counter()  # decode + detect + generate + paste + encode, after the startup
-  with tempfile.TemporaryDirectory(prefix="emogen_infer_") as tmp:
-    # Written in a private folder first so that a failed run leaves no half-written --out.
-    tmp_out = os.path.join(tmp, "out.mp4")
-    with video_io.VideoWriter(tmp_out, source.fps, audio=args.audio) as writer:
+  # Written under a temporary name beside --out and renamed when complete: a failure, Ctrl-C or
+  # SIGTERM leaves neither a half-written --out nor a temporary behind.
+  with files.atomic_file(out) as tmp_out:
+    with video_io.VideoWriter(tmp_out, source.fps, audio=audio) as writer:
       for frame in render_stream(renderer, source, wav, emotions, opts, detector, stats=stats,
                                  progress=sys.stderr.isatty(), on_missing_error=no_face):
         writer.write(frame)
-    shutil.move(tmp_out, args.out)
   seconds = time.perf_counter() - t0
   for w in stats.warnings(args.face):
     log(f"warning: {w}")

@@ -30,10 +30,10 @@ import cv2
 import numpy as np
 
 from emogen_jax.data import audio as audio_lib
+from emogen_jax.data import emotions as emotions_lib
 from emogen_jax.data import face_detection
 from emogen_jax.data import timing
 from emogen_jax.data import video_io
-from emogen_jax.data.emotions import EMOTION_NAMES, EMOTIONS, emotion_id
 from emogen_jax.errors import UserError
 from emogen_jax.inference import stream
 from emogen_jax.inference.stream import pingpong_index  # noqa: F401  (part of the core's API)
@@ -54,14 +54,10 @@ class NoFaceError(UserError):
                      "or --detector s3fd")
 
 
-def parse_emotions(emotion: str) -> list[int]:
-  """'HAP' -> [3]; 'all' -> the six labels in EMOTIONS order; unknown -> UserError listing valid ones."""
-  if emotion.strip().lower() == "all":
-    return list(range(len(EMOTIONS)))
-  try:
-    return [emotion_id(emotion)]
-  except UserError:
-    raise UserError(f"unknown emotion {emotion!r}; valid emotions are {', '.join(EMOTIONS)} or all")
+def parse_emotions(emotion) -> list[np.ndarray]:
+  """'HAP' / 'happy' -> [its one-hot (6,)]; 'HAP:0.6,NEU:0.4' -> [the weighted vector]; 'all' ->
+  the six one-hots in EMOTIONS order (rendered side by side); unknown -> one-line UserError."""
+  return emotions_lib.parse_emotions(emotion)
 
 
 # ---------------------------------------------------------------------------- the model
@@ -75,7 +71,8 @@ def load_generator(checkpoint: str, dtype=None):
 class Renderer:
   """Runs the generator with one jitted function of FIXED batch shape (the last batch is padded).
 
-  ``__call__(mels (n, 80, 16), crops (n, 96, 96, 3) uint8 BGR, emotions (n,)) -> (n, 96, 96, 3) uint8``.
+  ``__call__(mels (n, 80, 16), crops (n, 96, 96, 3) uint8 BGR, emotions) -> (n, 96, 96, 3) uint8``,
+  emotions: (n,) label ids or (n, 6) weight vectors (a one-hot, or a mix summing to 1).
   ``trace_count`` counts how often the function was traced (compiled); it stays 1 for any n.
   """
 
@@ -102,12 +99,17 @@ class Renderer:
     spec = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
     self._forward = jax.jit(forward).lower(
         self.variables, spec((b, 80, 16), jnp.float32), spec((b, FACE_SIZE, FACE_SIZE, 3), jnp.uint8),
-        spec((b,), jnp.int32)).compile()
+        spec((b, emotions_lib.NUM_EMOTIONS), jnp.float32)).compile()
     self.compile_seconds = time.perf_counter() - t0
 
   def __call__(self, mels: np.ndarray, crops: np.ndarray, emotions: np.ndarray) -> np.ndarray:
     n = len(mels)
     b = self.batch_size
+    emotions = np.asarray(emotions)
+    if emotions.ndim == 1:  # label ids -> their one-hot vectors
+      emotions = np.eye(emotions_lib.NUM_EMOTIONS, dtype=np.float32)[emotions.astype(np.int64)]
+    elif not np.issubdtype(emotions.dtype, np.floating):  # a mix cast to ints would lose its weights
+      raise TypeError(f"emotion weight vectors must be floats, got {emotions.dtype}")
     outs = []
     for s in range(0, n, b):
       m, c, e = mels[s:s + b], crops[s:s + b], emotions[s:s + b]
@@ -115,9 +117,9 @@ class Renderer:
       if k < b:  # pad to the fixed shape so that nothing recompiles
         m = np.concatenate([m, np.zeros((b - k,) + m.shape[1:], m.dtype)])
         c = np.concatenate([c, np.zeros((b - k,) + c.shape[1:], c.dtype)])
-        e = np.concatenate([e, np.zeros((b - k,), e.dtype)])
+        e = np.concatenate([e, np.zeros((b - k,) + e.shape[1:], e.dtype)])
       out = self._forward(self.variables, np.asarray(m, np.float32), np.asarray(c, np.uint8),
-                          np.asarray(e, np.int32))
+                          np.asarray(e, np.float32))
       outs.append(np.asarray(out)[:k])
     return np.concatenate(outs) if outs else np.zeros((0, FACE_SIZE, FACE_SIZE, 3), np.uint8)
 
@@ -145,16 +147,57 @@ class FaceOptions:
   blend: str = "feather"                    # feather: soft-edged paste; box: the hard rectangle
 
   def check(self) -> None:
-    """One-line errors for values no frame can satisfy (checked before any work)."""
-    if self.resize_factor < 1:
-      raise UserError(f"--resize-factor must be a positive integer, got {self.resize_factor}")
-    if len(self.pads) != 4:
-      raise UserError(f"--pads takes 4 numbers (top bottom left right), got {list(self.pads)}")
-    if self.on_no_face not in stream.ON_NO_FACE:
-      raise UserError(f"--on-no-face must be one of {', '.join(stream.ON_NO_FACE)}, "
-                      f"got {self.on_no_face!r}")
-    if self.blend not in BLENDS:
-      raise UserError(f"--blend must be one of {', '.join(BLENDS)}, got {self.blend!r}")
+    """One-line errors for values no frame can satisfy (``check_face_options``)."""
+    check_face_options(self)
+
+
+# A frame whose short side is below this after resize_factor cannot hold a usable face.
+MIN_FRAME_SIDE = FACE_SIZE // 2
+
+
+def _check_box(flag: str, values, edge_ok: bool) -> None:
+  """4 pixels top < bottom, left < right, none negative (edge_ok: -1 = the edge for bottom/right)."""
+  if values is None:
+    return
+  if len(values) != 4:
+    raise UserError(f"{flag} takes 4 numbers (top bottom left right), got {list(values)}")
+  top, bottom, left, right = (int(v) for v in values)
+  text = f"{flag} {top} {bottom} {left} {right}"
+  edge = lambda v: edge_ok and v == -1
+  if min(top, left) < 0 or (bottom < 0 and not edge(bottom)) or (right < 0 and not edge(right)):
+    raise UserError(f"{text}: pixels must not be negative" + (" (except -1 = the edge for bottom "
+                    "and right)" if edge_ok else ""))
+  if (not edge(bottom) and top >= bottom) or (not edge(right) and left >= right):
+    raise UserError(f"{text} is inverted or empty: the order is top bottom left right, with "
+                    "top < bottom and left < right")
+
+
+def check_face_options(opts: FaceOptions) -> None:
+  """The options that can be checked before any frame is read (one-line UserErrors)."""
+  if len(opts.pads) != 4:
+    raise UserError(f"--pads takes 4 numbers (top bottom left right), got {list(opts.pads)}")
+  if min(int(p) for p in opts.pads) < 0:
+    raise UserError(f"--pads {' '.join(str(int(p)) for p in opts.pads)}: pads must not be negative "
+                    "(they are pixels ADDED around the detected face: top bottom left right)")
+  _check_box("--box", opts.box, edge_ok=False)
+  _check_box("--crop", opts.crop, edge_ok=True)
+  if int(opts.resize_factor) < 1:
+    raise UserError(f"--resize-factor must be a positive integer, got {opts.resize_factor}")
+  if opts.on_no_face not in stream.ON_NO_FACE:
+    raise UserError(f"--on-no-face must be one of {', '.join(stream.ON_NO_FACE)}, "
+                    f"got {opts.on_no_face!r}")
+  if opts.blend not in BLENDS:
+    raise UserError(f"--blend must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
+
+
+def check_frame_size(opts: FaceOptions, frame_shape) -> None:
+  """resize_factor must leave a frame big enough to find a face in (else 'no face' would mislead)."""
+  h, w = frame_shape[:2]
+  f = int(opts.resize_factor)
+  if f > 1 and min(h, w) // f < MIN_FRAME_SIDE:
+    raise UserError(f"--resize-factor {f} shrinks the {w}x{h} frame to {w // f}x{h // f}, too "
+                    f"small for a face (short side under {MIN_FRAME_SIDE} px); use at most "
+                    f"{max(1, min(h, w) // MIN_FRAME_SIDE)}")
 
 
 def prepare_frame(f: np.ndarray, opts: FaceOptions) -> np.ndarray:
@@ -252,8 +295,8 @@ def label(frame: np.ndarray, text: str) -> np.ndarray:
   return out
 
 
-def emotion_label(frame: np.ndarray, emotion: int) -> np.ndarray:
-  return label(frame, f"{EMOTIONS[emotion]} {EMOTION_NAMES[emotion]}")
+def emotion_label(frame: np.ndarray, emotion: np.ndarray) -> np.ndarray:
+  return label(frame, emotions_lib.describe(emotion))
 
 
 # ---------------------------------------------------------------------------- the core
@@ -298,6 +341,7 @@ def render_stream(renderer: Renderer, source: Source, wav: np.ndarray, emotions:
   """
   from tqdm import tqdm
   opts.check()
+  check_frame_size(opts, next(iter(source.open())).shape)
   mel = audio_lib.melspectrogram(np.asarray(wav, np.float32))
   starts = timing.inference_chunk_starts(mel.shape[1], source.fps)  # UserError when too short
   mel_chunk = lambda i: mel[:, starts[i]:starts[i] + timing.MEL_WINDOW]

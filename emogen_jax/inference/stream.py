@@ -276,7 +276,7 @@ def generated(renderer, items: Iterable[Item], emotions: Sequence[int]) -> Itera
   """
   num_emo = len(emotions)
   per_batch = max(1, renderer.batch_size // num_emo)
-  emos = np.asarray(emotions, np.int32)
+  emos = np.stack([np.asarray(e, np.float32) for e in emotions])  # (num_emotions, 6) weights
   pending: list[Item] = []
   faced: list[Item] = []
 
@@ -285,7 +285,7 @@ def generated(renderer, items: Iterable[Item], emotions: Sequence[int]) -> Itera
     if faced:
       mels = np.repeat(np.stack([it.mel for it in faced]), num_emo, axis=0)
       crops = np.repeat(np.stack([it.crop for it in faced]), num_emo, axis=0)
-      out = renderer(mels, crops, np.tile(emos, len(faced)))
+      out = renderer(mels, crops, np.tile(emos, (len(faced), 1)))
       out = out.reshape((len(faced), num_emo) + out.shape[1:])
       faces = {it.index: out[k] for k, it in enumerate(faced)}
     batch = [(it, faces.get(it.index)) for it in pending]

@@ -7,6 +7,10 @@ A *training workdir* keeps a series of such checkpoints under ``<workdir>/checkp
 (written by the trainer's orbax CheckpointManager, which adds its own items for optimizer state).
 ``load_models`` accepts either and, for a workdir, takes the latest step.
 
+Paths: every function here takes a path as the user typed it (relative, ``~``) and resolves it to
+an absolute one itself (orbax refuses relative paths); ``resolve_checkpoint`` is the one place
+where a user's checkpoint argument becomes the directory that is read.
+
 Kinds: ``generator``, ``syncnet``, ``emotion_disc``, ``quality_disc``, ``vgg19``.
 """
 
@@ -18,6 +22,7 @@ from typing import Any, Mapping
 import numpy as np
 import orbax.checkpoint as ocp
 
+from emogen_jax.data import files
 from emogen_jax.errors import UserError
 from emogen_jax.models.factory import KINDS
 
@@ -45,42 +50,53 @@ def fingerprint(tree) -> str:
 
 
 def save_models(path: str, models: Mapping[str, Any], **meta) -> str:
-  """Writes ``{kind: variables}`` as a model checkpoint at ``path`` (overwritten). Returns the path."""
+  """Writes ``{kind: variables}`` as a model checkpoint at ``path``, replacing what was there only
+  once the new one is complete (a failure leaves the old one). Returns the absolute path."""
   for kind in models:
     if kind not in KINDS:
       raise UserError(f"unknown model kind {kind!r}; valid kinds are {', '.join(KINDS)}")
-  path = os.path.abspath(path)
+  path = files.user_path(path)
   meta = {"format": FORMAT, "kinds": sorted(models), **meta}
-  with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
-    ckptr.save(path, ocp.args.Composite(models=ocp.args.StandardSave(to_numpy(dict(models))),
-                                        meta=ocp.args.JsonSave(meta)), force=True)
+  with files.atomic_dir(path) as tmp, ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    ckptr.save(tmp, ocp.args.Composite(models=ocp.args.StandardSave(to_numpy(dict(models))),
+                                       meta=ocp.args.JsonSave(meta)))
   return path
 
 
 def latest_step_dir(workdir: str) -> str | None:
   """The newest finished step directory of a training workdir, or None when it has none."""
-  root = os.path.join(os.path.abspath(workdir), CHECKPOINTS_SUBDIR)
+  root = os.path.join(files.user_path(workdir), CHECKPOINTS_SUBDIR)
   if not os.path.isdir(root):
     return None
   steps = [int(d) for d in os.listdir(root) if d.isdigit() and os.path.isdir(os.path.join(root, d))]
   return os.path.join(root, str(max(steps))) if steps else None
 
 
+def checkpoint_kinds(path: str) -> list[str] | None:
+  """The kinds held by the model checkpoint or workdir at ``path``, None when it is not one."""
+  try:
+    return list(load_meta(path).get("kinds", []))
+  except UserError:
+    return None
+
+
 def resolve_checkpoint(path: str) -> str:
-  """A model checkpoint directory for ``path`` (itself, or a workdir's latest step)."""
+  """The absolute model checkpoint directory for ``path`` as typed (itself, or a workdir's latest
+  step); a one-line UserError when it is neither."""
+  typed, path = os.fspath(path), files.user_path(path)
   if not os.path.exists(path):
-    raise UserError(f"checkpoint {path!r} does not exist; give a training workdir or a converted "
+    raise UserError(f"checkpoint {typed!r} does not exist; give a training workdir or a converted "
                     "checkpoint (python -m emogen_jax.convert)")
   if os.path.isfile(path):
-    raise UserError(f"checkpoint {path!r} is a file, not an emogen_jax checkpoint directory; "
+    raise UserError(f"checkpoint {typed!r} is a file, not an emogen_jax checkpoint directory; "
                     "PyTorch .pth files must be converted first: python -m emogen_jax.convert --help")
   step_dir = latest_step_dir(path)
   if step_dir is not None:
     return step_dir
   if os.path.isdir(os.path.join(path, CHECKPOINTS_SUBDIR)):
-    raise UserError(f"training workdir {path!r} has no finished checkpoint yet")
+    raise UserError(f"training workdir {typed!r} has no finished checkpoint yet")
   if not os.path.isdir(os.path.join(path, "models")):
-    raise UserError(f"{path!r} is neither an emogen_jax checkpoint nor a training workdir "
+    raise UserError(f"{typed!r} is neither an emogen_jax checkpoint nor a training workdir "
                     "(no 'models' item, no 'checkpoints' folder)")
   return path
 

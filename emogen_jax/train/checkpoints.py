@@ -12,6 +12,7 @@ from typing import Any, Mapping
 
 import orbax.checkpoint as ocp
 
+from emogen_jax.data import files
 from emogen_jax.errors import UserError
 from emogen_jax.models.checkpoints import CHECKPOINTS_SUBDIR, FORMAT, to_numpy
 from emogen_jax.models.factory import KINDS
@@ -24,7 +25,7 @@ def training_manager(workdir: str, *, keep: int, async_save: bool = True) -> ocp
   """An orbax CheckpointManager writing ``<workdir>/checkpoints/<step>/`` and keeping the last ``keep``."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max(1, int(keep)), create=True,
                                          enable_async_checkpointing=async_save)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINTS_SUBDIR),
+  return ocp.CheckpointManager(os.path.join(files.user_path(workdir), CHECKPOINTS_SUBDIR),
                                item_names=TRAIN_ITEMS, options=options)
 
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from emogen_jax.data import files
 from emogen_jax.errors import UserError
 from emogen_jax.models import checkpoints
 from emogen_jax.train import checkpoints as train_checkpoints
@@ -182,8 +183,13 @@ def restore(manager, host_state: TrainState, meta: dict[str, Any], config, workd
             log: Callable[[str], None]) -> tuple[TrainState, int | None]:
   """(state, step of the restored checkpoint or None): the latest checkpoint of ``workdir`` put into
   ``host_state``, after checking that it was trained against the same frozen networks."""
-  restored = train_checkpoints.restore_training(
-      manager, models_target=host_state.trained_models(), train_target=_train_item(host_state))
+  try:
+    restored = train_checkpoints.restore_training(
+        manager, models_target=host_state.trained_models(), train_target=_train_item(host_state))
+  except (ValueError, KeyError, TypeError) as e:  # a state of another shape than the config's
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+    raise UserError(f"the checkpoint in --workdir {workdir} does not fit this config ({first}); "
+                    "resume with the config it was started with, or start a new --workdir") from None
   if restored is None:
     return host_state, None
   step, models, train, old_meta = restored
@@ -301,9 +307,12 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   if log is None:
     log = (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)) if main \
         else (lambda msg: None)
+  if config.data_dir:  # as typed (relative, ~); the checkpoint paths resolve themselves when loaded
+    config.data_dir = files.user_path(config.data_dir)
   train_config.validate(config, device_count=jax.device_count())
   stage = stages.get(config.stage)
-  workdir = os.path.abspath(workdir)
+  workdir = files.check_output_dir(workdir, "--workdir", "training workdir")
+  check_resume(config, workdir)
   os.makedirs(workdir, exist_ok=True)
   n_devices, n_local = jax.device_count(), jax.local_device_count()
   per_device = config.batch_size // n_devices
@@ -392,8 +401,8 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
              "validation_examples": history[-1]["examples"] if history else 0,
              "train": feedback.last_train, "validation_history": history}
   if main:
-    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
-      json.dump(summary, f, indent=2, sort_keys=True)
+    files.write_file(os.path.join(workdir, "final_metrics.json"),
+                     json.dumps(summary, indent=2, sort_keys=True))
   feedback.close()
   log(f"done: {config.stage} step {final_step}, validation {_fmt(val_metrics)} "
       f"(W/final_metrics.json)")
@@ -415,6 +424,29 @@ def eval_steps(config, stage, per_device: int) -> int:
       stage.TASK, config.data_dir, "validation", global_batch=jax.local_device_count() * per_device,
       eval_windows=int(config.eval_windows), process_count=jax.process_count()))
   return min(want, longest) if want else longest
+
+
+# Config fields that fix the shape of the saved state: a resume must keep them.
+RESUME_FIXED = ("stage", "width", "lr_schedule")
+
+
+def check_resume(config, workdir: str) -> None:
+  """Before anything is built: a workdir with checkpoints must hold a run of this stage with the
+  same state shape (else orbax fails deep inside the restore)."""
+  step_dir = checkpoints.latest_step_dir(workdir)
+  if step_dir is None:
+    return
+  old = checkpoints.load_meta(step_dir).get("config", {})
+  step = os.path.basename(step_dir)
+  if old.get("stage", config.stage) != config.stage:
+    raise UserError(f"--workdir {workdir} holds a {old['stage']} run (step {step}), but the config "
+                    f"trains {config.stage}; give each stage its own --workdir")
+  changed = [f"{k}={old[k]!r} -> {config[k]!r}" for k in RESUME_FIXED
+             if k in old and k in config and old[k] != config[k]]
+  if changed:
+    raise UserError(f"--workdir {workdir} holds a run (step {step}) whose config differs in "
+                    f"{', '.join(changed)}; these fix the shape of the saved state: resume with the "
+                    "saved values or start a new --workdir")
 
 
 def _check_frozen(saved: dict, now: dict, workdir: str) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sys
 
+from emogen_jax.data import files
 from emogen_jax.errors import UserError, cli_main
 from emogen_jax.train import distributed
 from emogen_jax.train.loop import train_and_evaluate
@@ -35,17 +36,32 @@ def _flag_values():
 
 
 def _check_config_path(argv):
-  for i, arg in enumerate(argv[1:], start=1):
-    value = None
-    if arg.startswith("--config="):
-      value = arg.split("=", 1)[1]
-    elif arg == "--config" and i + 1 < len(argv):
-      value = argv[i + 1]
-    if value is not None:
-      path = value.split(":", 1)[0]
-      if not os.path.isfile(path):
-        raise UserError(f"--config {path!r} is not a file; use one of configs/syncnet.py, "
-                        "configs/emotion_disc.py, configs/emogen.py (optionally with :smoke)")
+  """Checks the --config file and rewrites its path in ``argv`` as an absolute one (``~`` works)."""
+  for i in range(1, len(argv)):
+    if argv[i].startswith("--config="):
+      j, prefix, value = i, "--config=", argv[i].split("=", 1)[1]
+    elif argv[i] == "--config" and i + 1 < len(argv):
+      j, prefix, value = i + 1, "", argv[i + 1]
+    else:
+      continue
+    path, sep, variant = value.partition(":")
+    if not os.path.isfile(files.user_path(path)):
+      raise UserError(f"--config {path!r} is not a file; use one of configs/syncnet.py, "
+                      "configs/emotion_disc.py, configs/emogen.py (optionally with :smoke)")
+    argv[j] = prefix + files.user_path(path) + sep + variant
+
+
+def _unknown_field(argv, error: Exception) -> None:
+  """Raises a UserError naming the --config.FIELD override whose FIELD the config lacks (the flag
+  parser reports only the bare key, e.g. "'foo'")."""
+  config_file = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
+                      if a.split("=", 1)[0] == "--config" and ("=" in a or i + 1 < len(argv))), "")
+  for arg in argv[1:]:
+    if arg.startswith("--config."):
+      name = arg[len("--config."):].split("=", 1)[0]
+      if repr(name.split(".")[-1]) in str(error):
+        raise UserError(f"{arg}: the config {config_file} has no field {name!r}; check the "
+                        "spelling against the fields listed in that file") from None
 
 
 @cli_main
@@ -67,6 +83,7 @@ def main(argv=None) -> int:
     if config is not None:
       config.stage  # noqa: B018 - a config file that failed to load raises here
   except (flags.Error, ValueError, AttributeError, KeyError, OSError) as e:
+    _unknown_field(argv, e)
     lines = [line.strip() for line in str(e).splitlines() if line.strip()]
     # A config file that raised: its own message is the last line of the quoted traceback.
     msg = lines[-1] if any(l.startswith("Traceback") for l in lines) else " ".join(lines)
@@ -79,7 +96,9 @@ def main(argv=None) -> int:
     raise UserError("--workdir is required: the directory for checkpoints and logs")
   distributed.initialize(fv["coordinator_address"].value, fv["num_processes"].value,
                          fv["process_id"].value)
-  summary = train_and_evaluate(config, fv["workdir"].value)
+  workdir = files.check_output_dir(fv["workdir"].value, "--workdir", "training workdir")
+  with files.made_dirs(workdir):  # a run that fails before writing anything leaves no folder
+    summary = train_and_evaluate(config, workdir)
   return 0 if summary else 1
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from data_tools import convert_fps
-from emogen_jax.data import audio
+from emogen_jax.data import audio, files
 from emogen_jax.errors import UserError
 from tests import _data_fixtures as fx
 
@@ -39,7 +39,7 @@ def test_convert_skip_and_failures(src, tmp_path):
   assert report.skipped == []
   assert [os.path.basename(p) for p, _ in report.failed] == ["broken.flv"]
   assert not os.path.exists(os.path.join(dst, "broken.mp4"))
-  assert not any(n.endswith(".part.mp4") for _, _, fs in os.walk(dst) for n in fs)
+  assert not any(files.TEMP_MARK in n for _, _, fs in os.walk(dst) for n in fs)  # no temporaries
 
   v = _video_stream(a)
   assert v["r_frame_rate"] == "25/1" and int(v["nb_read_frames"]) == 50
@@ -60,6 +60,10 @@ def test_convert_skip_and_failures(src, tmp_path):
   report = convert_fps.convert_dir(src, dst, fps=25, jobs=2)
   assert report.converted == [] and sorted(report.skipped) == [a, b]
   assert len(report.failed) == 1
+  # The command exits 1 when a clip failed, so a script can tell (0 once nothing fails).
+  assert convert_fps.main(["--src", src, "--dst", dst]) == 1
+  os.remove(os.path.join(src, "broken.flv"))
+  assert convert_fps.main(["--src", src, "--dst", dst]) == 0
   # A newer input is converted again.
   later = time.time() + 5
   os.utime(os.path.join(src, "a30.mp4"), (later, later))
@@ -90,6 +94,6 @@ def test_cli(src, tmp_path):
   assert r.returncode == 2 and r.stderr.startswith("error: source directory not found")
   r = subprocess.run(cmd + ["--src", src, "--dst", str(tmp_path / "o")], capture_output=True, text=True,
                      env=env)
-  assert r.returncode == 0, r.stderr
+  assert r.returncode == 1, r.stderr  # a clip failed: a script can tell
   assert "converted 2, skipped 0 (up to date), failed 1" in r.stdout
   assert "failed: " in r.stdout and "broken.flv" in r.stdout

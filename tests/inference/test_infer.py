@@ -126,13 +126,14 @@ def test_cli_error_is_one_line_exit_2(files):
               "--out", str(files["dir"] / "x.mp4"), check=False)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [
-      "error: unknown emotion 'JOY'; valid emotions are ANG, DIS, FEA, HAP, NEU, SAD or all"]
+      "error: unknown emotion 'JOY'; valid emotions are ANG, DIS, FEA, HAP, NEU, SAD (or angry, "
+      "disgusted, fearful, happy, neutral, sad), a mix such as HAP:0.6,NEU:0.4, or all"]
 
 
 @pytest.mark.parametrize("case, message", [
     ("missing_face", "does not exist"),
     ("bad_face", "could not be opened as a video"),
-    ("missing_audio", "audio file not found"),
+    ("missing_audio", "does not exist"),
     ("bad_audio", "cannot decode audio"),
     ("missing_ckpt", "does not exist"),
     ("short_audio", "audio too short"),
@@ -236,8 +237,9 @@ def test_api_generate_matches_schedule_and_colour_order(files):
 def test_pingpong_and_emotion_parsing():
   assert [infer.pingpong_index(i, 4) for i in range(10)] == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3]
   assert [infer.pingpong_index(i, 1) for i in range(3)] == [0, 0, 0]
-  assert infer.parse_emotions("all") == [0, 1, 2, 3, 4, 5]
-  assert infer.parse_emotions("hap") == [3] and infer.parse_emotions("happy") == [3]
+  np.testing.assert_array_equal(infer.parse_emotions("all"), np.eye(6))  # one-hot vectors
+  for name in ("hap", "happy", "happiness"):
+    np.testing.assert_array_equal(infer.parse_emotions(name), [np.eye(6)[3]])
 
 
 def test_frame_preparation_resize_rotate_crop_box():

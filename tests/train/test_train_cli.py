@@ -1,5 +1,5 @@
 """The training CLI's stops and errors: a non-finite loss stops the run naming the step and the
-term and keeps the last good checkpoint; SIGTERM saves and exits cleanly; bad configs and missing
+term and keeps the last good checkpoint; SIGTERM and Ctrl-C save and exit cleanly; bad configs and missing
 expert/emotion-disc/VGG checkpoints are one-line user errors."""
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
   assert checkpoints.load_meta(w)["step"] == 2
 
 
-def test_sigterm_saves_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_stop_signal_saves_and_exits_cleanly(tmp_path, sig):
+  """SIGTERM (a scheduler) and Ctrl-C (SIGINT) both finish the step, save it and exit 0."""
   w = str(tmp_path / "w")
   args = _DISC + ["--workdir", w, "--config.num_train_steps=100000",
                   "--config.checkpoint_every_steps=100000", "--config.log_every_steps=1"]
@@ -52,7 +54,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
     for line in proc.stdout:
       lines.append(line)
       if "step 3/" in line:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         break
       assert time.time() < deadline, "".join(lines)
     out, err = proc.communicate(timeout=120)
@@ -61,7 +63,7 @@ def test_sigterm_saves_and_exits_cleanly(tmp_path):
       proc.kill()
   out = "".join(lines) + out
   assert proc.returncode == 0, err[-3000:]
-  saved = [l for l in out.splitlines() if "SIGTERM: saved step" in l]
+  saved = [l for l in out.splitlines() if f"{sig.name}: saved step" in l]
   assert saved, out[-3000:]
   step = int(saved[0].split("saved step ")[1].split(";")[0])
   assert step >= 3
