@@ -132,7 +132,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
   with files.atomic_file(out) as tmp_out:
     with video_io.VideoWriter(tmp_out, source.fps, audio=audio) as writer:
       for frame in render_stream(renderer, source, wav, emotions, opts, detector, stats=stats,
-                                 progress=sys.stderr.isatty(), on_missing_error=no_face):
+                                 progress=True, on_missing_error=no_face):
         writer.write(frame)
   seconds = time.perf_counter() - t0
   for w in stats.warnings(args.face):

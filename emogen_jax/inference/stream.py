@@ -12,7 +12,8 @@ one ffmpeg process, the notebook API collects them.
 Frame/mel schedule (kept from the whole-video path): output frame i uses mel chunk i of
 ``timing.inference_chunk_starts`` and source frame ``pingpong_index(i, n)``, n = the number of source
 frames the output uses. When the audio outlasts the video the source frames are needed again in
-reverse order: they are then kept on disk (lossless PNG in a temporary folder), not in memory.
+reverse order: they are then kept in memory up to 256 MiB, beyond that on disk (lossless PNGs
+in a temporary folder).
 """
 
 from __future__ import annotations
@@ -97,28 +98,39 @@ def prefetch(items: Iterable, size: int) -> Iterator:
 
 
 class FrameStore:
-  """Source frames kept for the ping-pong loop: lossless PNGs in a temporary folder (not memory)."""
+  """Source frames kept for the ping-pong loop: in memory up to ``memory_bytes`` (a short clip),
+  beyond that as lossless PNGs in a temporary folder, so memory stays bounded for any length."""
 
-  def __init__(self):
-    self._dir = tempfile.TemporaryDirectory(prefix="emogen_frames_")
-    self.count = 0
+  def __init__(self, memory_bytes: int = 256 * 2 ** 20):
+    self._dir: tempfile.TemporaryDirectory | None = None
+    self._memory: dict = {}
+    self._room = int(memory_bytes)
 
   def _path(self, j: int) -> str:
     return os.path.join(self._dir.name, f"{j:08d}.png")
 
   def put(self, j: int, frame: np.ndarray) -> None:
+    if frame.nbytes <= self._room:
+      self._memory[j] = frame
+      self._room -= frame.nbytes
+      return
+    if self._dir is None:
+      self._dir = tempfile.TemporaryDirectory(prefix="emogen_frames_")
     ok, buf = cv2.imencode(".png", frame, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:  # pragma: no cover - OpenCV always encodes uint8 BGR
-      raise RuntimeError(f"could not keep source frame {j}")
-    with open(self._path(j), "wb") as f:
-      f.write(buf.tobytes())
-    self.count = max(self.count, j + 1)
+    try:
+      with open(self._path(j), "wb") as f:
+        f.write(buf.tobytes())
+    except OSError as e:
+      raise UserError(f"could not write source frame {j} (kept for the loop over the video) in "
+                      f"{self._dir.name}: {e.strerror}; free space in the temporary folder") from None
 
   def get(self, j: int) -> np.ndarray:
-    return cv2.imread(self._path(j), cv2.IMREAD_COLOR)
+    return self._memory[j] if j in self._memory else cv2.imread(self._path(j), cv2.IMREAD_COLOR)
 
   def close(self) -> None:
-    self._dir.cleanup()
+    self._memory.clear()
+    if self._dir is not None:
+      self._dir.cleanup()
 
 
 # ---------------------------------------------------------------------------- the source stage
