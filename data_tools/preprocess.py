@@ -182,7 +182,8 @@ def list_clips(src: str, labels_csv: Optional[str]):
 
 
 def read_frames(path: str):
-  """-> (list of BGR frames, fps); ([], 0) when OpenCV cannot read it."""
+  """-> (list of BGR frames, fps); ([], 0) when OpenCV cannot read it. (Tests and short clips;
+  ``process_clip`` streams instead.)"""
   import cv2
   from emogen_jax.data.video_io import capture_frames
   cap = cv2.VideoCapture(path)
@@ -192,27 +193,50 @@ def read_frames(path: str):
   return list(capture_frames(cap)), fps
 
 
+def _video_header(path: str) -> tuple[float, bool]:
+  """(the frame rate OpenCV reads, whether a first frame decodes); (0, False) when unopenable."""
+  import cv2
+  cap = cv2.VideoCapture(path)
+  try:
+    if not cap.isOpened():
+      return 0.0, False
+    return float(cap.get(cv2.CAP_PROP_FPS) or 0.0), bool(cap.read()[0])
+  finally:
+    cap.release()
+
+
+def peak_rss_mb() -> float:
+  """This process's peak resident memory so far, in MiB (Linux reports KiB)."""
+  import resource
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
 def process_clip(clip: dict, detector, opts: dict) -> dict:
   """One clip -> cache record: {"status": "ok", frames (JPEG bytes), valid, mel, labels...}
-  or {"status": "skipped", "reason": ..., "detail": ...}. Never raises for bad input."""
+  or {"status": "skipped", "reason": ..., "detail": ...}. Never raises for bad input.
+
+  The video is decoded twice as a stream (boxes first, then the crops), never held whole:
+  a job's memory does not grow with the clip's length beyond the JPEG crops it returns.
+  """
   import cv2
   from emogen_jax.data import audio, face_detection
+  from emogen_jax.data.video_io import iter_video
   base = {"clip_id": clip["clip_id"], "rel": clip["rel"], **clip["labels"]}
   skip = lambda reason, detail="": {**base, "status": "skipped", "reason": reason, "detail": detail}
-  frames, fps = read_frames(clip["path"])
-  if not frames:
+  fps, readable = _video_header(clip["path"])
+  if not readable:
     return skip("unreadable", "OpenCV decoded no frames")
   if abs(fps - FPS) > 0.01:
     return skip("not_25fps", f"{fps:.3f} fps; convert with python -m data_tools.convert_fps")
-  if len(frames) < MIN_FRAMES:
-    return skip("too_short", f"{len(frames)} frames < {MIN_FRAMES}")
+  boxes, found = face_detection.face_boxes(iter_video(clip["path"]), detector, pads=opts["pads"],
+                                           smooth=opts["smooth"], detect_every=opts["detect_every"])
+  n, n_found = len(found), int(found.sum())
+  if n < MIN_FRAMES:
+    return skip("too_short", f"{n} frames < {MIN_FRAMES}")
   try:
     mel = audio.melspectrogram(audio.load_wav(clip["path"]))
   except Exception as e:  # UserError (no/empty audio stream) or a decoder failure
     return skip("no_audio", str(e).splitlines()[0] if str(e) else type(e).__name__)
-  boxes, found = face_detection.face_boxes(frames, detector, pads=opts["pads"],
-                                           smooth=opts["smooth"], detect_every=opts["detect_every"])
-  n, n_found = len(frames), int(found.sum())
   if n_found == 0:
     return skip("no_face", f"no face in any of {n} frames")
   if n - n_found > opts["max_missing"] * n:
@@ -221,10 +245,12 @@ def process_clip(clip: dict, detector, opts: dict) -> dict:
     return skip("too_short", f"no usable window ({n} frames, {n_found} with a face, "
                 f"{mel.shape[1]} mel steps)")
   jpegs = []
-  for frame, box in zip(frames, boxes):
+  for frame, box in zip(iter_video(clip["path"]), boxes):
     ok, buf = cv2.imencode(".jpg", face_detection.crop_face(frame, box, opts["size"]),
                            [cv2.IMWRITE_JPEG_QUALITY, opts["jpeg_quality"]])
     jpegs.append(buf.tobytes())
+  if len(jpegs) != n:  # the file changed between the two passes
+    return skip("unreadable", f"{n} frames decoded first, {len(jpegs)} the second time")
   return {**base, "status": "ok", "frames": jpegs, "valid": found, "mel": mel,
           "boxes": np.asarray(boxes, np.int32), "fps": fps}
 
@@ -248,6 +274,7 @@ def _run_one(clip) -> dict:
     rec = {"clip_id": clip["clip_id"], "rel": clip["rel"], **clip["labels"], "status": "skipped",
            "reason": "error", "detail": f"{type(e).__name__}: {e}"}
   summary = {k: v for k, v in rec.items() if k not in ("frames", "valid", "mel", "boxes")}
+  summary["peak_rss_mb"] = round(peak_rss_mb(), 1)  # of the job (worker process) so far
   if rec["status"] == "ok":
     summary.update(num_frames=len(rec["frames"]), num_valid=int(np.sum(rec["valid"])))
   clips_dir = opts["clips_dir"]
@@ -375,6 +402,9 @@ def make_report(summaries, bad_inputs, splits, processed_now, opts) -> dict:
       "frames_per_clip": _stats([s["num_frames"] for s in ok]),
       "valid_frames_per_clip": _stats([s["num_valid"] for s in ok]),
       "clips_with_missing_faces": sum(s["num_frames"] != s["num_valid"] for s in ok),
+      # Peak resident memory of the job (worker process) that processed a clip, over the clips
+      # processed since the summaries carry it; clips are streamed, so it does not grow with length.
+      "peak_memory_per_job_mb": _stats([s["peak_rss_mb"] for s in summaries if "peak_rss_mb" in s]),
       "processed_this_run": processed_now,
       "reused_from_cache": len(summaries) - processed_now,
       "settings": {k: opts[k] for k in SETTINGS_KEYS},

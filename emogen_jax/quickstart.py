@@ -206,7 +206,8 @@ def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion
       if not os.path.isfile(clip):
         continue
       try:
-        frames, fps = talking.generate(face=clip, audio=clip, emotion=emotion, progress=progress)
+        frames, fps = talking.generate(face=clip, audio=clip, emotion=emotion, progress=progress,
+                                       on_no_face="error")  # a demo clip shows a face throughout
       except infer.NoFaceError as e:
         tried.append(f"{cid} (no face in frame {e.frame_index})")
         continue

@@ -84,3 +84,8 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
   db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
   scaled = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
   return np.clip(scaled, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+def mel_steps(num_samples: int) -> int:
+  """Mel steps ``melspectrogram`` gives for a waveform of ``num_samples`` (centred frames)."""
+  return 1 + int(num_samples) // HOP

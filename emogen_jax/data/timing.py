@@ -9,7 +9,8 @@ FRAMES_PER_WINDOW = 5 frames (0.2 s) and a mel window of MEL_WINDOW = 16 steps (
   window of f; the generator gives frame f+i the mel window of frame f+i-1, i = 0..4, so it needs
   f >= 1 and the window of f+3 inside the mel (``window_fits``).
 - Inference gives output frame i the chunk starting at int(i * 80 / fps), taking chunks while they
-  fit and one last chunk that ends at the last mel step (``inference_mel_chunks``).
+  fit and one last chunk that ends at the last mel step (``inference_chunk_starts``,
+  ``inference_mel_chunks``).
 
 The functions take Python ints and numpy arrays; ``mel_start`` and ``window_fits`` also take
 integer tf tensors (the input pipeline), at the training rate.
@@ -64,26 +65,29 @@ def mel_windows(mel: np.ndarray, n: int, fps: float = FPS) -> np.ndarray:
   return np.stack([mel_window(mel, f, fps) for f in range(n)]).astype(np.float32)
 
 
-def inference_mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
-  """(80, T) mel -> (N, 80, 16) chunks for output frames 0..N-1, the last aligned to the end of
-  the audio: chunk i starts at int(i * 80 / fps) while it fits, then one final chunk ending at the
-  last mel step is added (the original's rule)."""
+def inference_chunk_starts(steps: int, fps: float) -> list[int]:
+  """First mel step of each output frame's (80, 16) chunk, for a mel of ``steps`` steps: chunk i
+  starts at int(i * 80 / fps) while it fits, then one final chunk ends at the last mel step (the
+  original's rule). Inference streams these; UserError when not even one chunk fits."""
   if fps <= 0:
     raise UserError(f"fps must be positive, got {fps}")
-  steps = mel.shape[1]
   if steps < MEL_WINDOW:
     raise UserError(f"audio too short: {steps} mel steps, need at least {MEL_WINDOW} "
                     f"({MEL_WINDOW / MEL_STEPS_PER_SECOND:.2f} s); give a longer speech track")
   # i * (80 / fps), the multiplier computed once, as the original computes it (it can differ from
   # 80 * i / fps in the last bit, and so in the integer part, for some rates).
   mult = MEL_STEPS_PER_SECOND / float(fps)
-  chunks = []
+  starts = []
   i = 0
-  while True:
-    start = int(i * mult)
-    if start + MEL_WINDOW > steps:
-      chunks.append(mel[:, steps - MEL_WINDOW:])
-      break
-    chunks.append(mel[:, start:start + MEL_WINDOW])
+  while int(i * mult) + MEL_WINDOW <= steps:
+    starts.append(int(i * mult))
     i += 1
-  return np.stack(chunks).astype(np.float32)
+  starts.append(steps - MEL_WINDOW)
+  return starts
+
+
+def inference_mel_chunks(mel: np.ndarray, fps: float) -> np.ndarray:
+  """(80, T) mel -> (N, 80, 16) chunks for output frames 0..N-1, starting at
+  ``inference_chunk_starts`` (the last aligned to the end of the audio)."""
+  starts = inference_chunk_starts(mel.shape[1], fps)
+  return np.stack([mel[:, s:s + MEL_WINDOW] for s in starts]).astype(np.float32)

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import itertools
 import shutil
 import subprocess
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import cv2
 import numpy as np
@@ -34,10 +35,11 @@ def read_image(path: str) -> np.ndarray:
   return img
 
 
-def read_video(path: str, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
-  """All frames of a video (BGR uint8) and its frame rate.
+def open_video(path: str) -> tuple[Callable[[], Iterator[np.ndarray]], float, int | None]:
+  """(a function giving a fresh iterator over the frames, fps, the frame count the header lists).
 
-  Raises a UserError when the file is missing, not a video, or has no frame.
+  Nothing is decoded but the first frame (to check there is one), so any length streams.
+  Raises a UserError when the file is missing, not a video, has no frame or no frame rate.
   """
   if not os.path.isfile(path):
     raise UserError(f"face file {path!r} does not exist; give a video or an image with a face")
@@ -45,20 +47,32 @@ def read_video(path: str, max_frames: int | None = None) -> tuple[list[np.ndarra
   if not cap.isOpened():
     raise UserError(f"face file {path!r} could not be opened as a video; give an mp4/avi/mov or an image")
   fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-  frames = list(capture_frames(cap, max_frames))
-  if not frames:
+  count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
+  ok, _ = cap.read()
+  cap.release()
+  if not ok:
     raise UserError(f"face file {path!r} has no readable video frame; is it a video with a picture?")
   if not fps > 0 or not np.isfinite(fps):
     raise UserError(f"face video {path!r} reports no frame rate; re-encode it, e.g. "
                     f"ffmpeg -i {path} -r 25 fixed.mp4")
-  return frames, fps
+  return (lambda: iter_video(path)), fps, (count if count > 0 else None)
 
 
-def read_face_input(path: str) -> tuple[list[np.ndarray], float | None]:
-  """A video's frames and fps, or ``([image], None)`` for a still image."""
+def read_video(path: str, max_frames: int | None = None) -> tuple[list[np.ndarray], float]:
+  """All frames of a video (BGR uint8) and its frame rate (for short clips; ``open_video`` streams).
+
+  Raises a UserError when the file is missing, not a video, or has no frame.
+  """
+  frames_of, fps, _ = open_video(path)
+  return list(itertools.islice(frames_of(), max_frames)), fps
+
+
+def open_face_input(path: str) -> tuple[Callable[[], Iterator[np.ndarray]], float | None, int | None]:
+  """``open_video``'s triple for a video; for a still image (frames of [image], None, 1)."""
   if is_image(path):
-    return [read_image(path)], None
-  return read_video(path)
+    image = read_image(path)
+    return (lambda: iter([image])), None, 1
+  return open_video(path)
 
 
 class VideoWriter:

@@ -1,4 +1,5 @@
-"""Evaluation metrics as pure numpy functions: PSNR, SSIM, SyncNet offset search / LSE, FID, accuracy.
+"""Evaluation metrics as pure numpy functions: PSNR, SSIM, the paste-back seam, SyncNet offset search
+/ LSE, FID, accuracy.
 
 LSE follows the protocol of syncnet_python (used by Wav2Lip and EmoGen for LSE-D / LSE-C):
 for every video window i, the Euclidean distance between its face embedding and the audio
@@ -44,6 +45,29 @@ def ssim(a: np.ndarray, b: np.ndarray, data_range: float = 255.0) -> float:
   vals = [structural_similarity(x.astype(np.float64), y.astype(np.float64), channel_axis=-1,
                                 data_range=data_range) for x, y in zip(a, b)]
   return float(np.mean(vals))
+
+
+def seam_energy(frame: np.ndarray, box) -> float:
+  """Edge energy along a pasted box's border: the mean absolute step across its four sides.
+
+  For each side, the difference between the pixel rows (columns) just inside and just outside the
+  box (x1, y1, x2, y2), over all channels; sides on the frame's edge are skipped. A hard
+  rectangle whose content differs from its surroundings has a high value; a face faded into the
+  frame has about the picture's own edge energy there.
+  """
+  f = np.asarray(frame, np.float64)
+  x1, y1, x2, y2 = (int(v) for v in box)
+  h, w = f.shape[:2]
+  steps = []
+  if y1 > 0:
+    steps.append(np.abs(f[y1, x1:x2] - f[y1 - 1, x1:x2]).ravel())
+  if y2 < h:
+    steps.append(np.abs(f[y2 - 1, x1:x2] - f[y2, x1:x2]).ravel())
+  if x1 > 0:
+    steps.append(np.abs(f[y1:y2, x1] - f[y1:y2, x1 - 1]).ravel())
+  if x2 < w:
+    steps.append(np.abs(f[y1:y2, x2 - 1] - f[y1:y2, x2]).ravel())
+  return float(np.mean(np.concatenate(steps))) if steps else 0.0
 
 
 def sync_distance_curve(video_emb: np.ndarray, audio_emb: np.ndarray,

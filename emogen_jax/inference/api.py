@@ -23,14 +23,17 @@ from emogen_jax.data import files
 from emogen_jax.data import video_io
 from emogen_jax.errors import UserError
 from emogen_jax.inference import renderer as infer
+from emogen_jax.inference import stream
 
 
-def _face_frames(face, fps: float | None, rgb: bool) -> tuple[list[np.ndarray], float]:
-  """A path, an image (H, W, 3), frames (N, H, W, 3) or a list of frames -> (BGR frames, fps)."""
+def _face_source(face, fps: float | None, rgb: bool) -> infer.Source:
+  """A path (streamed), an image (H, W, 3), frames (N, H, W, 3) or a list of frames -> a Source.
+
+  A video path keeps its own rate; ``fps`` is the rate of an image or of array frames.
+  """
   if isinstance(face, (str, os.PathLike)):
     path = files.input_file(face, "face", "give a video or an image with a face")
-    frames, own_fps = video_io.read_face_input(path)
-    return frames, own_fps or fps or infer.DEFAULT_IMAGE_FPS
+    return infer.Source.of_path(path, fps if video_io.is_image(path) else None)
   arr = [np.asarray(f) for f in face] if isinstance(face, (list, tuple)) else np.asarray(face)
   if isinstance(arr, np.ndarray):
     if arr.ndim == 3:
@@ -47,7 +50,7 @@ def _face_frames(face, fps: float | None, rgb: bool) -> tuple[list[np.ndarray], 
     if f.dtype != np.uint8:
       raise UserError(f"face frames must be uint8 (0-255), got {f.dtype}")
     frames.append(np.ascontiguousarray(f[:, :, ::-1] if rgb else f))
-  return frames, fps or infer.DEFAULT_IMAGE_FPS
+  return infer.Source.of_frames(frames, fps or infer.DEFAULT_IMAGE_FPS)
 
 
 def _waveform(audio) -> np.ndarray:
@@ -71,6 +74,7 @@ class TalkingFace:
     self.detector_name = detector
     self.s3fd_weights = s3fd_weights
     self._detector = None
+    self.last_stats: stream.StreamStats | None = None
 
   @classmethod
   def load(cls, checkpoint: str, batch_size: int = 16, detector: str = "haar",
@@ -89,6 +93,7 @@ class TalkingFace:
                pads: Sequence[int] = infer.DEFAULT_PADS, smooth: bool = True,
                box: Sequence[int] | None = None, static: bool = False, resize_factor: int = 1,
                crop: Sequence[int] | None = None, rotate: bool = False, rgb: bool = False,
+               on_no_face: str = "keep", blend: str = "feather",
                progress: bool = True) -> tuple[np.ndarray, float]:
     """Frames (N, H, W, 3) uint8 and their fps; ``emotion="all"`` gives six faces side by side.
 
@@ -99,19 +104,20 @@ class TalkingFace:
     audio: any file ffmpeg reads, or a mono float waveform at 16 kHz.
     Arrays are BGR unless ``rgb=True`` (then input and output are RGB). ``fps`` is the rate of
     array frames or an image (default 25); a video path keeps its own rate.
-    Options as the CLI's (pads/box are top, bottom, left, right).
+    Options as the CLI's (pads/box are top, bottom, left, right). ``self.last_stats`` tells how
+    many frames had a face, were interpolated or passed through (``on_no_face="keep"``).
     """
     emotions = infer.parse_emotions(emotion)
-    frames, fps = _face_frames(face, fps, rgb)
+    source = _face_source(face, fps, rgb)
     wav = _waveform(audio)
     opts = infer.FaceOptions(pads=tuple(pads), smooth=smooth, resize_factor=resize_factor, crop=crop,
-                             box=box, rotate=rotate, static=static)
-    infer.check_face_options(opts)
-    infer.check_frame_size(opts, frames[0].shape)
-    job = infer.make_job(frames, fps, wav, emotions, opts,
-                         detector=None if box is not None else self.detector)
-    out = np.stack(list(infer.render_frames(self.renderer, job, progress=progress)))
-    return (out[..., ::-1].copy() if rgb else out), job.fps
+                             box=box, rotate=rotate, static=static, on_no_face=on_no_face,
+                             blend=blend)
+    self.last_stats = stream.StreamStats()
+    out = np.stack(list(infer.render_stream(self.renderer, source, wav, emotions, opts,
+                                            detector=None if box is not None else self.detector,
+                                            stats=self.last_stats, progress=progress)))
+    return (out[..., ::-1].copy() if rgb else out), source.fps
 
   def to_video(self, frames, audio, path: str, fps: float = infer.DEFAULT_IMAGE_FPS,
                rgb: bool = False) -> str:

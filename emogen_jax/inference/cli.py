@@ -9,23 +9,30 @@ output and writes the video.
 
 from __future__ import annotations
 
-import argparse
-import os
-import sys
 import time
+
+_IMPORTS_START = time.perf_counter()  # the imports below (JAX, Flax, OpenCV, ...) are startup too
+
+import argparse  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
 
 import cv2
 
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
+from emogen_jax.data import timing
 from emogen_jax.data import video_io
 from emogen_jax.data import emotions as emotions_lib
 from emogen_jax.data import files
 from emogen_jax.errors import ArgumentParser, UserError, cli_main
-from emogen_jax.inference.renderer import (DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions, NoFaceError,
-                                           Renderer, check_face_options, check_frame_size,
-                                           load_generator, make_job, parse_emotions, render_frames)
+from emogen_jax.inference.renderer import (BLENDS, DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions,
+                                           Renderer, Source, check_face_options, load_generator,
+                                           parse_emotions, render_stream)
+from emogen_jax.inference.stream import ON_NO_FACE, StreamStats
 from emogen_jax.models import checkpoints
+
+_IMPORTS_SECONDS = time.perf_counter() - _IMPORTS_START
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -57,6 +64,12 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--detector", default="haar", choices=face_detection.DETECTORS,
                  help="face detector (haar: offline; s3fd: needs --s3fd-weights)")
   p.add_argument("--s3fd-weights", default=None, help=f"path of {face_detection.S3FD_FILE}")
+  p.add_argument("--on-no-face", default="keep", choices=ON_NO_FACE,
+                 help="frames without a face: keep (default: passed through unchanged, short gaps "
+                      "between faces interpolated, the count reported) or error (stop)")
+  p.add_argument("--blend", default="feather", choices=BLENDS,
+                 help="paste-back of the generated face: feather (default: soft edges) or box "
+                      "(the hard rectangle of the original)")
   return p
 
 
@@ -72,13 +85,16 @@ def check_flags(args: argparse.Namespace) -> FaceOptions:
     raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
   opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
                      crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
-                     detector=args.detector, s3fd_weights=args.s3fd_weights)
+                     detector=args.detector, s3fd_weights=args.s3fd_weights,
+                     on_no_face=args.on_no_face, blend=args.blend)
   check_face_options(opts)
   return opts
 
 
-def run(args: argparse.Namespace) -> dict:
-  """The CLI's work; returns a summary dict (frames, seconds, compilations, path)."""
+def run(args: argparse.Namespace, log=None) -> dict:
+  """The CLI's work; returns a summary dict (frames, seconds, startup, compilations, path, stats)."""
+  log = log or (lambda msg: print(msg, file=sys.stderr))
+  t_start = time.perf_counter()
   emotions = parse_emotions(args.emotion)
   opts = check_flags(args)
   out = files.check_output_file(args.out, "--out", (".mp4",), "mp4 video")
@@ -88,43 +104,54 @@ def run(args: argparse.Namespace) -> dict:
   if args.detector == "s3fd" and args.s3fd_weights:
     opts.s3fd_weights = files.input_file(args.s3fd_weights, "--s3fd-weights",
                                          f"give the path of {face_detection.S3FD_FILE}")
-  frames, fps = video_io.read_face_input(face)
-  check_frame_size(opts, frames[0].shape)
-  if fps is None:
-    fps = args.fps or DEFAULT_IMAGE_FPS
-  elif args.fps is not None and abs(args.fps - fps) > 1e-3:
-    raise UserError(f"--fps {args.fps:g} given for a {fps:g} fps video; --fps is for still images. "
-                    f"Convert the video first (ffmpeg -i {args.face} -r {args.fps:g} face.mp4)")
+  source = Source.of_path(face, args.fps)
   wav = audio_lib.load_wav(audio)
+  timing.inference_chunk_starts(audio_lib.mel_steps(len(wav)), source.fps)  # too short: say so now
+  detector = None if args.box is not None else face_detection.make_detector(
+      args.detector, weights=opts.s3fd_weights)
+  # Startup, reported apart from the generation speed: imports, checkpoint, compile.
+  t0 = time.perf_counter()
   model, variables, _ = load_generator(checkpoint)
-  try:
-    job = make_job(frames, fps, wav, emotions, opts)
-  except NoFaceError as e:
-    png = _noface_png(out, e.frame_index)
-    cv2.imwrite(png, e.frame)
-    raise UserError(f"no face found in frame {e.frame_index} of {args.face} (saved as {png}); try "
-                    "larger --pads, a fixed --box T B L R, or --detector s3fd") from None
+  t_load = time.perf_counter() - t0
   renderer = Renderer(model, variables, args.batch_size)
-  t0 = time.perf_counter()  # generation + encoding, after the compile
+  startup = time.perf_counter() - t_start + _IMPORTS_SECONDS
+  log(f"startup {startup:.1f} s: imports {_IMPORTS_SECONDS:.1f} s, checkpoint {t_load:.1f} s, "
+      f"compile {renderer.compile_seconds:.1f} s, inputs and checks "
+      f"{startup - _IMPORTS_SECONDS - t_load - renderer.compile_seconds:.1f} s")
+
+  def no_face(k, frame):
+    png = _noface_png(out, k)
+    cv2.imwrite(png, frame)
+    raise UserError(f"no face found in frame {k} of {args.face} (saved as {png}); try larger --pads, "
+                    "a fixed --box T B L R, --detector s3fd, or --on-no-face keep")
+
+  stats = StreamStats()
+  t0 = time.perf_counter()  # decode + detect + generate + paste + encode, after the startup
   # Written under a temporary name beside --out and renamed when complete: a failure, Ctrl-C or
   # SIGTERM leaves neither a half-written --out nor a temporary behind.
   with files.atomic_file(out) as tmp_out:
-    with video_io.VideoWriter(tmp_out, job.fps, audio=audio) as writer:
-      for frame in render_frames(renderer, job, progress=True):
+    with video_io.VideoWriter(tmp_out, source.fps, audio=audio) as writer:
+      for frame in render_stream(renderer, source, wav, emotions, opts, detector, stats=stats,
+                                 progress=True, on_missing_error=no_face):
         writer.write(frame)
   seconds = time.perf_counter() - t0
-  return {"out": args.out, "frames": job.num_frames, "faces": job.num_frames * len(emotions),
-          "seconds": seconds, "compilations": renderer.trace_count, "fps": job.fps,
-          "compile_seconds": renderer.compile_seconds}
+  for w in stats.warnings(args.face):
+    log(f"warning: {w}")
+  return {"out": args.out, "frames": writer.num_frames, "faces": writer.num_frames * len(emotions),
+          "seconds": seconds, "compilations": renderer.trace_count, "fps": source.fps,
+          "compile_seconds": renderer.compile_seconds, "startup_seconds": startup, "stats": stats}
 
 
 @cli_main
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
   s = run(args)
+  st = s["stats"]
   print(f"wrote {s['out']}: {s['frames']} frames at {s['fps']:g} fps, {s['faces']} faces generated in "
-        f"{s['seconds']:.1f} s ({s['faces'] / max(s['seconds'], 1e-9):.1f} faces/s, "
-        f"{s['compilations']} compilation, {s['compile_seconds']:.1f} s)")
+        f"{s['seconds']:.1f} s ({s['faces'] / max(s['seconds'], 1e-9):.1f} faces/s end to end, after "
+        f"a startup of {s['startup_seconds']:.1f} s with {s['compilations']} compilation of "
+        f"{s['compile_seconds']:.1f} s); source frames: {st.found} with a face, {st.interpolated} "
+        f"interpolated, {st.missing} passed through")
   return 0
 
 

@@ -3,31 +3,40 @@
 Per docs/design.md "Time rules" and "Data flow": one face box per frame (pads top, bottom, left, right; averaged over a
 5-frame window unless --nosmooth), crops resized to 96x96, generator input = [zeros, the frame's
 own crop], mel chunk i starts at int(i * 80 / fps) (the last one aligned to the end of the audio),
-the generated crop is resized back into the frame and the audio is muxed with ffmpeg.
+the generated crop is feathered (``--blend feather``, default) or pasted as the original's hard
+rectangle (``--blend box``) back into the frame and the audio is muxed with ffmpeg. Frames without
+a face pass through unchanged (``--on-no-face keep``, default; short gaps between two faces get
+interpolated boxes) or stop the run (``--on-no-face error``).
 
 When the audio is longer than the video, the video is played forwards then backwards
 ("ping-pong") so that the loop has no jump; frame i of the output shows source frame
 ``pingpong_index(i, num_frames)``. ``--emotion all`` renders the six emotions side by side.
 
-The core (``Renderer``, ``prepare_frames``, ``face_boxes_for``, ``render_frames``) is shared with
-the command line (``emogen_jax.inference.cli``) and the notebook API (``emogen_jax.inference.api``).
+The core (``Renderer``, ``Source``, ``render_stream``, which streams through
+``emogen_jax.inference.stream`` in constant memory) is shared with the command line
+(``emogen_jax.inference.cli``) and the notebook API (``emogen_jax.inference.api``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import sys
 import time
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import cv2
 import numpy as np
 
 from emogen_jax.data import audio as audio_lib
-from emogen_jax.data import face_detection
 from emogen_jax.data import emotions as emotions_lib
+from emogen_jax.data import face_detection
 from emogen_jax.data import timing
+from emogen_jax.data import video_io
 from emogen_jax.errors import UserError
+from emogen_jax.inference import stream
+from emogen_jax.inference.stream import pingpong_index  # noqa: F401  (part of the core's API)
 from emogen_jax.models import checkpoints
 
 FACE_SIZE = 96
@@ -118,9 +127,13 @@ class Renderer:
 # ---------------------------------------------------------------------------- frames and boxes
 
 
+BLENDS = ("feather", "box")
+FEATHER_FRACTION = 0.15  # feather width as a share of the box's shorter side
+
+
 @dataclasses.dataclass
 class FaceOptions:
-  """How source frames are prepared and where the face is (the CLI's flags)."""
+  """How source frames are prepared, where the face is and how it goes back (the CLI's flags)."""
   pads: Sequence[int] = DEFAULT_PADS        # top, bottom, left, right (pixels)
   smooth: bool = True                       # average boxes over 5 frames
   resize_factor: int = 1                    # divide the frame size by this first
@@ -130,6 +143,12 @@ class FaceOptions:
   static: bool = False                      # use only the first frame as a still
   detector: str = "haar"
   s3fd_weights: str | None = None
+  on_no_face: str = "keep"                  # keep: pass faceless frames through; error: stop
+  blend: str = "feather"                    # feather: soft-edged paste; box: the hard rectangle
+
+  def check(self) -> None:
+    """One-line errors for values no frame can satisfy (``check_face_options``)."""
+    check_face_options(self)
 
 
 # A frame whose short side is below this after resize_factor cannot hold a usable face.
@@ -164,6 +183,11 @@ def check_face_options(opts: FaceOptions) -> None:
   _check_box("--crop", opts.crop, edge_ok=True)
   if int(opts.resize_factor) < 1:
     raise UserError(f"--resize-factor must be a positive integer, got {opts.resize_factor}")
+  if opts.on_no_face not in stream.ON_NO_FACE:
+    raise UserError(f"--on-no-face must be one of {', '.join(stream.ON_NO_FACE)}, "
+                    f"got {opts.on_no_face!r}")
+  if opts.blend not in BLENDS:
+    raise UserError(f"--blend must be one of {', '.join(BLENDS)}, got {opts.blend!r}")
 
 
 def check_frame_size(opts: FaceOptions, frame_shape) -> None:
@@ -176,73 +200,85 @@ def check_frame_size(opts: FaceOptions, frame_shape) -> None:
                     f"{max(1, min(h, w) // MIN_FRAME_SIDE)}")
 
 
+def prepare_frame(f: np.ndarray, opts: FaceOptions) -> np.ndarray:
+  """Resize (by the factor), rotate, then crop one source frame (the original's order)."""
+  if opts.resize_factor > 1:
+    h, w = f.shape[:2]
+    f = cv2.resize(f, (max(1, w // opts.resize_factor), max(1, h // opts.resize_factor)))
+  if opts.rotate:
+    f = cv2.rotate(f, cv2.ROTATE_90_CLOCKWISE)
+  if opts.crop is not None:
+    h, w = f.shape[:2]
+    top, bottom, left, right = (int(v) for v in opts.crop)
+    bottom = h if bottom == -1 else bottom
+    right = w if right == -1 else right
+    if not (0 <= top < bottom <= h and 0 <= left < right <= w):
+      raise UserError(f"--crop {' '.join(map(str, opts.crop))} is outside the {w}x{h} frame; "
+                      "give top bottom left right in pixels (-1 = the frame edge)")
+    f = f[top:bottom, left:right]
+  return np.ascontiguousarray(f)
+
+
 def prepare_frames(frames: Sequence[np.ndarray], opts: FaceOptions) -> list[np.ndarray]:
-  """Resize (by the factor), rotate, then crop the source frames (the original's order)."""
-  if opts.resize_factor < 1:
-    raise UserError(f"--resize-factor must be a positive integer, got {opts.resize_factor}")
-  if opts.static:
-    frames = frames[:1]
+  """``prepare_frame`` over a list (only the first frame with ``static``)."""
+  opts.check()
+  return [prepare_frame(f, opts) for f in (frames[:1] if opts.static else frames)]
+
+
+def fixed_box(opts: FaceOptions, shape) -> tuple:
+  """The --box (top, bottom, left, right) as (x1, y1, x2, y2), checked against the frame ``shape``."""
+  top, bottom, left, right = (int(v) for v in opts.box)
+  h, w = shape[:2]
+  if not (0 <= top < bottom <= h and 0 <= left < right <= w):
+    raise UserError(f"--box {top} {bottom} {left} {right} is outside the {w}x{h} frame; give "
+                    "top bottom left right in pixels of the (resized/rotated/cropped) frame")
+  return (left, top, right, bottom)
+
+
+def face_boxes_for(frames: Sequence[np.ndarray], opts: FaceOptions, detector=None) -> list:
+  """One (x1, y1, x2, y2) box per frame (None: passed through), by the rules of the stream.
+
+  With ``on_no_face="error"`` the first frame without a face raises NoFaceError.
+  """
+  opts.check()
+  if opts.box is not None:
+    return [fixed_box(opts, f.shape) for f in frames]
+  if detector is None:
+    detector = face_detection.make_detector(opts.detector, weights=opts.s3fd_weights)
   out = []
-  for f in frames:
-    if opts.resize_factor > 1:
-      h, w = f.shape[:2]
-      f = cv2.resize(f, (max(1, w // opts.resize_factor), max(1, h // opts.resize_factor)))
-    if opts.rotate:
-      f = cv2.rotate(f, cv2.ROTATE_90_CLOCKWISE)
-    if opts.crop is not None:
-      h, w = f.shape[:2]
-      top, bottom, left, right = (int(v) for v in opts.crop)
-      bottom = h if bottom == -1 else bottom
-      right = w if right == -1 else right
-      if not (0 <= top < bottom <= h and 0 <= left < right <= w):
-        raise UserError(f"--crop {' '.join(map(str, opts.crop))} is outside the {w}x{h} frame; "
-                        "give top bottom left right in pixels (-1 = the frame edge)")
-      f = f[top:bottom, left:right]
-    out.append(np.ascontiguousarray(f))
+  for k, (f, box, status, _) in enumerate(stream.tracked_boxes(frames, opts, detector, DEFAULT_IMAGE_FPS)):
+    if box is None and opts.on_no_face == "error":
+      raise NoFaceError(k, f)
+    out.append(box)
   return out
 
 
-def pingpong_index(i: int, n: int) -> int:
-  """Source frame of output frame i when n source frames are played forwards, backwards, forwards..."""
-  if n <= 1:
-    return 0
-  period = 2 * n - 2
-  j = i % period
-  return j if j < n else period - j
+@functools.lru_cache(maxsize=64)
+def feather_mask(w: int, h: int) -> np.ndarray:
+  """(h, w, 1) float32 weights of the generated face: 1 inside, a linear ramp to 0 at the border.
 
-
-def face_boxes_for(frames: Sequence[np.ndarray], opts: FaceOptions, detector=None) -> list[tuple]:
-  """One (x1, y1, x2, y2) box per frame: the fixed --box, or detected, padded and smoothed.
-
-  Raises NoFaceError for the first frame without a face (nothing is interpolated silently).
+  The ramp is FEATHER_FRACTION of the shorter side wide, so the pasted face fades into the source
+  frame instead of ending at a hard rectangle; every pixel outside the box keeps the source.
   """
-  if opts.box is not None:
-    top, bottom, left, right = (int(v) for v in opts.box)
-    h, w = frames[0].shape[:2]
-    if not (0 <= top < bottom <= h and 0 <= left < right <= w):
-      raise UserError(f"--box {top} {bottom} {left} {right} is outside the {w}x{h} frame; give "
-                      "top bottom left right in pixels of the (resized/rotated/cropped) frame")
-    return [(left, top, right, bottom)] * len(frames)
-  if detector is None:
-    detector = face_detection.make_detector(opts.detector, weights=opts.s3fd_weights)
-  if len(opts.pads) != 4:
-    raise UserError(f"--pads takes 4 numbers (top bottom left right), got {list(opts.pads)}")
-  dets = detector.detect(list(frames))
-  boxes = []
-  for k, (frame, b) in enumerate(zip(frames, dets)):
-    if b is None:
-      raise NoFaceError(k, frame)
-    boxes.append(face_detection.pad_box(b, tuple(int(p) for p in opts.pads), frame.shape))
-  if opts.smooth:
-    boxes = face_detection.smooth_boxes(boxes, 5)
-  return boxes
+  f = max(1.0, FEATHER_FRACTION * min(w, h))
+  ramp = lambda n: np.clip((np.minimum(np.arange(n), np.arange(n)[::-1]) + 0.5) / f, 0.0, 1.0)
+  return (ramp(h)[:, None] * ramp(w)[None, :]).astype(np.float32)[..., None]
 
 
-def paste(frame: np.ndarray, face: np.ndarray, box) -> np.ndarray:
-  """A copy of ``frame`` with the 96x96 ``face`` resized into ``box`` (x1, y1, x2, y2)."""
+def paste(frame: np.ndarray, face: np.ndarray, box, blend: str = "feather") -> np.ndarray:
+  """A copy of ``frame`` with the 96x96 ``face`` resized into ``box`` (x1, y1, x2, y2).
+
+  ``blend="box"`` replaces the rectangle; ``"feather"`` mixes it in with ``feather_mask``.
+  """
   x1, y1, x2, y2 = box
   out = frame.copy()
-  out[y1:y2, x1:x2] = cv2.resize(face, (x2 - x1, y2 - y1))
+  face = cv2.resize(face, (x2 - x1, y2 - y1))
+  if blend == "box":
+    out[y1:y2, x1:x2] = face
+  else:
+    m = feather_mask(x2 - x1, y2 - y1)
+    src = out[y1:y2, x1:x2].astype(np.float32)
+    out[y1:y2, x1:x2] = np.clip(np.rint(src + m * (face.astype(np.float32) - src)), 0, 255).astype(np.uint8)
   return out
 
 
@@ -259,64 +295,82 @@ def label(frame: np.ndarray, text: str) -> np.ndarray:
   return out
 
 
+def emotion_label(frame: np.ndarray, emotion: np.ndarray) -> np.ndarray:
+  return label(frame, emotions_lib.describe(emotion))
+
+
 # ---------------------------------------------------------------------------- the core
 
 
 @dataclasses.dataclass
-class Job:
-  """Everything needed to render: prepared frames, boxes, crops, mel chunks and emotions."""
-  frames: list            # prepared source frames (BGR uint8)
-  boxes: list             # one box per source frame
-  crops: np.ndarray       # (num_source, 96, 96, 3) uint8
-  mel_chunks: np.ndarray  # (num_output, 80, 16)
-  emotions: list          # (6,) emotion weight vectors; several -> side by side
+class Source:
+  """Where the face frames come from: ``open()`` gives a fresh iterator over them (BGR uint8).
+
+  ``header_frames`` is the count the container announces (None: unknown, e.g. frames in memory).
+  """
+  open: Callable[[], Iterator[np.ndarray]]
   fps: float
+  header_frames: int | None = None
 
-  @property
-  def num_frames(self) -> int:
-    return len(self.mel_chunks)
+  @classmethod
+  def of_frames(cls, frames: Sequence[np.ndarray], fps: float) -> Source:
+    if not len(frames):
+      raise UserError("no face frame was given")
+    return cls(open=lambda: iter(frames), fps=float(fps), header_frames=len(frames))
 
-  def source_index(self, i: int) -> int:
-    return pingpong_index(i, len(self.frames))
-
-
-def make_job(frames: Sequence[np.ndarray], fps: float, wav: np.ndarray, emotions: Sequence,
-             opts: FaceOptions, detector=None) -> Job:
-  """Prepares frames, mel chunks (audio must cover one 16-step window) and face boxes/crops."""
-  if not frames:
-    raise UserError("no face frame was given")
-  mel = audio_lib.melspectrogram(np.asarray(wav, np.float32))
-  chunks = timing.inference_mel_chunks(mel, fps)  # UserError when shorter than one window
-  frames = prepare_frames(frames, opts)
-  # Only the source frames the output uses need a face (a short audio uses a prefix).
-  frames = frames[:min(len(frames), len(chunks))]
-  boxes = face_boxes_for(frames, opts, detector)
-  crops = np.stack([face_detection.crop_face(f, b, FACE_SIZE) for f, b in zip(frames, boxes)])
-  return Job(frames=list(frames), boxes=boxes, crops=crops, mel_chunks=chunks,
-             emotions=[np.asarray(e, np.float32) for e in emotions], fps=float(fps))
+  @classmethod
+  def of_path(cls, path: str, image_fps: float | None = None) -> Source:
+    """A video (its own rate; ``image_fps`` must agree when given) or a still image (``image_fps``)."""
+    frames_of, fps, count = video_io.open_face_input(path)
+    if fps is None:
+      fps = image_fps or DEFAULT_IMAGE_FPS
+    elif image_fps is not None and abs(image_fps - fps) > 1e-3:
+      raise UserError(f"--fps {image_fps:g} given for a {fps:g} fps video; --fps is for still images. "
+                      f"Convert the video first (ffmpeg -i {path} -r {image_fps:g} face.mp4)")
+    return cls(open=frames_of, fps=float(fps), header_frames=count)
 
 
-def render_frames(renderer: Renderer, job: Job, progress: bool = True) -> Iterator[np.ndarray]:
-  """Yields the output frames (BGR uint8) in order; several emotions are placed side by side."""
+def render_stream(renderer: Renderer, source: Source, wav: np.ndarray, emotions: Sequence[int],
+                  opts: FaceOptions, detector=None, stats: stream.StreamStats | None = None,
+                  progress: bool = True, on_missing_error=None) -> Iterator[np.ndarray]:
+  """Output frames (BGR uint8) in order, streamed: memory stays constant whatever the length.
+
+  Decoding + detection run in one thread, the generator in another, the caller pastes (see
+  ``emogen_jax.inference.stream``). ``stats`` is filled as the stream goes (counts of faces
+  found, interpolated, passed through, ...). Several emotions are placed side by side.
+  """
   from tqdm import tqdm
-  num_emo = len(job.emotions)
-  # Items are (output frame, emotion) pairs; a batch holds whole output frames where it can.
-  per_batch = max(1, renderer.batch_size // num_emo)
-  bar = tqdm(total=job.num_frames, unit="frame", desc="generating", disable=not progress,
-             file=sys.stderr)
+  opts.check()
+  check_frame_size(opts, next(iter(source.open())).shape)
+  mel = audio_lib.melspectrogram(np.asarray(wav, np.float32))
+  starts = timing.inference_chunk_starts(mel.shape[1], source.fps)  # UserError when too short
+  mel_chunk = lambda i: mel[:, starts[i]:starts[i] + timing.MEL_WINDOW]
+  num_out = len(starts)
+  if opts.box is None and detector is None:
+    detector = face_detection.make_detector(opts.detector, weights=opts.s3fd_weights)
+  if on_missing_error is None:
+    def on_missing_error(k, frame):
+      raise NoFaceError(k, frame)
+  open_frames = source.open
+  if opts.static:
+    open_frames = lambda: itertools.islice(source.open(), 1)
+  items = stream.source_items(
+      open_frames, lambda f: prepare_frame(f, opts), mel_chunk, num_out, opts, detector,
+      source.fps, header_frames=1 if opts.static else source.header_frames, stats=stats,
+      fixed_box=None if opts.box is None else lambda f: fixed_box(opts, f.shape),
+      on_missing_error=on_missing_error)
+  # Look-ahead of two batches on each side of the generator: it never waits for a frame, and
+  # no more than a few batches of frames are alive at any time.
+  per_batch = max(1, renderer.batch_size // len(emotions))
+  items = stream.prefetch(items, 2 * per_batch)
+  batches = stream.prefetch(stream.generated(renderer, items, emotions), 2)
+  bar = tqdm(total=num_out, unit="frame", desc="generating", disable=not progress, file=sys.stderr)
   try:
-    for s in range(0, job.num_frames, per_batch):
-      idx = range(s, min(s + per_batch, job.num_frames))
-      src = [job.source_index(i) for i in idx]
-      mels = np.repeat(job.mel_chunks[s:s + len(idx)], num_emo, axis=0)
-      crops = np.repeat(job.crops[src], num_emo, axis=0)
-      emos = np.tile(np.stack(job.emotions), (len(idx), 1))
-      faces = renderer(mels, crops, emos).reshape((len(idx), num_emo, FACE_SIZE, FACE_SIZE, 3))
-      for k, j in enumerate(src):
-        panels = [paste(job.frames[j], faces[k, e], job.boxes[j]) for e in range(num_emo)]
-        if num_emo > 1:
-          panels = [label(p, emotions_lib.describe(em)) for p, em in zip(panels, job.emotions)]
-        yield np.concatenate(panels, axis=1) if num_emo > 1 else panels[0]
-      bar.update(len(idx))
+    for frame in stream.composed(batches, emotions, lambda f, face, b: paste(f, face, b, opts.blend),
+                                 emotion_label):
+      bar.update(1)
+      yield frame
   finally:
     bar.close()
+    batches.close()
+    items.close()

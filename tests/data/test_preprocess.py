@@ -49,6 +49,9 @@ def test_report_counts_every_clip_and_reason(data):
   assert r["frames_per_clip"]["min"] >= fx.FRAMES_RANGE[0] and r["frames_per_clip"]["max"] <= fx.FRAMES_RANGE[1]
   assert "convert_fps" in {s["clip"]: s["detail"] for s in r["skipped"]}[fx.FPS30 + ".mp4"]
   assert '"clips_written"' in data["stdout"]  # the report is also printed
+  # each job's peak memory is reported (a streamed 2-s clip needs a few hundred MiB, not GiBs)
+  peak = r["peak_memory_per_job_mb"]
+  assert 0 < peak["min"] <= peak["max"] < 4096
 
 
 def test_splits_are_actor_disjoint_and_cover_all_actors(data):

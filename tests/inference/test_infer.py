@@ -171,9 +171,11 @@ def test_no_face_names_the_frame_and_saves_it(files, capsys):
   video = video_io.write_video(str(d / "noface.mp4"), frames, FPS) and str(d / "noface.mp4")
   out = str(d / "noface_out.mp4")
   rc = infer_cli.main(["--checkpoint", files["ckpt"], "--face", video, "--audio", files["speech"],
-                   "--out", out])
+                       "--on-no-face", "error", "--out", out])
   err = capsys.readouterr().err.strip().splitlines()
-  assert rc == 2 and len(err) == 1
+  assert rc == 2 and err[0].startswith("startup"), err  # the startup log line, the progress bar
+  err = [line for line in err if line.startswith("error:")]
+  assert len(err) == 1, err
   assert "no face found in frame 3" in err[0] and "--pads" in err[0] and "--box" in err[0]
   png = str(d / "noface_out_noface_frame3.png")
   assert png in err[0] and os.path.isfile(png)
@@ -207,10 +209,10 @@ def test_api_generate_matches_schedule_and_colour_order(files):
   n = _expected_frames(files["speech"])
   assert fps == FPS and frames.shape == (n, 128, 160, 3) and frames.dtype == np.uint8
   # outside the (smoothed, padded) face box every output frame is exactly its ping-pong source frame
-  job = infer.make_job(src, FPS, wav, [0], infer.FaceOptions(), detector=tf.detector)
+  boxes = infer.face_boxes_for(src, infer.FaceOptions(), detector=tf.detector)
   for i in (0, 5, 11, 12, 21):
     j = infer.pingpong_index(i, VIDEO_FRAMES)
-    x1, y1, x2, y2 = job.boxes[j]
+    x1, y1, x2, y2 = boxes[j]
     mask = np.ones(frames.shape[1:3], bool)
     mask[y1:y2, x1:x2] = False
     np.testing.assert_array_equal(frames[i][mask], src[j][mask])

@@ -88,8 +88,10 @@ def talking_face(tmp_path_factory):
 
 
 def _generate(tf, **kwargs):
+  # blend="box": the face pasted as the original's rectangle, so each output pixel of the box
+  # is the generator's (the default feathered paste mixes the box's rim with the source).
   with nn.intercept_methods(_interceptor):
-    return tf.generate(fps=FPS, progress=False, **kwargs)
+    return tf.generate(fps=FPS, progress=False, blend="box", **kwargs)
 
 
 def _decode_and_check(face: np.ndarray, crop: np.ndarray, chunks, i: int, emotion: int):
