@@ -194,7 +194,8 @@ def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion
                 progress: bool = True) -> dict:
   """The generator of ``workdir`` re-voicing a held-out clip (its face and its own audio)."""
   import cv2
-  from emogen_jax.data.emotions import EMOTIONS
+  import numpy as np
+  from emogen_jax.data.emotions import EMOTIONS, describe
   from emogen_jax.inference import api, renderer as infer
   if not os.path.isdir(workdir):
     raise UserError(f"generator workdir {workdir} not found; train EmoGen first")
@@ -212,12 +213,15 @@ def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion
         tried.append(f"{cid} (no face in frame {e.frame_index})")
         continue
       api.to_video(frames, clip, out_path, fps)
-      panels = len(infer.parse_emotions(emotion))
+      # a panel's label: the code of one emotion (it fits the sheet's label column), else the mix
+      names = [EMOTIONS[int(np.argmax(w))] if np.count_nonzero(w) == 1 else describe(w)
+               for w in infer.parse_emotions(emotion)]
       sheet = os.path.join(os.path.dirname(out_path), CONTACT_SHEET_NAME)
-      cv2.imwrite(sheet, contact_sheet(frames, [EMOTIONS[e] for e in infer.parse_emotions(emotion)]))
-      return {"video": out_path, "contact_sheet": sheet, "source_clip": clip, "split": split, "frames": int(len(frames)),
-              "width": int(frames.shape[2]), "height": int(frames.shape[1]), "fps": float(fps),
-              "panel_width": int(frames.shape[2]) // max(1, len(infer.parse_emotions(emotion)))}
+      cv2.imwrite(sheet, contact_sheet(frames, names))
+      return {"video": out_path, "contact_sheet": sheet, "source_clip": clip, "split": split,
+              "frames": int(len(frames)), "width": int(frames.shape[2]),
+              "height": int(frames.shape[1]), "fps": float(fps),
+              "panel_width": int(frames.shape[2]) // max(1, len(names))}
   raise UserError(f"no held-out clip of {data_dir} could be used for the demo (tried: "
                   f"{', '.join(tried) or 'none'}); make a larger corpus (--actors)")
 
