@@ -159,7 +159,7 @@ def naive_example(dirs: list, rng: random.Random):
     x = np.asarray(frames, np.float32) / 255.0
     target, ref = x[:5], x[5:]
     face = np.concatenate([np.zeros_like(ref), ref], axis=-1)
-    return {"face": face, "mel": mels[..., None], "sync_mel": sync_mel[..., None], "target": target,
+    return {"frames": face, "mel": mels[..., None], "sync_mel": sync_mel[..., None], "target": target,
             "emotion": np.int32(0)}
 
 

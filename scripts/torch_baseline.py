@@ -63,7 +63,7 @@ def _sync_loss(a, v, y):
 def syncnet_step(sd, batch, config, device: str):
   """One SyncNet training step (BatchNorm in training mode), as the original's loop."""
   opt = adam(sd, config.learning_rate, config.b1, config.b2)
-  mel, faces, y = nchw(batch["mel"], device), nchw(batch["faces"], device), tensor(batch["label"], device)
+  mel, faces, y = nchw(batch["mel"], device), nchw(batch["frames"], device), tensor(batch["label"], device)
 
   def step():
     a, v = ref.syncnet(sd, mel, faces, train=True)
@@ -89,7 +89,7 @@ def _disc_update(sd, opt, frames, labels):
 def emotion_disc_step(sd, batch, config, device: str):
   """One emotion-disc training step on (B, T, C, H, W) frames."""
   opt = adam(sd, config.learning_rate, config.b1, config.b2)
-  video, labels = nchw(batch["video"], device), tensor(batch["emotion"], device).long()
+  video, labels = nchw(batch["frames"], device), tensor(batch["emotion"], device).long()
 
   def step():
     loss = _disc_update(sd, opt, video, labels)
@@ -108,7 +108,7 @@ def emogen_step(nets, batch, config, device: str, w_sync: float):
   d_opt = adam(d_sd, config.disc_learning_rate, config.b1, config.b2)
   w_pl, w_emo = float(config.w_pl), float(config.w_emo)
   mel = nchw(batch["mel"], device)                                  # (B, T, 1, 80, 16)
-  face = nchw(batch["face"], device).permute(0, 2, 1, 3, 4)         # (B, 6, T, 96, 96)
+  face = nchw(batch["frames"], device).permute(0, 2, 1, 3, 4)         # (B, 6, T, 96, 96)
   sync_mel = nchw(batch["sync_mel"], device)
   target = nchw(batch["target"], device)                            # (B, T, 3, 96, 96)
   labels = tensor(batch["emotion"], device).long()

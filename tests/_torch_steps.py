@@ -60,7 +60,7 @@ def syncnet_steps(variables, width: float, batches, *, lr: float, b1: float, b2:
   opt = _adam(net, lr, b1, b2)
   terms = []
   for b in batches:
-    a, v = net(_nchw(b["mel"]), _nchw(b["faces"]))
+    a, v = net(_nchw(b["mel"]), _nchw(b["frames"]))
     loss = _sync_bce(a, v, _t(b["label"]))
     opt.zero_grad()
     loss.backward()
@@ -75,7 +75,7 @@ def emotion_disc_steps(variables, width: float, batches, *, lr: float, b1: float
   opt = _adam(net, lr, b1, b2)
   terms = []
   for b in batches:
-    loss = F.cross_entropy(net(_nchw(b["video"])), _t(b["emotion"]).long())
+    loss = F.cross_entropy(net(_nchw(b["frames"])), _t(b["emotion"]).long())
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -109,7 +109,7 @@ def emogen_steps(variables, widths: dict, batches, *, lr: float, disc_lr: float,
   d_opt = _adam(disc, disc_lr, b1, b2)
   terms = []
   for b in batches:
-    face = _nchw(b["face"])                       # (B, T, 6, 96, 96)
+    face = _nchw(b["frames"])                       # (B, T, 6, 96, 96)
     mel = _nchw(b["mel"])                         # (B, T, 1, 80, 16)
     target = _nchw(b["target"])                   # (B, T, 3, 96, 96)
     emotion = _t(b["emotion"]).long()

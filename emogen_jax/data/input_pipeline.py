@@ -3,10 +3,10 @@
 ``create_dataset(task, data_dir, split, per_device_batch=..., ...)`` returns a Python
 iterator of dicts of numpy arrays with leading dims (num_devices, per_device_batch):
 
-* "syncnet":   mel (80,16,1) f32, faces (48,96,15) f32 in [0,1] (lower halves of 5
+* "syncnet":   mel (80,16,1) f32, frames (48,96,15) f32 in [0,1] (lower halves of 5
   frames stacked frame-major on channels: channel 3*t+c), label () f32 (1 in sync);
-* "emotion":   video (5,96,96,3) f32 in [0,1], emotion () int32;
-* "generator": face (5,96,96,6) f32 ([zeros, reference] per frame), mel (5,80,16,1)
+* "emotion":   frames (5,96,96,3) f32 in [0,1], emotion () int32;
+* "generator": frames (5,96,96,6) f32 ([zeros, reference] per frame), mel (5,80,16,1)
   f32 (frame i of the target window f uses the window of frame f+i-1), sync_mel
   (80,16,1) f32 (window of f), target (5,96,96,3) f32 in [0,1], emotion () int32.
 
@@ -310,11 +310,11 @@ def _assemble(task: str, x: tf.Tensor) -> dict:
   """float frames (B, T', 96, 96, 3) -> the task's image inputs."""
   if task == "generator":
     ref = x[:, T:]
-    return {"face": tf.concat([tf.zeros_like(ref), ref], axis=-1), "target": x[:, :T]}
+    return {"frames": tf.concat([tf.zeros_like(ref), ref], axis=-1), "target": x[:, :T]}
   if task == "syncnet":
     lower = x[:, :, IMG // 2:]  # (B, 5, 48, 96, 3)
-    return {"faces": tf.reshape(tf.transpose(lower, [0, 2, 3, 1, 4]), [-1, IMG // 2, IMG, 3 * T])}
-  return {"video": x}
+    return {"frames": tf.reshape(tf.transpose(lower, [0, 2, 3, 1, 4]), [-1, IMG // 2, IMG, 3 * T])}
+  return {"frames": x}
 
 
 def _float_stage(task: str, do_augment: bool):

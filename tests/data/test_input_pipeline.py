@@ -48,7 +48,7 @@ def test_generator_batches_match_the_stored_clips(data):
   it = ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=3, num_devices=2,
                          augment=False, with_metadata=True, seed=1)
   ex = _flat(_take(it, 3))
-  assert ex["face"].shape == (18, 5, 96, 96, 6) and ex["face"].dtype == np.float32
+  assert ex["frames"].shape == (18, 5, 96, 96, 6) and ex["frames"].dtype == np.float32
   assert ex["mel"].shape == (18, 5, 80, 16, 1) and ex["sync_mel"].shape == (18, 80, 16, 1)
   assert ex["target"].shape == (18, 5, 96, 96, 3) and ex["emotion"].dtype == np.int32
   for i in range(18):
@@ -58,8 +58,8 @@ def test_generator_batches_match_the_stored_clips(data):
     assert f >= 1 and g != f
     assert clip["valid"][f:f + 5].all() and clip["valid"][g:g + 5].all()
     _assert_frames(ex["target"][i], clip["frames"][f:f + 5])
-    _assert_frames(ex["face"][i, ..., 3:], clip["frames"][g:g + 5])
-    assert not ex["face"][i, ..., :3].any()  # the whole target is masked
+    _assert_frames(ex["frames"][i, ..., 3:], clip["frames"][g:g + 5])
+    assert not ex["frames"][i, ..., :3].any()  # the whole target is masked
     for t in range(5):  # frame f+t hears the mel window of frame f+t-1
       np.testing.assert_array_equal(ex["mel"][i, t, ..., 0], timing.mel_window(clip["mel"], f + t - 1))
     np.testing.assert_array_equal(ex["sync_mel"][i, ..., 0], timing.mel_window(clip["mel"], f))
@@ -70,8 +70,8 @@ def test_syncnet_labels_follow_the_window_positions(data):
   it = ip.create_dataset("syncnet", data["data_dir"], "train", per_device_batch=8, num_devices=1,
                          augment=False, with_metadata=True, seed=3)
   ex = _flat(_take(it, 6))
-  assert ex["faces"].shape == (48, 48, 96, 15) and ex["label"].dtype == np.float32
-  assert set(ex) == {"mel", "faces", "label", "mask", "clip_id", "start", "other_start"}
+  assert ex["frames"].shape == (48, 48, 96, 15) and ex["label"].dtype == np.float32
+  assert set(ex) == {"mel", "frames", "label", "mask", "clip_id", "start", "other_start"}
   np.testing.assert_array_equal(ex["mask"], np.ones(48, np.float32))  # training streams: no padding
   assert 0.25 < ex["label"].mean() < 0.75
   for i in range(48):
@@ -81,7 +81,7 @@ def test_syncnet_labels_follow_the_window_positions(data):
     assert clip["valid"][v:v + 5].all()
     np.testing.assert_array_equal(ex["mel"][i, ..., 0], timing.mel_window(clip["mel"], f))
     # lower halves stacked frame-major: channel 3*t + c
-    faces = ex["faces"][i].reshape(48, 96, 5, 3).transpose(2, 0, 1, 3)
+    faces = ex["frames"][i].reshape(48, 96, 5, 3).transpose(2, 0, 1, 3)
     _assert_frames(faces, clip["frames"][v:v + 5, 48:])
 
 
@@ -90,13 +90,13 @@ def test_emotion_task_and_windows_only_over_valid_frames(data):
   it = ip.create_dataset("emotion", data["data_dir"], split, per_device_batch=16, num_devices=1,
                          augment=False, with_metadata=True, train=True, windows_per_clip=16)
   ex = _flat(_take(it, 8))
-  assert ex["video"].shape == (128, 5, 96, 96, 3) and set(ex) >= {"video", "emotion"}
+  assert ex["frames"].shape == (128, 5, 96, 96, 3) and set(ex) >= {"frames", "emotion"}
   for i in range(128):
     clip = data["clips"][ex["clip_id"][i].decode()]
     f = int(ex["start"][i])
     assert clip["valid"][f:f + 5].all()
     assert ex["emotion"][i] == clip["emotion"]
-  _assert_frames(ex["video"][0], data["clips"][ex["clip_id"][0].decode()]["frames"][ex["start"][0]:][:5])
+  _assert_frames(ex["frames"][0], data["clips"][ex["clip_id"][0].decode()]["frames"][ex["start"][0]:][:5])
   # the partially faceless clip: its windows avoid the blanked frames
   starts = ex["start"][ex["clip_id"] == fx.PARTIAL.encode()]
   assert len(starts) > 0
@@ -130,7 +130,7 @@ def test_eval_streams_are_deterministic_finite_and_balanced(data):
   for i in range(n):
     assert first["label"][i] == float(first["start"][i] == first["other_start"][i])
   # the padding of the last batch cycles from the first examples, and is masked out
-  np.testing.assert_array_equal(ex["faces"][n:], ex["faces"][:len(ex["faces"]) - n])
+  np.testing.assert_array_equal(ex["frames"][n:], ex["frames"][:len(ex["frames"]) - n])
   assert ex["mask"].dtype == np.float32 and a[-1]["mask"].shape == (2, 3)
   np.testing.assert_array_equal(ex["mask"], (np.arange(len(ex["mask"])) < n).astype(np.float32))
   # a batch size that does not divide the split: the cycled copies get mask 0
@@ -144,12 +144,12 @@ def test_eval_streams_are_deterministic_finite_and_balanced(data):
   # no augmentation: the faces are the stored frames
   clip = data["clips"][first["clip_id"][0].decode()]
   v = int(first["other_start"][0])
-  _assert_frames(first["faces"][0].reshape(48, 96, 5, 3).transpose(2, 0, 1, 3), clip["frames"][v:v + 5, 48:])
+  _assert_frames(first["frames"][0].reshape(48, 96, 5, 3).transpose(2, 0, 1, 3), clip["frames"][v:v + 5, 48:])
   # repeat=True keeps cycling in the same order
   rep = ip.create_dataset("syncnet", data["data_dir"], "validation", per_device_batch=3, num_devices=2,
                           train=False, repeat=True)
   more = _take(rep, len(a) + 2)
-  np.testing.assert_array_equal(more[0]["faces"], a[0]["faces"])
+  np.testing.assert_array_equal(more[0]["frames"], a[0]["frames"])
   assert all(m["mask"].all() for m in more)  # cycling forever: nothing is padding
 
 
@@ -208,9 +208,9 @@ def test_augmentation_is_identical_across_frames_and_changes_examples():
 def test_augmented_training_batches_stay_in_range(data):
   it = ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=8, num_devices=1, seed=0)
   b = next(it)
-  for k in ("face", "target"):
+  for k in ("frames", "target"):
     assert 0.0 <= b[k].min() and b[k].max() <= 1.0
-  assert not b["face"][..., :3].any()
+  assert not b["frames"][..., :3].any()
   assert tf.config.get_visible_devices("GPU") == []
 
 

@@ -68,8 +68,8 @@ def test_reference_is_another_clip_of_the_same_actor_with_another_emotion(data, 
     f, g = int(ex["start"][i]), int(ex["other_start"][i])
     assert clip["valid"][f:f + 5].all() and ref["valid"][g:g + 5].all()
     np.testing.assert_array_equal(np.rint(ex["target"][i] * 255), clip["frames"][f:f + 5])
-    np.testing.assert_array_equal(np.rint(ex["face"][i, ..., 3:] * 255), ref["frames"][g:g + 5])
-    assert not ex["face"][i, ..., :3].any()
+    np.testing.assert_array_equal(np.rint(ex["frames"][i, ..., 3:] * 255), ref["frames"][g:g + 5])
+    assert not ex["frames"][i, ..., :3].any()
   assert len(targets) >= 3
   if not train:  # a finite pass: every clip is a target exactly eval_windows times
     ids = [c.decode() for c in ex["clip_id"][:n]]
@@ -91,7 +91,7 @@ def test_same_seed_same_pairs_other_seed_other_pairs(data):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
   assert not (np.array_equal(a["ref_clip_id"], c["ref_clip_id"])
-              and np.array_equal(a["face"], c["face"]))
+              and np.array_equal(a["frames"], c["frames"]))
 
 
 def test_resume_inside_a_segment_sees_the_uninterrupted_batches(data):
@@ -104,7 +104,7 @@ def test_resume_inside_a_segment_sees_the_uninterrupted_batches(data):
   for s in (5, 6):
     for k in whole[s]:
       np.testing.assert_array_equal(whole[s][k], resumed[s][k])
-  assert not np.array_equal(whole[4]["face"], whole[5]["face"])
+  assert not np.array_equal(whole[4]["frames"], whole[5]["frames"])
 
 
 def test_unknown_mode_is_a_user_error(data):

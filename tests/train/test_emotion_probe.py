@@ -66,7 +66,7 @@ def test_a_generator_that_ignores_the_label(setup_and_state):
   assert m["emo_sensitivity"] == 0.0
   # EmoAcc per target = how often the classifier names that emotion for the (label-free) output
   g = stage.make_models(config, setup)[0].apply(deaf.variables("generator"), batch["mel"],
-                                                batch["face"], batch["emotion"], train=False)
+                                                batch["frames"], batch["emotion"], train=False)
   pred = np.asarray(jnp.argmax(disc.apply(setup["emotion_classifier"], g), -1))
   for e, name in enumerate(("ANG", "DIS", "FEA", "HAP", "NEU", "SAD")):
     assert m[f"emo_acc_{name}"] == pytest.approx(float(np.mean(pred == e)))
@@ -78,11 +78,11 @@ def test_a_generator_that_uses_the_label(setup_and_state):
   config, setup, state, disc, batch = setup_and_state
   m = _run_eval(config, setup, state, batch)
   gen = stage.make_models(config, setup)[0]
-  per_label = [np.asarray(gen.apply(state.variables("generator"), batch["mel"], batch["face"],
+  per_label = [np.asarray(gen.apply(state.variables("generator"), batch["mel"], batch["frames"],
                                     np.full((4,), e, np.int32), train=False)) for e in range(6)]
   pairs = [np.mean(np.abs(per_label[a] - per_label[b])) for a in range(6) for b in range(a + 1, 6)]
   assert np.mean(pairs) > 0
   assert m["emo_sensitivity"] == pytest.approx(float(np.mean(pairs)), rel=1e-3)
   # the loss terms are those of the window's own label (the same as a plain forward)
-  g = gen.apply(state.variables("generator"), batch["mel"], batch["face"], batch["emotion"], train=False)
+  g = gen.apply(state.variables("generator"), batch["mel"], batch["frames"], batch["emotion"], train=False)
   assert m["l1"] == pytest.approx(float(jnp.mean(jnp.abs(g - batch["target"]))), rel=1e-4)

@@ -11,7 +11,7 @@ One pmapped step (axis "batch") does, on the per-device batch:
 w_sync lives in the state (``extras["w_sync"]``): 0 until a validation sync loss below
 sync_threshold, then sync_weight for good (``maybe_enable_sync``).
 Gradients and metrics are ``lax.pmean``-ed; BatchNorm statistics use the global batch.
-Batch (per device): face (B,5,96,96,6), mel (B,5,80,16,1), sync_mel (B,80,16,1),
+Batch (per device): frames (B,5,96,96,6), mel (B,5,80,16,1), sync_mel (B,80,16,1),
 target (B,5,96,96,3) in [0, 1], emotion (B,) int.
 Validation also generates every window with each of the six labels (``emotion_probe``): the
 emotion sensitivity (how much the label moves the pixels) and, with a FROZEN classifier
@@ -177,7 +177,7 @@ def init_state(config, rng: jax.Array, setup: dict[str, Any]) -> TrainState:
 def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
   target = rng.uniform(0, 1, (batch, 5, 96, 96, 3)).astype(np.float32)
   ref = rng.uniform(0, 1, (batch, 5, 96, 96, 3)).astype(np.float32)
-  return {"face": np.concatenate([np.zeros_like(target), ref], axis=-1),
+  return {"frames": np.concatenate([np.zeros_like(target), ref], axis=-1),
           "mel": rng.normal(0, 2, (batch, 5, 80, 16, 1)).clip(-4, 4).astype(np.float32),
           "sync_mel": rng.normal(0, 2, (batch, 80, 16, 1)).clip(-4, 4).astype(np.float32),
           "target": target,
@@ -223,7 +223,7 @@ def make_train_step(config, setup: dict[str, Any]):
 
     def gen_loss(params):
       g, new_vars = gen.apply({"params": params, "batch_stats": state.batch_stats["generator"]},
-                              batch["mel"], batch["face"], batch["emotion"], train=True,
+                              batch["mel"], batch["frames"], batch["emotion"], train=True,
                               mutable=["batch_stats"])
       terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg)
       terms["l1"] = nonfinite(terms["l1"], state.step)
@@ -296,7 +296,7 @@ def make_eval_step(config, setup: dict[str, Any]):
     # Every window generated with each of the six labels (one at a time: the memory of one
     # forward); the window's own label gives the loss terms below.
     per_label = jax.lax.map(
-        lambda e: gen.apply(variables, batch["mel"], batch["face"],
+        lambda e: gen.apply(variables, batch["mel"], batch["frames"],
                             jnp.full_like(batch["emotion"], e), train=False),
         jnp.arange(len(EMOTIONS), dtype=batch["emotion"].dtype))
     g = per_label[batch["emotion"], jnp.arange(per_label.shape[1])]
@@ -323,7 +323,7 @@ def sample_grid(batch: dict, generated: np.ndarray, max_examples: int = 4) -> np
   rows = []
   for b in range(min(max_examples, generated.shape[0])):
     for t in range(generated.shape[1]):
-      face = batch["face"][b, t]
+      face = batch["frames"][b, t]
       tiles = [face[..., 3:6], face[..., 0:3], generated[b, t], batch["target"][b, t]]
       rows.append(np.concatenate(tiles, axis=1))
   grid = np.concatenate(rows, axis=0)
@@ -335,7 +335,7 @@ def make_sampler(config, setup: dict[str, Any]):
   gen = make_models(config, setup)[0]
 
   def generate(state: TrainState, batch: dict[str, Any]):
-    return gen.apply(state.variables("generator"), batch["mel"], batch["face"], batch["emotion"],
+    return gen.apply(state.variables("generator"), batch["mel"], batch["frames"], batch["emotion"],
                      train=False)
 
   return generate, sample_grid

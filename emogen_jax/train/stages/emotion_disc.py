@@ -2,7 +2,7 @@
 "Training recipe"): cross-entropy, Adam lr 1e-6 betas (0.5, 0.999), lr x0.1 every 150 epochs
 (config.steps_per_epoch converts epochs to steps), Xavier-uniform init (set in the module).
 
-A stage module (``emogen_jax.train.stages.base.Stage``). Batch (per device): video (B, 5, 96, 96, 3) in [0, 1], emotion (B,) int.
+A stage module (``emogen_jax.train.stages.base.Stage``). Batch (per device): frames (B, 5, 96, 96, 3) in [0, 1], emotion (B,) int.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def init_state(config, rng: jax.Array, setup: dict[str, Any] | None = None) -> T
 
 
 def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
-  return {"video": rng.uniform(0, 1, (batch, 5, 96, 96, 3)).astype(np.float32),
+  return {"frames": rng.uniform(0, 1, (batch, 5, 96, 96, 3)).astype(np.float32),
           "emotion": rng.integers(0, 6, (batch,)).astype(np.int32)}
 
 
@@ -74,7 +74,7 @@ def make_train_step(config, setup: dict[str, Any] | None = None):
 
   def train_step(state: TrainState, batch: dict[str, Any]):
     def loss_fn(params):
-      logits = model.apply({"params": params}, batch["video"])
+      logits = model.apply({"params": params}, batch["frames"])
       loss = nonfinite(losses.cross_entropy(logits, batch["emotion"]), state.step)
       return loss, losses.accuracy(logits, batch["emotion"])
 
@@ -94,7 +94,7 @@ def make_eval_step(config, setup: dict[str, Any] | None = None):
   model = make_model(config)
 
   def eval_step(state: TrainState, batch: dict[str, Any]):
-    logits = model.apply(state.variables("emotion_disc"), batch["video"])
+    logits = model.apply(state.variables("emotion_disc"), batch["frames"])
     # per example, so that the padding of the last validation batch (mask 0) is left out
     return losses.masked_mean({"loss": losses.per_example(losses.cross_entropy, logits, batch["emotion"]),
                                "accuracy": losses.per_example(losses.accuracy, logits, batch["emotion"])},

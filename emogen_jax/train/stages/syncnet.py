@@ -1,6 +1,6 @@
 """Lip-sync expert (SyncNet) training and validation steps (docs/design.md "Training recipe").
 
-A stage module (``emogen_jax.train.stages.base.Stage``). Batch (per device): mel (B, 80, 16, 1), faces (B, 48, 96, 15) in [0, 1], label (B,) 1/0.
+A stage module (``emogen_jax.train.stages.base.Stage``). Batch (per device): mel (B, 80, 16, 1), frames (B, 48, 96, 15) in [0, 1], label (B,) 1/0.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def init_state(config, rng: jax.Array, setup: dict[str, Any] | None = None) -> T
 def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
   """A random batch of the pipeline's "syncnet" task (tests and benchmarks)."""
   return {"mel": rng.normal(0, 2, (batch, 80, 16, 1)).clip(-4, 4).astype(np.float32),
-          "faces": rng.uniform(0, 1, (batch, 48, 96, 15)).astype(np.float32),
+          "frames": rng.uniform(0, 1, (batch, 48, 96, 15)).astype(np.float32),
           "label": (rng.uniform(size=(batch,)) < 0.5).astype(np.float32)}
 
 
@@ -64,7 +64,7 @@ def make_train_step(config, setup: dict[str, Any] | None = None):
   def train_step(state: TrainState, batch: dict[str, Any]):
     def loss_fn(params):
       (a, v), new_vars = model.apply({"params": params, "batch_stats": state.batch_stats["syncnet"]},
-                                     batch["mel"], batch["faces"], train=True,
+                                     batch["mel"], batch["frames"], train=True,
                                      mutable=["batch_stats"])
       loss = nonfinite(losses.sync_loss(a, v, batch["label"]), state.step)
       return loss, (new_vars["batch_stats"], losses.sync_accuracy(a, v, batch["label"]))
@@ -88,7 +88,7 @@ def make_eval_step(config, setup: dict[str, Any] | None = None):
   model = make_model(config)
 
   def eval_step(state: TrainState, batch: dict[str, Any]):
-    a, v = model.apply(state.variables("syncnet"), batch["mel"], batch["faces"], train=False)
+    a, v = model.apply(state.variables("syncnet"), batch["mel"], batch["frames"], train=False)
     # per example, so that the padding of the last validation batch (mask 0) is left out
     metrics = {"loss": losses.per_example(losses.sync_loss, a, v, batch["label"]),
                "accuracy": losses.per_example(losses.sync_accuracy, a, v, batch["label"])}
