@@ -18,7 +18,7 @@ import pytest
 
 from tests import _infer_fixtures as F
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import REPO  # noqa: E402
 SYNCNET_CFG = os.path.join(REPO, "configs", "syncnet.py") + ":smoke"
 EMODISC_CFG = os.path.join(REPO, "configs", "emotion_disc.py") + ":smoke"
 

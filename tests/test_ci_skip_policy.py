@@ -5,7 +5,7 @@ import os
 import subprocess
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import REPO  # noqa: E402
 
 _PROBES = {
     "conftest.py": "from tests.conftest import *  # noqa: F401,F403  (the suite's hooks)\n",

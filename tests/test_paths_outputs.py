@@ -26,7 +26,7 @@ from emogen_jax.data import files
 from emogen_jax.errors import UserError
 from tests import _infer_fixtures as F
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests import REPO  # noqa: E402
 # The source file each README command names, and the kind it holds.
 README_SOURCES = {"lipsync_expert.pth": "syncnet", "vgg19-dcbf9e60.pth": "vgg19",
                   "emogen_checkpoint.pth": "generator", "disc_emo.pth": "emotion_disc"}
