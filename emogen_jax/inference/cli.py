@@ -26,7 +26,7 @@ from emogen_jax.data import video_io
 from emogen_jax.data import emotions as emotions_lib
 from emogen_jax.data import files
 from emogen_jax.errors import ArgumentParser, UserError, cli_main
-from emogen_jax.inference.renderer import (BLENDS, DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions,
+from emogen_jax.inference.renderer import (BLENDS, check_frame_size, DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions,
                                            Renderer, Source, check_face_options, load_generator,
                                            parse_emotions, render_stream)
 from emogen_jax.inference.stream import ON_NO_FACE, StreamStats
@@ -105,6 +105,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
     opts.s3fd_weights = files.input_file(args.s3fd_weights, "--s3fd-weights",
                                          f"give the path of {face_detection.S3FD_FILE}")
   source = Source.of_path(face, args.fps)
+  check_frame_size(opts, next(iter(source.open())).shape)  # before the startup: its line comes after
   wav = audio_lib.load_wav(audio)
   timing.inference_chunk_starts(audio_lib.mel_steps(len(wav)), source.fps)  # too short: say so now
   detector = None if args.box is not None else face_detection.make_detector(

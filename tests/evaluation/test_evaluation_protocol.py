@@ -127,7 +127,8 @@ def _oracle(setup):
     for k, (r, e) in enumerate(zip(ref, np.asarray(emotion))):
       if r.tobytes() in where:               # (batch padding is all zeros: left black)
         actor, i = where[r.tobytes()]
-        out[k] = frames[(actor, int(e))][i] / 255.0
+        label = int(np.argmax(e)) if np.ndim(e) else int(e)  # a (6,) weight vector or a label
+        out[k] = frames[(actor, label)][i] / 255.0
     return out
 
   def generator(face, emotion):

@@ -352,10 +352,12 @@ def test_quality_disc_sees_only_lower_half_and_matches_pytorch():
                                               .reshape(6, 3, 96, 96, 3)))
   prob, logits = np.asarray(prob).reshape(3, 2, 3), np.asarray(logits).reshape(3, 2, 3)
   assert np.all((prob > 0) & (prob < 1)) and logits.std() > 1e-2
-  np.testing.assert_allclose(jax.nn.sigmoid(logits), prob, atol=1e-6)
+  # 13 leaky conv layers in float32: summation order alone moves outputs near 0.4 by up to
+  # ~1.2e-6 (40 ulp), seen on a loaded machine
+  np.testing.assert_allclose(jax.nn.sigmoid(logits), prob, atol=5e-6)
   np.testing.assert_array_equal(prob[0], prob[1])  # the upper half is not looked at
   assert np.abs(prob[0] - prob[2]).max() > 1e-5
-  np.testing.assert_allclose(np.asarray(prob_single).reshape(3, 2), prob[:, :, 0], atol=1e-6)
+  np.testing.assert_allclose(np.asarray(prob_single).reshape(3, 2), prob[:, :, 0], atol=5e-6)
   torch = pytest.importorskip("torch")
   _, _, tqual = torch_models(WIDTH)
   load_flax_into_torch(tqual, variables)
