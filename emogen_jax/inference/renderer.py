@@ -31,6 +31,7 @@ import numpy as np
 
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import emotions as emotions_lib
+from emogen_jax.data.emotions import parse_emotions  # noqa: F401  (part of the core's API)
 from emogen_jax.data import face_detection
 from emogen_jax.data import timing
 from emogen_jax.data import video_io
@@ -52,12 +53,6 @@ class NoFaceError(UserError):
     self.frame = frame
     super().__init__(f"no face found in frame {frame_index}; try larger --pads, a fixed --box T B L R, "
                      "or --detector s3fd")
-
-
-def parse_emotions(emotion) -> list[np.ndarray]:
-  """'HAP' / 'happy' -> [its one-hot (6,)]; 'HAP:0.6,NEU:0.4' -> [the weighted vector]; 'all' ->
-  the six one-hots in EMOTIONS order (rendered side by side); unknown -> one-line UserError."""
-  return emotions_lib.parse_emotions(emotion)
 
 
 # ---------------------------------------------------------------------------- the model
