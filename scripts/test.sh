@@ -4,4 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES="" TF_CPP_MIN_LOG_LEVEL=2
-exec ${PYTHON:-python3} -m pytest tests "$@"
+# One worker per core (at most 4; each builds the session's shared fixtures): compiling, most of
+# the suite's time, is single-threaded. A test file runs whole in one worker (tests/conftest.py).
+exec ${PYTHON:-python3} -m pytest tests -n auto --maxprocesses 4 --dist loadgroup "$@"

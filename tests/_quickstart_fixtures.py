@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from tests import REPO
+from tests import REPO, subprocess_env
 
 # The notebook's QUICK settings (notebooks/emogen_jax_colab.ipynb, first cell).
 TINY = {"actors": 3, "clips_per_actor": 3, "syncnet_steps": 10, "emotion_steps": 10,
@@ -23,11 +23,8 @@ TINY = {"actors": 3, "clips_per_actor": 3, "syncnet_steps": 10, "emotion_steps":
 
 
 def env() -> dict[str, str]:
-  e = dict(os.environ)
-  e.update({"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
-            "PYTHONPATH": REPO + os.pathsep + e.get("PYTHONPATH", "")})
-  e.pop("XLA_FLAGS", None)
-  return e
+  """The CLI subprocesses' environment (one CPU device, the shared compilation cache)."""
+  return subprocess_env()
 
 
 def tiny_args(out: str) -> list[str]:

@@ -5,6 +5,15 @@ import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# The test process shares the CLI subprocesses' compilation cache (tests/__init__.py): a network
+# compiled by a subprocess is loaded, not compiled again, by an in-process test, and back.
+from tests import TEST_XLA_FLAGS, subprocess_env  # noqa: E402
+
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
+
+for _k, _v in subprocess_env().items():
+  if _k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE")):
+    os.environ.setdefault(_k, _v)
 
 import pytest  # noqa: E402
 
@@ -55,3 +64,15 @@ def pytest_make_collect_report(collector):
   """A module-level importorskip (the whole file skipped at collection)."""
   outcome = yield
   _fail_missing_import_skip(outcome.get_result())
+
+
+# Files that share one session-wide result run in one pytest-xdist worker (scripts/test.sh runs
+# the suite on every core with --dist loadgroup): both read the one tiny quickstart run.
+_SHARED_GROUPS = {"test_notebook.py": "tiny_quickstart", "test_quickstart.py": "tiny_quickstart"}
+
+
+def pytest_collection_modifyitems(config, items):
+  """One xdist group per test file (a file's module fixtures are built once, in one worker)."""
+  for item in items:
+    name = os.path.basename(str(item.fspath))
+    item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(name, str(item.fspath))))
