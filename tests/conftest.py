@@ -68,11 +68,24 @@ def pytest_make_collect_report(collector):
 
 # Files that share one session-wide result run in one pytest-xdist worker (scripts/test.sh runs
 # the suite on every core with --dist loadgroup): both read the one tiny quickstart run.
-_SHARED_GROUPS = {"test_notebook.py": "tiny_quickstart", "test_quickstart.py": "tiny_quickstart"}
+_SHARED_GROUPS = {"tests/test_notebook.py": "tests/test_quickstart.py"}
+# The longest files (a minute or more each, measured), handed out first so that no worker is left
+# with one of them at the end while the others idle.
+_LONGEST_FIRST = ("tests/test_quickstart.py", "tests/train/test_train_resume.py",
+                  "tests/train/test_train_multihost.py", "tests/train/test_step_parity.py",
+                  "tests/train/test_train_pmap.py", "tests/train/test_train_cli.py",
+                  "tests/train/test_eval_mask.py", "tests/train/test_emotion_probe.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups
 def pytest_collection_modifyitems(config, items):
-  """One xdist group per test file (a file's module fixtures are built once, in one worker)."""
+  """One xdist group per test file (a file's module fixtures are built once, in one worker), the
+  longest groups first."""
+  def group(item):
+    path = item.nodeid.split("::")[0]
+    return _SHARED_GROUPS.get(path, path)
+
+  rank = {g: i for i, g in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(group(item), len(rank)))  # stable: files keep their order
   for item in items:
-    name = os.path.basename(str(item.fspath))
-    item.add_marker(pytest.mark.xdist_group(_SHARED_GROUPS.get(name, str(item.fspath))))
+    item.add_marker(pytest.mark.xdist_group(group(item)))
