@@ -43,7 +43,7 @@ def get_config(arg: str | None = None):
   #                (measured: EmoAcc 16.7 % = chance with an independent classifier).
   #   "other_clip" ours (the default): a window of ANOTHER clip of the same actor, of another
   #                emotion whenever one is at hand; the target keeps the label's emotion, so the
-  #                label is needed. Measured on the quickstart corpus (SPEC "EmoGen training"):
+  #                label is needed. Measured on the quickstart corpus (docs/design.md "Emotion control"):
   #                EmoAcc 16.7 % -> 40.3 % after 400 more steps with an independent classifier.
   c.reference_sampling = "other_clip"
   if arg == "smoke":

@@ -40,7 +40,7 @@ from emogen_jax.errors import ArgumentParser, UserError, cli_main
 # 2-core CPU: 16 actors leave 12 for training and 2 each for validation and test; with fewer
 # (6 actors: 4 for training) the emotion disc memorises identities and SyncNet learns slower.
 DEFAULTS = {"actors": 16, "clips_per_actor": 12, "syncnet_steps": 3000, "emotion_steps": 800,
-            "emogen_steps": 300}
+            "emogen_steps": 900}
 STATE_FILE = "quickstart_state.json"
 DEMO_NAME = "demo_all_emotions.mp4"
 CONTACT_SHEET_NAME = "demo_contact_sheet.png"

@@ -3,8 +3,8 @@
 Nothing here calls our training code: the networks are the nn.Module replicas of
 ``tests._model_fixtures`` (nn.Conv2d, nn.ConvTranspose2d, nn.BatchNorm2d, nn.LSTM, nn.Linear), the
 losses are torch.nn.functional's (binary_cross_entropy, cross_entropy, l1_loss, mse_loss,
-cosine_similarity), the optimizer is torch.optim.Adam, and the order of operations is the SPEC's
-("EmoGen training": generator update, then one emotion-disc update on the REAL target frames).
+cosine_similarity), the optimizer is torch.optim.Adam, and the order of operations is the recipe's
+(docs/design.md "Training recipe": generator update, then one emotion-disc update on the REAL target frames).
 Only the weights come from our side, through ``emogen_jax.convert`` (flax -> torch before the
 first step, torch -> flax after the last one), so that the two runs can be compared leaf by leaf.
 
@@ -50,7 +50,7 @@ def _adam(net, lr: float, b1: float, b2: float):
 
 
 def _sync_bce(a, v, y):
-  """SPEC sync loss: BCE of the cosine similarity of the two embeddings, taken as a probability."""
+  """The sync loss: BCE of the cosine similarity of the two embeddings, taken as a probability."""
   return F.binary_cross_entropy(F.cosine_similarity(a, v), y)
 
 

@@ -35,6 +35,11 @@ TRAININGS = ("syncnet", "emotion_disc", "emotion_judge", "emogen")
 # validation reports it (config.emotion_classifier_checkpoint).
 CONFIG_OF = {"emotion_judge": "emotion_disc"}
 JUDGE_SEED_OFFSET = 1000
+# Validations per run (10 unless named). EmoGen's generates every window with all six labels: on
+# the quickstart corpus one takes as long as ~80 training steps, so it validates twice (plus the
+# baseline before the first step) and spends the time on training steps, which emotion control
+# needs (docs/design.md "Emotion control").
+VALIDATIONS = {"emogen": 2}
 # What a CPU smoke run (width 0.25) on the synthetic corpus must reach to count as "learns".
 TARGETS = {"syncnet_accuracy": 0.75, "emotion_accuracy": 0.60, "emogen_l1_decrease": 0.30}
 TARGET_TEXT = {"syncnet_accuracy": "SyncNet validation accuracy (in sync vs off sync)",
@@ -124,8 +129,11 @@ def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: floa
   if done is not None:
     return {**done, "wall_s": done.get("wall_s", 0.0), "skipped": True}
   from emogen_jax.train import loop as train
-  # Ten validations per run, but not closer than 25 steps (each one also saves a checkpoint).
-  every = eval_every or max(steps // 10, min(steps, 25))
+  # VALIDATIONS[name] validations per run, but not closer than 25 steps (each one also saves a
+  # checkpoint and, for EmoGen, a sample grid).
+  every = eval_every or max(steps // VALIDATIONS.get(name, 10), min(steps, 25))
+  if name == "emogen":
+    extra.setdefault("sample_every_steps", every)
   config = load_config(CONFIG_OF.get(name, name), data_dir=data_dir, width=width, seed=seed, num_train_steps=steps,
                        eval_every_steps=every, checkpoint_every_steps=every,
                        eval_batches=eval_batches, log_every_steps=max(1, min(25, steps // 50)),

@@ -7,7 +7,7 @@ public API runs unchanged around it) by a function whose output ENCODES its inpu
   * the same block, channel 1: the mean |value| of face channels 0-2 (the masked half; must be 0);
   * rows 80-95: six 16-pixel blocks, block k = the k-th entry of the emotion one-hot;
   * everything else: face channels 3-5 (the reference half: the frame's own crop).
-The test then reads every output frame back and compares it with what the SPEC ("Inference")
+The test then reads every output frame back and compares it with what docs/design.md ("Time rules")
 says it must be: chunk i of the mel starts at int(80 * i / fps) and the last one ends at the
 last mel step; source frame i of a shorter video is played forwards, backwards, forwards...;
 the face is pasted into the box of that source frame. Swapping the two input halves, shifting
@@ -59,7 +59,7 @@ def _interceptor(next_fun, args, kwargs, context):
 
 
 def expected_chunks(mel: np.ndarray, fps: float) -> list[np.ndarray]:
-  """SPEC: chunk i starts at int(i * 80 / fps) while 16 steps fit, then one ends at the last step."""
+  """docs/design.md: chunk i starts at int(i * 80 / fps) while 16 steps fit, then one ends at the last step."""
   out, i = [], 0
   while int(i * 80 / fps) + 16 <= mel.shape[1]:
     s = int(i * 80 / fps)

@@ -18,7 +18,7 @@ emotion sensitivity (how much the label moves the pixels) and, with a FROZEN cla
 (config.emotion_classifier_checkpoint, a separate run of configs/emotion_disc.py, never the
 disc trained here), EmoAcc overall and per target. The in-training disc's accuracy is no
 evidence of emotion control: it scored 0.99 on generated clips of a generator that ignored
-the label (SPEC "EmoGen training").
+the label (docs/design.md "Emotion control").
 """
 
 from __future__ import annotations
