@@ -16,6 +16,11 @@ JAX_CACHE_DIR = os.path.join(tempfile.gettempdir(), f"emogen_jax_test_compile_ca
 # comparison in the suite (against PyTorch within tolerances, between runs bit for bit) runs
 # under the same flags on both sides; benchmarks and users get the default optimisation.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0"
+# One persistent compilation cache for the test process and every subprocess; every compile is
+# kept (the suite's are all small).
+CACHE_ENV = {"JAX_COMPILATION_CACHE_DIR": JAX_CACHE_DIR,
+             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
 
 
 def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
@@ -24,9 +29,7 @@ def subprocess_env(devices: int = 1, **extra: str) -> dict[str, str]:
   env = dict(os.environ)
   env.update({"JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "2",
               "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices} {TEST_XLA_FLAGS}",
-              "JAX_COMPILATION_CACHE_DIR": JAX_CACHE_DIR,
-              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1",
+              **CACHE_ENV,
               "PYTHONPATH": REPO + os.pathsep + env.get("PYTHONPATH", "")})
   env.update(extra)
   return env

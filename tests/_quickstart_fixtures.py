@@ -22,11 +22,6 @@ TINY = {"actors": 3, "clips_per_actor": 3, "syncnet_steps": 10, "emotion_steps":
         "emogen_steps": 6, "eval_batches": 0}
 
 
-def env() -> dict[str, str]:
-  """The CLI subprocesses' environment (one CPU device, the shared compilation cache)."""
-  return subprocess_env()
-
-
 def tiny_args(out: str) -> list[str]:
   args = ["--out", out, "--no-progress"]
   for k, v in TINY.items():
@@ -36,7 +31,7 @@ def tiny_args(out: str) -> list[str]:
 
 def run_cli(args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-m", "emogen_jax.quickstart", *args], cwd=REPO,
-                        env=env(), capture_output=True, text=True, timeout=timeout)
+                        env=subprocess_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @functools.lru_cache(maxsize=None)

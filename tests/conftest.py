@@ -7,13 +7,11 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The test process shares the CLI subprocesses' compilation cache (tests/__init__.py): a network
 # compiled by a subprocess is loaded, not compiled again, by an in-process test, and back.
-from tests import TEST_XLA_FLAGS, subprocess_env  # noqa: E402
+from tests import CACHE_ENV, TEST_XLA_FLAGS  # noqa: E402
 
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
-
-for _k, _v in subprocess_env().items():
-  if _k.startswith(("JAX_COMPILATION_CACHE", "JAX_PERSISTENT_CACHE")):
-    os.environ.setdefault(_k, _v)
+for _k, _v in CACHE_ENV.items():
+  os.environ.setdefault(_k, _v)
 
 import pytest  # noqa: E402
 

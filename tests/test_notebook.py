@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from tests import _quickstart_fixtures as qf
+from tests import _quickstart_fixtures as qf, subprocess_env
 
 NOTEBOOK = os.path.join(qf.REPO, "notebooks", "emogen_jax_colab.ipynb")
 
@@ -51,7 +51,7 @@ def test_notebook_runs_headless(tmp_path, monkeypatch):
   nb = nbformat.read(NOTEBOOK, as_version=4)
   out_name = _quick_settings(nb)["OUT"]
   shutil.copytree(qf.tiny_quickstart()["out"], tmp_path / out_name)
-  for k, v in qf.env().items():
+  for k, v in subprocess_env().items():
     monkeypatch.setenv(k, v)  # the kernel inherits this environment
   client = nbclient.NotebookClient(nb, kernel_name=_ensure_kernel(), timeout=600,
                                    resources={"metadata": {"path": str(tmp_path)}})

@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from emogen_jax.data.media import ffmpeg_exe
-from tests import _quickstart_fixtures as qf
+from tests import _quickstart_fixtures as qf, subprocess_env
 
 STAGES = ("corpus", "convert_fps", "preprocess", "syncnet", "emotion_disc", "emotion_judge", "emogen",
           "demo", "emotion_eval")
@@ -142,7 +142,7 @@ def test_reproduce_training_bad_settings_are_one_line_errors(tmp_path, args, wor
   args = [a.replace("{tmp}", str(tmp_path)) for a in args]
   proc = subprocess.run([sys.executable, os.path.join(qf.REPO, "scripts", "reproduce_training.py"),
                          "--workdir", str(tmp_path / "w"), "--no-progress", *args], cwd=qf.REPO,
-                        env=qf.env(), capture_output=True, text=True, timeout=120)
+                        env=subprocess_env(), capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
   assert lines[-1].startswith("error: ") and words in lines[-1], lines[-3:]
