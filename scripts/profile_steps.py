@@ -192,7 +192,38 @@ def classify(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, str]:
   return kinds
 
 
-def profile(stage: str, size: str, *, batch, steps: int, dtype: str) -> dict:
+def describe(hlo: str) -> dict[str, str]:
+  """{HLO instruction name: "op shape window op_name"}, the innermost convolution or dot of a
+  fusion standing in for it: what --top prints beside each kernel."""
+  lines = {}
+  comps: dict[str, list[str]] = collections.defaultdict(list)
+  current = None
+  for line in hlo.splitlines():
+    m = _COMP.match(line)
+    if m and line.rstrip().endswith("{"):
+      current = m.group(1)
+      continue
+    m = _INSTR.match(line)
+    if current and m:
+      comps[current].append(line)
+      lines[m.group(1)] = line
+
+  def short(line: str, depth: int = 0) -> str:
+    m = _INSTR.match(line)
+    c = _CALLS.search(line)
+    if c and depth < 3:
+      for sub in comps.get(c.group(1), []):
+        if _INSTR.match(sub).group(3) in ("convolution", "dot"):
+          return short(sub, depth + 1)
+    window = re.search(r"window=\{([^}]*)\}", line)
+    op_name = _OPNAME.search(line)
+    return " ".join(x for x in (m.group(3), m.group(2), window.group(1) if window else "",
+                               op_name.group(1)[-60:] if op_name else "") if x)
+
+  return {name: short(line) for name, line in lines.items()}
+
+
+def profile(stage: str, size: str, *, batch, steps: int, dtype: str, top: int = 0) -> dict:
   import jax
   import numpy as np
   from bench_train import build
@@ -203,6 +234,7 @@ def profile(stage: str, size: str, *, batch, steps: int, dtype: str) -> dict:
   kernels = {tuple(np.shape(x)) for x in jax.tree_util.tree_leaves(
       jax.device_get(ours["host_state"].params)) if np.ndim(x) == 4}
   kinds = classify(hlo, kernels)
+  desc = describe(hlo)
   ours["run"]()
   t0 = time.perf_counter()
   for _ in range(steps):
@@ -219,6 +251,7 @@ def profile(stage: str, size: str, *, batch, steps: int, dtype: str) -> dict:
   wall = (time.perf_counter() - t0) / steps
   path = glob.glob(os.path.join(out, "**", "*.xplane.pb"), recursive=True)[0]
   totals: dict[str, float] = collections.Counter()
+  per_kernel: dict[str, float] = collections.Counter()
   for plane in ProfileData.from_file(path).planes:
     if plane.name != "/host:CPU":
       continue
@@ -231,6 +264,7 @@ def profile(stage: str, size: str, *, batch, steps: int, dtype: str) -> dict:
           continue
         kind = kinds.get(name, kinds.get(name.split(":")[0], "other kernels (not in the HLO)"))
         totals[kind] += ev.duration_ns / 1e9 / steps
+        per_kernel[name.split(":")[0]] += ev.duration_ns / 1e9 / steps
   busy = sum(totals.values())
   # The tracer slows the step down; the gaps are taken against the untraced step's time.
   totals["outside kernels"] = (max(0.0, untraced - busy) if jax.devices()[0].platform == "cpu"
@@ -238,7 +272,9 @@ def profile(stage: str, size: str, *, batch, steps: int, dtype: str) -> dict:
   return {"stage": stage, "size": size, "batch": ours["config"].batch_size,
           "width": float(ours["config"].width), "step_s": untraced, "traced_step_s": wall,
           "kernel_s": busy,
-          "kinds": dict(sorted(totals.items(), key=lambda kv: -kv[1]))}
+          "kinds": dict(sorted(totals.items(), key=lambda kv: -kv[1])),
+          "top": [(name, t, kinds.get(name, "?"), desc.get(name, ""))
+                  for name, t in per_kernel.most_common(top)]}
 
 
 def main(argv=None) -> int:
@@ -249,17 +285,23 @@ def main(argv=None) -> int:
   p.add_argument("--reference-batch", type=int, default=2)
   p.add_argument("--steps", type=int, default=2)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--top", type=int, default=0, help="also list the N longest kernels (summed over "
+                 "their calls in a step) with the convolution or dot inside each")
   args = p.parse_args(argv)
   for stage in [s for s in args.stages.split(",") if s]:
     for size in [s for s in args.sizes.split(",") if s]:
       batch = args.smoke_batch if size == "smoke" else args.reference_batch
-      r = profile(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype)
+      r = profile(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype, top=args.top)
       total = sum(r["kinds"].values())
       print(f"{stage} {size} (width {r['width']}, batch {r['batch']}): step {r['step_s']:.3f} s "
             f"({r['traced_step_s']:.3f} s traced), kernels {r['kernel_s']:.3f} s; "
             f"load {open('/proc/loadavg').read().split()[0]}")
       for kind, s in r["kinds"].items():
         print(f"  {kind:<32} {s * 1e3:9.1f} ms  {100 * s / max(total, 1e-12):5.1f} %")
+      if r["top"]:
+        print(f"  the {len(r['top'])} longest kernels:")
+      for name, s, kind, what in r["top"]:
+        print(f"    {s * 1e3:8.1f} ms  {kind:<24} {name:<28} {what}")
   return 0
 
 
