@@ -45,6 +45,9 @@ WIDTH = 0.0625
 # running statistics 2.4e-5 (SyncNet), 4.7e-5 (generator); parameter moves 4.4e-3 (SyncNet; floor
 # 4.4e-3), 1.2e-4..1.6e-4 (disc; floor 1.2e-5..1.4e-5), 0.136 (generator; floor 0.046..0.064 with
 # two draws of the disc weights), 1.3e-4..1.5e-4 (disc within EmoGen; floor 3e-5).
+# At full width (EMOGEN_FULL_WIDTH_PARITY=1, batch 2) the generator's moves floor is 0.23, and by
+# the third step the perceptual term is 1.03e-3 and the running statistics 6.1e-4 from PyTorch's:
+# loss terms and statistics, like the moves, may differ by MOVES_VS_FLOOR x their own floor.
 LOSS_RTOL = 1e-3
 STATS_RTOL = 5e-4
 MOVE_RTOL = 5e-3
@@ -90,7 +93,9 @@ def _jax_run(mod, config, setup, state, batches):
     return metrics, train_state.unreplicate_to_host(rep)
 
   metrics, final = run(batches)
-  _, reordered = run([{k: v[::-1] for k, v in b.items()} for b in batches])
+  metrics_reordered, reordered = run([{k: v[::-1] for k, v in b.items()} for b in batches])
+  for m, r in zip(metrics, metrics_reordered):
+    m["reordered"] = r  # each term's own noise floor at that step
   return metrics, final, reordered
 
 
@@ -115,6 +120,8 @@ def _compare(kind, ours_state, reordered, theirs, start_params, start_stats=None
   if start_stats is not None:
     out[f"{kind}_stats"] = relative_diff(ours_state.batch_stats[kind], theirs[kind]["batch_stats"])
     out[f"{kind}_stats_moved"] = relative_diff(theirs[kind]["batch_stats"], _host(start_stats))
+    out[f"{kind}_stats_floor"] = relative_diff(reordered.batch_stats[kind],
+                                               ours_state.batch_stats[kind])
   return out
 
 
@@ -178,9 +185,13 @@ def emogen_parity(run):
 def _check(r, kinds_with_stats=()):
   print({k: v for k, v in r.items() if k not in ("ours", "theirs")})
   for step, (ours, theirs) in enumerate(zip(r["ours"], r["theirs"], strict=True)):
-    print("step", step, {k: (ours[k], v) for k, v in theirs.items()})
+    print("step", step, {k: (ours[k], v, ours["reordered"][k]) for k, v in theirs.items()})
     for name, value in theirs.items():
-      assert ours[name] == pytest.approx(value, rel=LOSS_RTOL, abs=1e-7), (step, name, ours[name], value)
+      # After a step or two a term may drift from PyTorch's as far as our own run drifts when the
+      # batch is summed in another order (full width: Adam's +-lr on the near-zero gradients).
+      floor = MOVES_VS_FLOOR * abs(ours["reordered"][name] - ours[name])
+      assert ours[name] == pytest.approx(value, rel=LOSS_RTOL, abs=max(1e-7, floor)), (
+          step, name, ours[name], value, floor)
   for key in [k for k in r if k.endswith("_moves")]:
     kind = key[:-len("_moves")]
     assert r[f"{kind}_moved"] > 0, r  # the steps did move the network (not a vacuous comparison)
@@ -188,7 +199,8 @@ def _check(r, kinds_with_stats=()):
     assert r[key] < MOVES_VS_FLOOR * r[f"{kind}_moves_floor"] + MOVE_RTOL, (key, r)
   for kind in kinds_with_stats:
     assert r[f"{kind}_stats_moved"] > 1e-3, r
-    assert r[f"{kind}_stats"] < STATS_RTOL, (kind, r[f"{kind}_stats"])
+    assert r[f"{kind}_stats"] < max(STATS_RTOL, MOVES_VS_FLOOR * r[f"{kind}_stats_floor"]), (
+        kind, r[f"{kind}_stats"], r[f"{kind}_stats_floor"])
 
 
 def test_syncnet_step_matches_pytorch():
@@ -218,7 +230,7 @@ def test_emogen_iteration_matches_pytorch(emogen_float32):
                     reason="full-width EmoGen parity (several minutes on a 2-core CPU): set "
                            "EMOGEN_FULL_WIDTH_PARITY=1")
 def test_emogen_iteration_matches_pytorch_full_width():
-  _check(emogen_parity(run_emogen(width=1.0, batch=1)), kinds_with_stats=("generator",))
+  _check(emogen_parity(run_emogen(width=1.0, batch=2)), kinds_with_stats=("generator",))
 
 
 def test_emogen_bfloat16_iteration_stays_near_float32(emogen_float32):
