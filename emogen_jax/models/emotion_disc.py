@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from emogen_jax.data.emotions import NUM_EMOTIONS
-from emogen_jax.models.layers import channels
+from emogen_jax.models.layers import channels, conv2d
 CONV_CHANNELS = (64, 128, 256, 512, 512)
 PROJ_HIDDEN = 2048
 EMBED = 512
@@ -91,7 +91,8 @@ class EmotionDiscriminator(nn.Module):
     kinit = nn.initializers.xavier_uniform()
     for k, ch in enumerate(CONV_CHANNELS, start=1):
       x = nn.Conv(channels(ch, self.width), (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)),
-                  kernel_init=kinit, dtype=self.dtype, name=f"conv_{k}_0")(x)
+                  kernel_init=kinit, dtype=self.dtype, conv_general_dilated=conv2d,
+                  name=f"conv_{k}_0")(x)
       x = nn.leaky_relu(x, LEAK)
     # PyTorch flattens (C, H, W); keep that order so converted Linear weights line up.
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(b, t, -1)

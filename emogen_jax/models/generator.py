@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from emogen_jax.data.emotions import NUM_EMOTIONS
-from emogen_jax.models.layers import ConvBN, ConvTBN, channels
+from emogen_jax.models.layers import ConvBN, ConvTBN, channels, conv2d
 
 
 # Per block: layers as (kind, cout, kernel, stride, padding); "res" = ConvBN(c, c, 3, 1, 1, res).
@@ -129,7 +129,8 @@ class Generator(nn.Module):
       x = jnp.concatenate([x, skips.pop()], axis=-1)
 
     x = layer(("conv", 32, 3, 1, 1), x, "output_block_0")
-    x = nn.Conv(3, (1, 1), padding="VALID", dtype=self.dtype, name="output_block_1")(x)
+    x = nn.Conv(3, (1, 1), padding=((0, 0), (0, 0)), dtype=self.dtype, conv_general_dilated=conv2d,
+                name="output_block_1")(x)
     x = jax.nn.sigmoid(x.astype(jnp.float32))
     if clip:
       return x.reshape((batch, steps) + x.shape[1:])

@@ -139,11 +139,124 @@ def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
   return BatchNorm(train=train, axis_name=axis_name, dtype=dtype, name="bn")
 
 
+# ------------------------------------------------------------------- convolution and its gradient
+
+# XLA:CPU computes a convolution's weight gradient as another convolution whose window is the
+# whole activation (96x96 in the decoder's last blocks), at 7-30 GFLOP/s where the forward runs at
+# 60-150. The same sums written as one matmul per kernel tap (activation shifted by the tap,
+# contracted with the output gradient over batch and space) run 1.4-4x faster wherever the input has
+# a few dozen channels; for the first layers' 3-15 channels under 7x7 kernels XLA's own is faster.
+# docs/design.md "CPU speed" has the measurements.
+TAP_GRAD_MIN_CHANNELS = 32
+TAP_GRAD_MAX_TAPS = 9
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _uses_tap_grad(x_shape, kernel_shape) -> bool:
+  kh, kw, cin, _ = kernel_shape
+  return (jax.default_backend() == "cpu" and cin >= TAP_GRAD_MIN_CHANNELS
+          and kh * kw <= TAP_GRAD_MAX_TAPS)
+
+
+def tap_weight_grad(x, dy, kernel_shape, strides, padding, precision=None):
+  """dL/dkernel of ``conv2d(x, kernel, strides, padding)`` from its output gradient ``dy``.
+
+  x (B, H, W, Cin), dy (B, H', W', Cout) -> (kh, kw, Cin, Cout): for each tap (i, j) the input
+  rows i, i + s, ... and columns j, j + s, ... (padded) against dy, one (Cin x B*H'*W') @
+  (B*H'*W' x Cout) matmul per tap, accumulated in float32.
+  """
+  kh, kw, cin, cout = kernel_shape
+  _, ho, wo, _ = dy.shape
+  sh, sw = strides
+  xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
+  if (sh, sw) == (1, 1):
+    return _tap_weight_grad_flat(xp, dy, kernel_shape, precision)
+  d = dy.reshape(-1, cout)
+  taps = [jax.lax.dot_general(xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw].reshape(-1, cin),
+                              d, (((0,), (0,)), ((), ())), precision=precision,
+                              preferred_element_type=jnp.float32)
+          for i in range(kh) for j in range(kw)]
+  return jnp.stack(taps).reshape(kernel_shape)
+
+
+def _tap_weight_grad_flat(xp, dy, kernel_shape, precision):
+  """Stride 1: every tap's rows as ONE contiguous range of the flattened padded input.
+
+  dy is zero-padded to the padded input's grid (Hp, Wp) (a stride-1 output is (Hp - kh + 1,
+  Wp - kw + 1)), and both are flattened to rows r = (b * Hp + h) * Wp + w. Then tap (i, j) pairs
+  input row r + i * Wp + j with gradient row r: within one image wherever the gradient row is a
+  real output, and against a zero gradient row everywhere else. No strided copies of the input.
+  """
+  kh, kw, cin, cout = kernel_shape
+  b, hp, wp, _ = xp.shape
+  _, ho, wo, _ = dy.shape
+  d = jnp.pad(dy, ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(-1, cout)
+  x2 = xp.reshape(-1, cin)
+  rows = b * hp * wp - ((kh - 1) * wp + (kw - 1))  # the padded tail of d: zero rows
+  taps = [jax.lax.dot_general(jax.lax.slice_in_dim(x2, i * wp + j, i * wp + j + rows), d[:rows],
+                              (((0,), (0,)), ((), ())), precision=precision,
+                              preferred_element_type=jnp.float32)
+          for i in range(kh) for j in range(kw)]
+  return jnp.stack(taps).reshape(kernel_shape)
+
+
+def _plain_conv(x, kernel, strides, padding, precision):
+  return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
+                                      precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _conv_tap_grad(x, kernel, strides, padding, precision):
+  return _plain_conv(x, kernel, strides, padding, precision)
+
+
+def _conv_tap_grad_fwd(x, kernel, strides, padding, precision):
+  return _plain_conv(x, kernel, strides, padding, precision), (x, kernel)
+
+
+def _conv_tap_grad_bwd(strides, padding, precision, res, dy):
+  x, kernel = res
+  dx = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding, precision), x)[1](dy)[0]
+  dk = tap_weight_grad(x, dy, kernel.shape, strides, padding, precision).astype(kernel.dtype)
+  return dx, dk
+
+
+_conv_tap_grad.defvjp(_conv_tap_grad_fwd, _conv_tap_grad_bwd)
+
+
+def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+           dimension_numbers=None, feature_group_count=1, precision=None):
+  """``jax.lax.conv_general_dilated`` for NHWC/HWIO convolutions, the same forward bit for bit,
+  with the per-tap weight gradient above where it is the faster one (``_uses_tap_grad``).
+  Signature of ``lax.conv_general_dilated``, so that ``nn.Conv(conv_general_dilated=conv2d)``
+  uses it; dilated, grouped and other layouts go to lax unchanged."""
+  plain = ((lhs_dilation is None or all(d == 1 for d in lhs_dilation))
+           and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
+           and feature_group_count == 1 and not isinstance(padding, str)
+           and _is_nhwc(dimension_numbers, lhs.ndim))
+  if not (plain and _uses_tap_grad(lhs.shape, rhs.shape)):
+    return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        precision=precision)
+  pads = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _conv_tap_grad(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+
+
+def _is_nhwc(dimension_numbers, ndim: int) -> bool:
+  if ndim != 4 or dimension_numbers is None:
+    return False
+  want = jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), _NHWC)
+  got = (dimension_numbers if isinstance(dimension_numbers, jax.lax.ConvDimensionNumbers)
+         else jax.lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), dimension_numbers))
+  return got == want
+
+
 def _conv(features, kernel_size, strides, padding, dtype, name) -> nn.Conv:
   kh, kw = _pair(kernel_size)
   ph, pw = _pair(padding)
   return nn.Conv(features, (kh, kw), strides=_pair(strides), padding=((ph, ph), (pw, pw)),
-                 use_bias=True, dtype=dtype, param_dtype=jnp.float32, name=name)
+                 use_bias=True, dtype=dtype, param_dtype=jnp.float32, conv_general_dilated=conv2d,
+                 name=name)
 
 
 class ConvBN(nn.Module):
@@ -243,8 +356,7 @@ def conv_transpose(x, kernel, strides, padding, output_padding, precision=None):
   k_phase = jnp.transpose(k6, (1, 3, 4, 0, 2, 5)).reshape(win_h, win_w, cin, sh * sw * cout)
   x = jax.lax.pad(x, jnp.zeros((), x.dtype),
                   ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
-  y = jax.lax.conv_general_dilated(x, k_phase, (1, 1), "VALID",
-                                   dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
+  y = conv2d(x, k_phase, (1, 1), ((0, 0), (0, 0)), dimension_numbers=_NHWC, precision=precision)
   y = y.reshape(b, rows_h, rows_w, sh, sw, cout)
   y = jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, rows_h * sh, rows_w * sw, cout)
   return y[:, :out_h, :out_w, :]
