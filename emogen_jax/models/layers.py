@@ -147,15 +147,21 @@ def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
 # contracted with the output gradient over batch and space) run 1.4-4x faster wherever the input has
 # a few dozen channels; for the first layers' 3-15 channels under 7x7 kernels XLA's own is faster.
 # docs/design.md "CPU speed" has the measurements.
+# Small gradients (a few thousand output positions: SyncNet's deeper layers at the smoke width)
+# pay more in per-matmul overhead than they save: the smoke SyncNet step was 7 % slower with them.
+# Measured: 53 M multiply-adds even or slower, 3.4 G 1.4-4x faster; the bound lies between.
 TAP_GRAD_MIN_CHANNELS = 32
 TAP_GRAD_MAX_TAPS = 9
+TAP_GRAD_MIN_MACS = 1 << 28
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _uses_tap_grad(x_shape, kernel_shape) -> bool:
-  kh, kw, cin, _ = kernel_shape
+def _uses_tap_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
+  kh, kw, cin, cout = kernel_shape
+  b, h, w, _ = x_shape
+  macs = b * (h // strides[0]) * (w // strides[1]) * kh * kw * cin * cout
   return (jax.default_backend() == "cpu" and cin >= TAP_GRAD_MIN_CHANNELS
-          and kh * kw <= TAP_GRAD_MAX_TAPS)
+          and kh * kw <= TAP_GRAD_MAX_TAPS and macs >= TAP_GRAD_MIN_MACS)
 
 
 def tap_weight_grad(x, dy, kernel_shape, strides, padding, precision=None):
@@ -234,7 +240,7 @@ def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=No
            and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
            and feature_group_count == 1 and not isinstance(padding, str)
            and _is_nhwc(dimension_numbers, lhs.ndim))
-  if not (plain and _uses_tap_grad(lhs.shape, rhs.shape)):
+  if not (plain and _uses_tap_grad(lhs.shape, rhs.shape, tuple(window_strides))):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision)

@@ -22,6 +22,12 @@ CASES = [(2, 12, 32, 24, 3, 1, ((1, 1), (1, 1))), (3, 12, 40, 16, 3, 2, ((1, 1),
          (2, 11, 32, 8, 3, 2, ((0, 0), (0, 0)))]
 
 
+@pytest.fixture(autouse=True)
+def small_layers_take_the_tap_gradient(monkeypatch):
+  """The cases are small (fast to check); the size bound is tested on its own below."""
+  monkeypatch.setattr(layers, "TAP_GRAD_MIN_MACS", 0)
+
+
 def _case(b, n, cin, cout, k, seed=0):
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((b, n, n, cin)), jnp.float32)
@@ -77,7 +83,25 @@ def test_small_channel_and_large_kernel_convolutions_keep_lax(monkeypatch):
   assert not tap_grad(16, 3)
   assert not tap_grad(32, 7)
   monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
-  assert not tap_grad(32, 3)  # cuDNN's weight gradient is left alone on accelerators
+  assert not tap_grad(32, 3)
+
+
+def test_small_gradients_keep_lax(monkeypatch):
+  """Below TAP_GRAD_MIN_MACS multiply-adds (the smoke SyncNet's deeper layers) lax's gradient is
+  kept; the decoder's 24x24 256-channel layer over 10 frames (3.4 G) takes the per-tap one."""
+  monkeypatch.setattr(layers, "TAP_GRAD_MIN_MACS", 1 << 28)
+
+  def tap_grad(b, n, cin, cout, s=1):
+    x = jax.ShapeDtypeStruct((b, n, n, cin), jnp.float32)
+    w = jax.ShapeDtypeStruct((3, 3, cin, cout), jnp.float32)
+    grad = jax.grad(lambda x, w: jnp.sum(conv2d(x, w, (s, s), ((1, 1), (1, 1)),
+                                                  dimension_numbers=NHWC)), argnums=1)
+    return "dot_general" in str(jax.make_jaxpr(grad)(x, w))
+  assert tap_grad(10, 24, 256, 256)
+  assert not tap_grad(8, 12, 64, 128)       # 85 M
+  assert tap_grad(10, 24, 256, 256, s=2)  # stride 2: a quarter of the positions, 0.85 G
+  assert not tap_grad(10, 12, 256, 256, s=2)  # 0.21 G
+  # cuDNN's weight gradient is left alone on accelerators
 
 
 def test_transposed_conv_layer_uses_it_and_matches_lax(monkeypatch):
