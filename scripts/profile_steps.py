@@ -135,9 +135,8 @@ def _source_kind(chain) -> str | None:
   return None
 
 
-def classify(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, str]:
-  """{HLO instruction name: kind} for every instruction of the compiled module."""
-  chains = _tables(hlo)
+def _computations(hlo: str) -> dict[str, list[str]]:
+  """{computation name: its instruction lines} of the compiled module's text."""
   comps: dict[str, list[str]] = collections.defaultdict(list)
   current = None
   for line in hlo.splitlines():
@@ -147,6 +146,13 @@ def classify(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, str]:
       continue
     if current and _INSTR.match(line):
       comps[current].append(line)
+  return comps
+
+
+def classify(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, str]:
+  """{HLO instruction name: kind} for every instruction of the compiled module."""
+  chains = _tables(hlo)
+  comps = _computations(hlo)
 
   def kind_of_lines(lines, depth=0) -> str | None:
     conv = dot = None
@@ -195,18 +201,8 @@ def classify(hlo: str, kernel_shapes: set[tuple[int, ...]]) -> dict[str, str]:
 def describe(hlo: str) -> dict[str, str]:
   """{HLO instruction name: "op shape window op_name"}, the innermost convolution or dot of a
   fusion standing in for it: what --top prints beside each kernel."""
-  lines = {}
-  comps: dict[str, list[str]] = collections.defaultdict(list)
-  current = None
-  for line in hlo.splitlines():
-    m = _COMP.match(line)
-    if m and line.rstrip().endswith("{"):
-      current = m.group(1)
-      continue
-    m = _INSTR.match(line)
-    if current and m:
-      comps[current].append(line)
-      lines[m.group(1)] = line
+  comps = _computations(hlo)
+  lines = {_INSTR.match(line).group(1): line for body in comps.values() for line in body}
 
   def short(line: str, depth: int = 0) -> str:
     m = _INSTR.match(line)

@@ -146,10 +146,10 @@ def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
 # 60-150. The same sums written as one matmul per kernel tap (activation shifted by the tap,
 # contracted with the output gradient over batch and space) run 1.4-4x faster wherever the input has
 # a few dozen channels; for the first layers' 3-15 channels under 7x7 kernels XLA's own is faster.
-# docs/design.md "CPU speed" has the measurements.
 # Small gradients (a few thousand output positions: SyncNet's deeper layers at the smoke width)
 # pay more in per-matmul overhead than they save: the smoke SyncNet step was 7 % slower with them.
 # Measured: 53 M multiply-adds even or slower, 3.4 G 1.4-4x faster; the bound lies between.
+# docs/design.md "CPU speed" has the measurements.
 TAP_GRAD_MIN_CHANNELS = 32
 TAP_GRAD_MAX_TAPS = 9
 TAP_GRAD_MIN_MACS = 1 << 28
@@ -172,20 +172,28 @@ def tap_weight_grad(x, dy, kernel_shape, strides, padding, precision=None):
   (B*H'*W' x Cout) matmul per tap, accumulated in float32.
   """
   kh, kw, cin, cout = kernel_shape
-  _, ho, wo, _ = dy.shape
-  sh, sw = strides
   xp = jnp.pad(x, ((0, 0), tuple(padding[0]), tuple(padding[1]), (0, 0)))
-  if (sh, sw) == (1, 1):
-    return _tap_weight_grad_flat(xp, dy, kernel_shape, precision)
-  d = dy.reshape(-1, cout)
-  taps = [jax.lax.dot_general(xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw].reshape(-1, cin),
-                              d, (((0,), (0,)), ((), ())), precision=precision,
+  if tuple(strides) == (1, 1):
+    tap_rows, d = _contiguous_tap_rows(xp, dy, kh, kw)
+  else:
+    tap_rows, d = _strided_tap_rows(xp, dy, kh, kw, strides)
+  taps = [jax.lax.dot_general(tap_rows(i, j), d, (((0,), (0,)), ((), ())), precision=precision,
                               preferred_element_type=jnp.float32)
           for i in range(kh) for j in range(kw)]
   return jnp.stack(taps).reshape(kernel_shape)
 
 
-def _tap_weight_grad_flat(xp, dy, kernel_shape, precision):
+def _strided_tap_rows(xp, dy, kh, kw, strides):
+  """Tap (i, j)'s input rows as a strided view (rows i, i + s, ..., columns j, j + s, ...) of the
+  padded input, in dy's row order: (rows(i, j) -> (B*H'*W', Cin), dy as (B*H'*W', Cout))."""
+  _, ho, wo, cout = dy.shape
+  sh, sw = strides
+  cin = xp.shape[-1]
+  rows = lambda i, j: xp[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw].reshape(-1, cin)
+  return rows, dy.reshape(-1, cout)
+
+
+def _contiguous_tap_rows(xp, dy, kh, kw):
   """Stride 1: every tap's rows as ONE contiguous range of the flattened padded input.
 
   dy is zero-padded to the padded input's grid (Hp, Wp) (a stride-1 output is (Hp - kh + 1,
@@ -193,17 +201,12 @@ def _tap_weight_grad_flat(xp, dy, kernel_shape, precision):
   input row r + i * Wp + j with gradient row r: within one image wherever the gradient row is a
   real output, and against a zero gradient row everywhere else. No strided copies of the input.
   """
-  kh, kw, cin, cout = kernel_shape
-  b, hp, wp, _ = xp.shape
-  _, ho, wo, _ = dy.shape
-  d = jnp.pad(dy, ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(-1, cout)
+  b, hp, wp, cin = xp.shape
+  _, ho, wo, cout = dy.shape
+  n = b * hp * wp - ((kh - 1) * wp + (kw - 1))  # past n, d holds only padding: zero rows
+  d = jnp.pad(dy, ((0, 0), (0, hp - ho), (0, wp - wo), (0, 0))).reshape(-1, cout)[:n]
   x2 = xp.reshape(-1, cin)
-  rows = b * hp * wp - ((kh - 1) * wp + (kw - 1))  # the padded tail of d: zero rows
-  taps = [jax.lax.dot_general(jax.lax.slice_in_dim(x2, i * wp + j, i * wp + j + rows), d[:rows],
-                              (((0,), (0,)), ((), ())), precision=precision,
-                              preferred_element_type=jnp.float32)
-          for i in range(kh) for j in range(kw)]
-  return jnp.stack(taps).reshape(kernel_shape)
+  return lambda i, j: jax.lax.slice_in_dim(x2, i * wp + j, i * wp + j + n), d
 
 
 def _plain_conv(x, kernel, strides, padding, precision):
