@@ -148,11 +148,12 @@ def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
 # a few dozen channels; for the first layers' 3-15 channels under 7x7 kernels XLA's own is faster.
 # Small gradients (a few thousand output positions: SyncNet's deeper layers at the smoke width)
 # pay more in per-matmul overhead than they save: the smoke SyncNet step was 7 % slower with them.
-# Measured: 53 M multiply-adds even or slower, 3.4 G 1.4-4x faster; the bound lies between.
+# Measured: 53-85 M multiply-adds even or slower; the smoke EmoGen step's 119-236 M gradients
+# (the decoder's 3x3 and 2x2 layers) gain ~10 % on the step; 3.4 G 1.4-4x per layer.
 # docs/design.md "CPU speed" has the measurements.
 TAP_GRAD_MIN_CHANNELS = 32
 TAP_GRAD_MAX_TAPS = 9
-TAP_GRAD_MIN_MACS = 1 << 28
+TAP_GRAD_MIN_MACS = 1 << 27
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
