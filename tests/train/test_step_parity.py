@@ -139,10 +139,11 @@ def run_single_network(name, mod, make_vars, torch_steps, batch, seed=0):
           **_compare(name, final, reordered, theirs, start["params"], start.get("batch_stats"))}
 
 
-def run_emogen(width=WIDTH, batch=2, seed=0, compute_dtype="float32"):
+def run_emogen(width=WIDTH, batch=2, seed=0, compute_dtype="float32", w_sync=0.03):
   """EmoGen at the reference config (lr 1e-4, disc lr 1e-6, w_pl = w_emo = 0.01) with the sync
-  term switched on (w_sync 0.03) and random frozen networks (expert, VGG-19 of width 0.125)."""
-  config = load_config("emogen", None, width=width, batch_size=batch, w_sync=0.03,
+  term switched on (w_sync 0.03; 0: before the switch) and random frozen networks (expert,
+  VGG-19 of width 0.125)."""
+  config = load_config("emogen", None, width=width, batch_size=batch, w_sync=w_sync,
                        allow_random_init=True, seed=seed, compute_dtype=compute_dtype)
   assert config.w_pl > 0 and config.w_emo > 0
   vgg_width = emogen_step.RANDOM_VGG_WIDTH
@@ -222,6 +223,15 @@ def test_emogen_iteration_matches_pytorch(emogen_float32):
   r = emogen_parity(emogen_float32)
   for ours in r["ours"]:  # every term is on and contributes
     assert ours["w_sync"] > 0 and ours["sync"] > 0 and ours["perceptual"] > 0 and ours["emo"] > 0
+  _check(r, kinds_with_stats=("generator",))
+
+
+def test_emogen_iteration_before_the_sync_switch_matches_pytorch():
+  """w_sync 0: our step skips the gradient through the expert (emogen._sync_term) where the
+  PyTorch iteration computes it and multiplies it by 0; the sync loss is still reported."""
+  r = emogen_parity(run_emogen(w_sync=0.0))
+  for ours in r["ours"]:
+    assert ours["w_sync"] == 0 and ours["sync"] > 0 and ours["perceptual"] > 0 and ours["emo"] > 0
   _check(r, kinds_with_stats=("generator",))
 
 

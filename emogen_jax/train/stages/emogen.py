@@ -186,12 +186,23 @@ def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------ steps
 
-def _generated_terms(g, batch, state: TrainState, disc_params, expert, disc, vgg):
+def _sync_term(g, sync_mel, frozen, expert, w_sync=None):
+  """The frozen expert's sync loss of generated clips g against label 1. Differentiated only
+  while its weight is on: before the switch (w_sync 0, most of a smoke run) the gradient
+  through the expert would be multiplied by 0, so it is not computed (the original skips the
+  whole term then; we keep its value as a metric). w_sync None: always differentiable."""
+  def value(clips):
+    a, v = expert.apply(frozen, sync_mel, losses.lower_half_stack(clips), train=False)
+    return losses.sync_loss(a, v, jnp.ones((clips.shape[0],), jnp.float32))
+  if w_sync is None:
+    return value(g)
+  return jax.lax.cond(w_sync > 0, value, lambda clips: value(jax.lax.stop_gradient(clips)), g)
+
+
+def _generated_terms(g, batch, state: TrainState, disc_params, expert, disc, vgg, w_sync=None):
   """Loss terms of generated clips g (B,5,96,96,3); every one a float32 scalar."""
-  a, v = expert.apply(state.frozen["syncnet"], batch["sync_mel"], losses.lower_half_stack(g),
-                      train=False)
   terms = {"l1": losses.l1_loss(g, batch["target"]),
-           "sync": losses.sync_loss(a, v, jnp.ones((g.shape[0],), jnp.float32))}
+           "sync": _sync_term(g, batch["sync_mel"], state.frozen["syncnet"], expert, w_sync)}
   if vgg is not None:
     frames = lambda x: x.reshape((-1,) + x.shape[2:])
     fg = vgg.apply(state.frozen["vgg19"], frames(g))
@@ -225,7 +236,7 @@ def make_train_step(config, setup: dict[str, Any]):
       g, new_vars = gen.apply({"params": params, "batch_stats": state.batch_stats["generator"]},
                               batch["mel"], batch["frames"], batch["emotion"], train=True,
                               mutable=["batch_stats"])
-      terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg)
+      terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg, w_sync)
       terms["l1"] = nonfinite(terms["l1"], state.step)
       return total_loss(terms, w_sync, w_pl, w_emo), (new_vars["batch_stats"], terms)
 
