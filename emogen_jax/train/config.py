@@ -34,6 +34,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval_every_steps = 3_000
   c.eval_batches = 50           # 0 = one whole pass over the validation split
+  # Global validation batch (0 = batch_size). BatchNorm uses its running statistics in
+  # validation and the means are weighted per example, so the figures do not depend on it; a
+  # larger one validates faster where the training batch is tiny (the smoke configs).
+  c.eval_batch_size = 0
   # Fixed windows per validation clip (evenly spaced; SyncNet scores each in and off sync).
   c.eval_windows = 2
   c.eval_at_start = False       # also validate before the first step (a learning-curve baseline)
@@ -81,8 +85,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
     raise UserError(f"config.compute_dtype={c.compute_dtype!r}; use float32 or bfloat16")
   for name in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
                "eval_batches", "eval_windows", "checkpoint_every_steps", "keep_checkpoints", "sample_every_steps",
-               "data_segment_steps"):
-    if int(c[name]) < 0:
+               "data_segment_steps", "eval_batch_size"):
+    if int(c.get(name, 0)) < 0:
       raise UserError(f"config.{name}={c[name]} must not be negative")
   for name in ("batch_size", "log_every_steps", "keep_checkpoints", "eval_windows"):
     if int(c[name]) == 0:
@@ -96,9 +100,10 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
                     f"config.lr_decay_steps={c.lr_decay_steps} >= 0")
   if not c.learning_rate > 0:
     raise UserError(f"config.learning_rate={c.learning_rate} must be > 0")
-  if c.batch_size % device_count:
-    raise UserError(f"config.batch_size={c.batch_size} (global) does not divide evenly over the "
-                    f"{device_count} devices; use a multiple of {device_count}")
+  for name in ("batch_size", "eval_batch_size"):
+    if int(c.get(name, 0)) % device_count:
+      raise UserError(f"config.{name}={c[name]} (global) does not divide evenly over the "
+                      f"{device_count} devices; use a multiple of {device_count}")
   if c.synthetic_data and int(c.eval_batches) == 0:
     raise UserError("config.eval_batches=0 (a whole validation pass) needs a finite validation "
                     "split, but config.synthetic_data=True streams forever; set eval_batches >= 1")

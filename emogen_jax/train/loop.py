@@ -318,6 +318,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   os.makedirs(workdir, exist_ok=True)
   n_devices, n_local = jax.device_count(), jax.local_device_count()
   per_device = config.batch_size // n_devices
+  per_device_eval = (int(config.get("eval_batch_size", 0)) or config.batch_size) // n_devices
   log(f"stage {config.stage}: {jax.process_count()} process(es), {n_devices} device(s) "
       f"({n_local} local, {jax.devices()[0].platform}), global batch {config.batch_size} = "
       f"{n_devices} x {per_device}, width {config.width}, {config.compute_dtype}")
@@ -338,14 +339,14 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   # ------------------------------------------------------------------ compiled steps, feedback
   p_train = jax.pmap(stage.make_train_step(config, setup), axis_name=AXIS, donate_argnums=(0,))
   p_eval = jax.pmap(stage.make_eval_step(config, setup), axis_name=AXIS)
-  limit = eval_steps(config, stage, per_device)
+  limit = eval_steps(config, stage, per_device_eval)
   feedback = Feedback(config, workdir, main, log)
   sampler = _make_sampler(config, stage, setup, workdir, per_device, main, log)
   after_validation = getattr(stage, "after_validation", None)
 
   def validate(state, step):
-    metrics, batches, examples = evaluate(p_eval, state, config, stage, per_device=per_device,
-                                          limit=limit)
+    metrics, batches, examples = evaluate(p_eval, state, config, stage,
+                                          per_device=per_device_eval, limit=limit)
     feedback.validation(step, metrics, batches, examples)
     return metrics
 

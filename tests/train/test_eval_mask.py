@@ -50,3 +50,22 @@ def test_per_example_metrics_average_to_the_batch_metric():
   m = jax.pmap(lambda p, w: losses.masked_mean({"l": p}, w, "d"), axis_name="d")(per[None], mask[None])
   np.testing.assert_allclose(m["l"][0], losses.sync_loss(a[mask > 0], v[mask > 0], y[mask > 0]), rtol=1e-6)
   assert m["examples"][0] == 3
+
+
+def test_validation_figures_do_not_depend_on_the_eval_batch(preprocessed_data):
+  """config.eval_batch_size: one whole pass over the real validation shards in batches of 2 and
+  of 8 (the last one padded, mask 0) gives the same per-example means."""
+  from emogen_jax.train import loop
+  mod = stages.get("emotion_disc")
+  config = load_config("emotion_disc", width=0.0625, batch_size=2, eval_batches=0,
+                       data_dir=preprocessed_data["data_dir"])
+  setup = mod.prepare(config, log=lambda *a: None)
+  state = train_state.replicate(mod.init_state(config, jax.random.PRNGKey(0), setup),
+                                devices=jax.devices()[:1])
+  p_eval = jax.pmap(mod.make_eval_step(config, setup), axis_name="batch", devices=jax.devices()[:1])
+  small, n_small, ex_small = loop.evaluate(p_eval, state, config, mod, per_device=2, limit=0)
+  large, n_large, ex_large = loop.evaluate(p_eval, state, config, mod, per_device=8, limit=0)
+  assert ex_small == ex_large >= 4 and n_small > n_large
+  assert ex_large % 8 != 0  # the last large batch was padded: the mask had to work
+  for k in small:
+    np.testing.assert_allclose(large[k], small[k], rtol=2e-5, atol=1e-6, err_msg=k)
