@@ -101,7 +101,7 @@ def _lookup_table(real):
   return where, frames
 
 
-def _run(setup, generator):
+def _run(setup, generator, **kwargs):
   def intercept(next_fun, args, kwargs, context):
     if isinstance(context.module, Generator) and context.method_name == "__call__":
       _, face, emotion = args[:3]
@@ -110,7 +110,7 @@ def _run(setup, generator):
 
   with nn.intercept_methods(intercept):
     return ev.evaluate(setup["gen"], setup["data"], "test", emotion_classifier=setup["classifier"],
-                       batch_size=8, progress=False)
+                       batch_size=8, progress=False, **kwargs)
 
 
 def _identity(face, emotion):
@@ -165,3 +165,30 @@ def test_label_ignoring_generator_scores_the_classifiers_rate_for_the_reference(
   confusion = np.array(r["emo_confusion"])
   # Rows (predicted) do not depend on the target: each target column has the same counts.
   assert (confusion == confusion[:, :1]).all() or (confusion == confusion[:1, :]).all()
+
+
+def test_emotion_frames_scores_the_first_frames_only(setup):
+  """--emotion-frames 5: EmoAcc from each clip's first window (the oracle still scores the
+  classifier's own accuracy on those windows), PSNR/SSIM over whole clips, and the eleven extra
+  generations per clip cover 5 frames, not 10: every generated frame is counted."""
+  generated = []
+
+  def counting_oracle(face, emotion):
+    def count(face):
+      # rows of a batch that hold a reference crop (the renderer pads batches with zeros)
+      generated.append(int(np.count_nonzero(np.asarray(face[..., 3:6]).reshape(len(face), -1).any(1))))
+      return np.zeros((), np.int32)
+    token = jax.pure_callback(count, jax.ShapeDtypeStruct((), jnp.int32), face)
+    return oracle(face, emotion) + 0.0 * token.astype(jnp.float32)
+
+  oracle = _oracle(setup)
+  r = _run(setup, counting_oracle, emotion_frames=5)
+  assert r["frames"] == 12 * N_FRAMES and r["psnr"] == float("inf")
+  assert r["emotion_frames_per_clip"] == 5 and r["emotion_frames"] == 12 * 5
+  assert r["emo_acc"] == pytest.approx(r["classifier_acc_on_real"])
+  # own label over the whole clip; 5 more labels and 6 with the neutral reference over 5 frames
+  # (the two NEU clips are their actors' neutral reference, so they have none)
+  assert sum(generated) == 12 * N_FRAMES + 12 * 5 * 5 + 10 * 6 * 5
+  with pytest.raises(ev.UserError, match="emotion_frames=4"):
+    ev.evaluate(setup["gen"], setup["data"], "test", emotion_classifier=setup["classifier"],
+                emotion_frames=4, progress=False)
