@@ -27,6 +27,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.b2 = 0.999
   # "constant" (the original's) or "cosine": decay to lr * lr_final_fraction over lr_decay_steps
   # (0 = num_train_steps). The SyncNet and generator optimizers; the emotion disc has its own.
+  # With lr_decay_steps 0 a run resumed with a larger num_train_steps follows the new, longer
+  # schedule from its step on; pin lr_decay_steps to extend a run exactly as planned.
   c.lr_schedule = "constant"
   c.lr_decay_steps = 0
   c.lr_final_fraction = 0.05

@@ -19,7 +19,10 @@ _EMOGEN = ["--config", "configs/emogen.py:smoke", "--config.synthetic_data=True"
            "--config.width=0.0625", "--config.batch_size=2", "--config.checkpoint_every_steps=2",
            "--config.eval_every_steps=2", "--config.eval_batches=1", "--config.sample_every_steps=2",
            # Any validation sync loss is "low": w_sync switches on at the step-2 validation.
-           "--config.sync_threshold=100"]
+           "--config.sync_threshold=100",
+           # The smoke config's cosine decay spans num_train_steps unless pinned: the 2-step run
+           # would follow a shorter schedule than the 4-step one it is compared with.
+           "--config.lr_decay_steps=4"]
 
 
 def _train_item(workdir: str, step: int) -> dict:
