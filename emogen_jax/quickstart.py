@@ -384,9 +384,7 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
       # earlier runs' included; SyncNet's overlaps the emotion classifiers' (recipe.parallel)
       "stages_wall_s": round(sum(v for k, v in walls.items() if k not in stages.TRAININGS)
                              + results["training_wall_s"], 1),
-      "parallel_trainings": ({stages.BACKGROUND: [k for k in stages.TRAININGS
-                                                  if k not in (stages.BACKGROUND, "emogen")]}
-                             if results.get("parallel") else {}),
+      "parallel_trainings": results["parallel_trainings"],
       "total_wall_s": round(time.time() - t_start, 1),  # this call only
   }
   _write_summary(summary, results)
