@@ -129,6 +129,8 @@ CASES = [
     # evaluate
     ("evaluate-max-clips-0", "evaluate", ["--checkpoint", "gen", "--data-dir", "folder", "--out",
                                           "ev", "--max-clips", "0"], "at least 1"),
+    ("evaluate-emotion-frames-4", "evaluate", ["--checkpoint", "gen", "--data-dir", "folder", "--out",
+                                               "ev", "--emotion-frames", "4"], "--emotion-frames must be at least 5"),
     ("evaluate-out-file", "evaluate", ["--checkpoint", "gen", "--data-dir", "folder", "--out",
                                        "notes.txt"], "is a file, not a folder"),
     ("evaluate-syncnet-missing", "evaluate", ["--checkpoint", "gen", "--data-dir", "folder", "--out",
@@ -154,6 +156,8 @@ CASES = [
     ("train-no-workdir", "train", TRAIN, "--workdir is required"),
     ("train-negative-steps", "train", TRAIN + ["--workdir", "w", "--config.num_train_steps=-1"],
      "must not be negative"),
+    ("train-negative-eval-batch", "train", TRAIN + ["--workdir", "w", "--config.eval_batch_size=-8"],
+     "config.eval_batch_size=-8 must not be negative"),
     ("train-emotion-disc-on-syncnet-workdir", "train",
      ["--config", EMODISC_CFG, "--config.synthetic_data=True", "--workdir", "syncnet_run"],
      "holds a syncnet run"),

@@ -118,6 +118,9 @@ def test_batch_must_divide_over_devices():
   with pytest.raises(UserError, match="does not divide evenly over the 4 devices"):
     train_config.validate(c, device_count=4)
   train_config.validate(load_config("syncnet", synthetic_data=True, batch_size=8), device_count=4)
+  c = load_config("syncnet", synthetic_data=True, batch_size=8, eval_batch_size=6)
+  with pytest.raises(UserError, match="config.eval_batch_size=6 .global. does not divide evenly"):
+    train_config.validate(c, device_count=4)
 
 
 def test_emogen_checkpoint_requirements(tmp_path):
