@@ -375,7 +375,7 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
     result["emotion_frames"] = emotion_frames_total
     result["neutral_reference_clips"] = clips - len(neutral_missing)
     result["neutral_reference_missing"] = neutral_missing
-  if not judges:
+  if "" not in judges:  # an independent classifier alone still scores its own keys
     result["emo_acc"] = "not computed (no emotion classifier; --emotion-classifier)"
   if incep is not None:
     fg, fr = np.concatenate(feats_gen), np.concatenate(feats_real)

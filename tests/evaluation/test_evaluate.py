@@ -148,3 +148,7 @@ def test_independent_classifier_and_neutral_reference(tmp_path):
   real = [ev.classify_clip(judge, c["frames"][:16]) == c["emotion"] for c in (ang, neu)]
   assert r["classifier_acc_on_real_independent"] == pytest.approx(np.mean(real))
   assert "independent" in ev.to_markdown(r) and "NEUTRAL" in ev.to_markdown(r)
+  # the independent classifier alone (no --emotion-classifier): its figures, and a report
+  alone = ev.evaluate(gen, data, "test", independent_classifier=other, batch_size=8, progress=False)
+  assert alone["emo_acc_independent"] == pytest.approx(r["emo_acc_independent"])
+  assert alone["emo_acc"].startswith("not computed") and "independent" in ev.to_markdown(alone)
