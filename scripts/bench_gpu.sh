@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One accelerator session's benchmarks (issue 13): the three training steps at the configs' own
+# One accelerator session's benchmarks: the three training steps at the configs' own
 # batch sizes (SyncNet 128, emotion disc 64, EmoGen 16 clips) in float32 (with PyTorch on the same
 # GPU, interleaved) and bfloat16, then generator inference. Rows go to $OUT/gpu_results.json, the
 # log to $OUT/gpu_log.txt. Run from the repository root: bash scripts/bench_gpu.sh [OUTDIR]

@@ -1,4 +1,4 @@
-"""Learnability of the three training stages on CPU: the figures of issue "training", one command.
+"""Learnability of the three training stages on CPU, and emotion control, in one command.
 
   python scripts/reproduce_training.py --workdir W
       renders the synthetic corpus (16 actors x 12 clips), converts and preprocesses it, trains the
