@@ -32,7 +32,10 @@ the reference and the emotion label is never needed (measured: the generator ign
 "other_clip" (ours) takes the reference window from ANOTHER clip of the SAME actor, of
 another emotion whenever the actor's clips near it in the stream offer one, while the target
 (and so every loss) keeps the label's emotion: copying the reference is then wrong, and
-the label is the only source of the target's expression.
+the label is the only source of the target's expression. ``same_clip_fraction`` (training
+streams of "other_clip" only) gives that share of the clips the original's reference instead,
+so the generator also meets references that already show the asked-for emotion (as at test
+time with a clip's own frames, or a neutral face asked to stay neutral); 0 = never.
 
 Training streams (train=True): files and clips shuffled, repeated forever; each clip read
 and decoded once yields ``windows_per_clip`` examples (only the JPEGs those windows use
@@ -354,7 +357,8 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
                      windows_per_clip: int = 16, eval_windows: int = 2, repeat: Optional[bool] = None,
                      with_metadata: bool = False, process_index: int = 0,
                      process_count: int = 1, min_batches: int = 0,
-                     reference_sampling: str = "same_clip") -> tuple:
+                     reference_sampling: str = "same_clip",
+                     same_clip_fraction: float = 0.0) -> tuple:
   """The tf.data.Dataset of batches with leading dim global_batch (create_dataset's core).
 
   A finite evaluation pass is padded (mask 0) to at least ``min_batches`` batches: hosts of a
@@ -370,6 +374,9 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
     raise UserError(f"reference_sampling={reference_sampling!r}; use one of "
                     f"{', '.join(REFERENCE_SAMPLING)}")
   other_clip = task == "generator" and reference_sampling == "other_clip"
+  if not 0.0 <= float(same_clip_fraction) <= 1.0:
+    raise UserError(f"same_clip_fraction={same_clip_fraction!r}; use a share between 0 and 1")
+  own_share = float(same_clip_fraction) if other_clip and train else 0.0
   builder = dataset_builder(data_dir)
   splits = {name: int(info.num_examples) for name, info in builder.info.splits.items()}
   if split not in splits or splits[split] == 0:
@@ -406,9 +413,17 @@ def build_tf_dataset(task: str, data_dir: str, split: str, *, global_batch: int,
 
   def per_clip(i, clip):
     s = tf.random.experimental.stateless_fold_in(base_seed, i)
-    if other_clip:
-      return _clip_examples(task, clip["clip"], s, k, train, with_metadata, ref_clip=clip["ref"])
-    return _clip_examples(task, clip, s, k, train, with_metadata)
+    if not other_clip:
+      return _clip_examples(task, clip, s, k, train, with_metadata)
+    other = lambda: _clip_examples(task, clip["clip"], s, k, train, with_metadata,
+                                   ref_clip=clip["ref"])
+    if own_share == 0.0:
+      return other()
+    # Drawn per clip read, keyed like every other draw: the same (seed, read) picks the same.
+    own = tf.random.stateless_uniform([], tf.random.experimental.stateless_fold_in(s, 0x0C11)) \
+        < own_share
+    return tf.cond(own, lambda: _clip_examples(task, clip["clip"], s, k, train, with_metadata),
+                   other)
 
   ds = ds.enumerate().map(per_clip, num_parallel_calls=num_parallel, deterministic=True)
   ds = ds.unbatch()
@@ -462,7 +477,8 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
                    num_parallel=tf.data.AUTOTUNE, windows_per_clip: int = 16,
                    eval_windows: int = 2, repeat: Optional[bool] = None,
                    with_metadata: bool = False, prefetch: int = 2,
-                   min_batches: int = 0, reference_sampling: str = "same_clip") -> Iterator[dict]:
+                   min_batches: int = 0, reference_sampling: str = "same_clip",
+                   same_clip_fraction: float = 0.0) -> Iterator[dict]:
   """Batches of ``task`` examples from ``split``: dicts of numpy arrays, leading dims
   (num_devices, per_device_batch). See the module docstring for the contents and rules.
 
@@ -489,6 +505,8 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
     reference_sampling: generator only: "same_clip" (the original: the reference window is
       another start of the target's clip) or "other_clip" (another clip of the same actor,
       of another emotion when possible; see ``_pair_with_other_clips``).
+    same_clip_fraction: with "other_clip", the share of training clips that take the
+      original's reference instead (drawn per clip read).
   """
   _hide_accelerators()
   if per_device_batch < 1:
@@ -503,7 +521,8 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
                            num_parallel=num_parallel, windows_per_clip=windows_per_clip,
                            eval_windows=eval_windows, repeat=repeat, with_metadata=with_metadata,
                            process_index=jax.process_index(), process_count=jax.process_count(),
-                           min_batches=min_batches, reference_sampling=reference_sampling)
+                           min_batches=min_batches, reference_sampling=reference_sampling,
+                           same_clip_fraction=same_clip_fraction)
 
   def to_devices(batch):
     return {k: tf.reshape(v, tf.concat([[num_devices, per_device_batch], tf.shape(v)[1:]], 0))

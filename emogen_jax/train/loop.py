@@ -75,6 +75,7 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int,
     kwargs["shuffle_buffer"] = int(config.shuffle_buffer)
   if stage.TASK == "generator":
     kwargs["reference_sampling"] = config.reference_sampling
+    kwargs["same_clip_fraction"] = float(config.get("same_clip_fraction", 0.0))
   if split != "train":
     kwargs["eval_windows"] = int(config.eval_windows)
     kwargs["min_batches"] = min_batches

@@ -114,3 +114,44 @@ def test_unknown_mode_is_a_user_error(data):
   assert emogen_stage.REFERENCE_SAMPLING == ip.REFERENCE_SAMPLING
   with pytest.raises(UserError, match="config.reference_sampling='neighbour'"):
     emogen_stage.validate_config(recipe.load_config("emogen", reference_sampling="neighbour"))
+  with pytest.raises(UserError, match="config.same_clip_fraction=-0.1"):
+    emogen_stage.validate_config(recipe.load_config("emogen", same_clip_fraction=-0.1))
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+def test_same_clip_fraction_mixes_in_the_original_reference(data, fraction):
+  it = ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=4, num_devices=1,
+                         augment=False, with_metadata=True, seed=3, reference_sampling="other_clip",
+                         same_clip_fraction=fraction)
+  ex = _examples(it, 12)
+  own = other = 0
+  for i in range(len(ex["mask"])):
+    cid, rid = ex["clip_id"][i].decode(), ex["ref_clip_id"][i].decode()
+    clip, ref = data["clips"][cid], data["clips"][rid]
+    f, g = int(ex["start"][i]), int(ex["other_start"][i])
+    np.testing.assert_array_equal(np.rint(ex["frames"][i, ..., 3:] * 255), ref["frames"][g:g + 5])
+    if rid == cid:  # the original's rule: another start of the target's own clip
+      own += 1
+      assert g != f and ex["ref_emotion"][i] == ex["emotion"][i]
+    else:
+      other += 1
+      assert ref["actor"] == clip["actor"] and ref["emotion"] != clip["emotion"]
+  if fraction == 1.0:
+    assert other == 0
+  else:  # both kinds, drawn per clip read (16 windows each)
+    assert own >= 4 and other >= 4
+
+
+def test_same_clip_fraction_is_deterministic_and_training_only(data):
+  mk = lambda train, seed=5: ip.create_dataset(
+      "generator", data["data_dir"], "train", per_device_batch=4, num_devices=1, seed=seed,
+      train=train, with_metadata=True, reference_sampling="other_clip", same_clip_fraction=0.5)
+  a, b = _examples(mk(True), 6), _examples(mk(True), 6)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  evaluation = list(mk(False))  # validation keeps the cross-clip references
+  for batch in evaluation:
+    assert (batch["clip_id"] != batch["ref_clip_id"]).all()
+  with pytest.raises(UserError, match="same_clip_fraction=1.5"):
+    ip.create_dataset("generator", data["data_dir"], "train", per_device_batch=1, num_devices=1,
+                      reference_sampling="other_clip", same_clip_fraction=1.5)

@@ -80,6 +80,10 @@ def validate_config(config) -> None:
   if config.reference_sampling not in REFERENCE_SAMPLING:
     raise UserError(f"config.reference_sampling={config.reference_sampling!r}; use one of "
                     f"{', '.join(REFERENCE_SAMPLING)} (see configs/emogen.py)")
+  share = float(config.get("same_clip_fraction", 0.0))
+  if not 0.0 <= share <= 1.0:
+    raise UserError(f"config.same_clip_fraction={share}; use a share between 0 and 1 (0: every "
+                    "training reference from another clip)")
 
 
 def prepare(config, *, log=print) -> dict[str, Any]:
