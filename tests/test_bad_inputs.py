@@ -21,6 +21,7 @@ from tests import _infer_fixtures as F
 from tests import REPO  # noqa: E402
 SYNCNET_CFG = os.path.join(REPO, "configs", "syncnet.py") + ":smoke"
 EMODISC_CFG = os.path.join(REPO, "configs", "emotion_disc.py") + ":smoke"
+EMOGEN_CFG = os.path.join(REPO, "configs", "emogen.py") + ":smoke"
 
 
 def _mains():
@@ -158,6 +159,9 @@ CASES = [
      "must not be negative"),
     ("train-negative-eval-batch", "train", TRAIN + ["--workdir", "w", "--config.eval_batch_size=-8"],
      "config.eval_batch_size=-8 must not be negative"),
+    ("train-same-clip-fraction-2", "train",
+     ["--config", EMOGEN_CFG, "--config.synthetic_data=True", "--workdir", "w",
+      "--config.same_clip_fraction=2"], "config.same_clip_fraction=2.0; use a share between 0 and 1"),
     ("train-emotion-disc-on-syncnet-workdir", "train",
      ["--config", EMODISC_CFG, "--config.synthetic_data=True", "--workdir", "syncnet_run"],
      "holds a syncnet run"),

@@ -11,9 +11,9 @@
 ``scripts/reproduce_training.py``. The lip-sync expert does not depend on the two emotion
 classifiers, so (``parallel=True``, the default) it trains in a child process beside them
 (docs/design.md "CPU speed": 702 -> 640 s on the quickstart corpus, 2 cores, identical results).
-A stage whose workdir already holds the final metrics of the requested step count is skipped (its figures are read back); an unfinished one resumes from its
-latest checkpoint. The EmoGen stage validates once before its first step, the baseline of the
-"validation L1 falls" target.
+A stage whose workdir already holds the final metrics of the requested step count is skipped
+(its figures are read back); an unfinished one resumes from its latest checkpoint. The EmoGen
+stage validates once before its first step, the baseline of the "validation L1 falls" target.
 """
 
 from __future__ import annotations
