@@ -33,6 +33,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_baseline
 
+from emogen_jax import allocator  # noqa: E402
+
 STAGE_CONFIGS = {"syncnet": "syncnet", "emotion_disc": "emotion_disc", "emogen": "emogen"}
 
 
@@ -178,7 +180,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
          "examples_per_s": round(config.batch_size / step_s, 3),
          "gflop_per_step": round(flops_per_step / 1e9, 3),
          "achieved_gflop_per_s": round(flops_per_step / step_s / 1e9, 3),
-         "loss": loss, "loadavg": _load()}
+         "loss": loss, "loadavg": _load(), "malloc": allocator.describe()}
   if torch_step is not None:
     import torch
     t_s = medians["torch"]
@@ -218,10 +220,13 @@ def main(argv=None) -> int:
             f"{row['achieved_gflop_per_s']:.1f} GFLOP/s achieved (compile {row['compile_s']:.0f} s)"
             + (f"; PyTorch ({row['torch_device']}, {row['torch_threads']} threads) "
                f"{row['torch_step_s']:.3f} s: ours {row['speedup_vs_torch']:.2f}x"
-               if "torch_step_s" in row else "") + f"; load {row['loadavg']}", flush=True)
+               if "torch_step_s" in row else "") + f"; load {row['loadavg']}; {row['malloc']}",
+            flush=True)
   write_rows(args.json, rows)
   return 0
 
 
 if __name__ == "__main__":
+  from emogen_jax.allocator import use_fast_allocator
+  use_fast_allocator()  # may re-execute this command with tcmalloc preloaded
   sys.exit(main())

@@ -513,4 +513,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+  from emogen_jax.allocator import use_fast_allocator
+  use_fast_allocator()  # may re-execute this command with tcmalloc preloaded
   sys.exit(main())

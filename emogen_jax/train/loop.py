@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
+from emogen_jax import allocator
 from emogen_jax.data import files
 from emogen_jax.errors import UserError
 from emogen_jax.models import checkpoints
@@ -322,7 +323,8 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   per_device_eval = (int(config.get("eval_batch_size", 0)) or config.batch_size) // n_devices
   log(f"stage {config.stage}: {jax.process_count()} process(es), {n_devices} device(s) "
       f"({n_local} local, {jax.devices()[0].platform}), global batch {config.batch_size} = "
-      f"{n_devices} x {per_device}, width {config.width}, {config.compute_dtype}")
+      f"{n_devices} x {per_device}, width {config.width}, {config.compute_dtype}; "
+      f"{allocator.describe()}")
   if config.synthetic_data:
     log("data: synthetic random batches (config.synthetic_data=True)")
 
