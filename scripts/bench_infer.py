@@ -74,6 +74,7 @@ def main(argv=None) -> int:
   p.add_argument("--no-torch", action="store_true", help="time ours only")
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
+  from emogen_jax import allocator
   rows = []
   for b in [int(x) for x in args.batches.split(",") if x]:
     row = bench(b, args.width, max(1, args.repeats), args.dtype, not args.no_torch)
@@ -82,7 +83,7 @@ def main(argv=None) -> int:
           f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
           + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
              f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")
-          + f"; load {row['loadavg']}", flush=True)
+          + f"; load {row['loadavg']}; {allocator.describe()}", flush=True)
   from bench_train import write_rows
   write_rows(args.json, rows)
   return 0
