@@ -39,7 +39,7 @@ from emogen_jax.errors import ArgumentParser, UserError, cli_main
 # The learnability recipe (emogen_jax.train.recipe.TARGETS), measured on the idle
 # 2-core CPU: 16 actors leave 12 for training and 2 each for validation and test; with fewer
 # (6 actors: 4 for training) the emotion disc memorises identities and SyncNet learns slower.
-# EmoGen needs 1800 steps for the label to matter on every corpus tried: at 900 the faces are
+# EmoGen needs 1800 steps for the label to matter on both corpora tried: at 900 the faces are
 # still blurry averages and two to four of the six emotions come out alike (docs/design.md
 # "Emotion control": seed 0 test EmoAcc 52.1 % -> 73.6 %, every emotion >= 42 %).
 DEFAULTS = {"actors": 16, "clips_per_actor": 12, "syncnet_steps": 3000, "emotion_steps": 800,
