@@ -69,6 +69,10 @@ def use_fast_allocator() -> None:
     return
   lib = find()
   if lib is None:
+    choice = os.environ.get(ENV, "")
+    if choice and choice != "system":  # a path that is not there: say so, do not drop it silently
+      print(f"warning: {ENV}={choice} is not a file; running on the system's malloc (give the "
+            "path of an installed libtcmalloc_minimal.so.4, or unset it)", file=sys.stderr)
     return
   env = dict(os.environ)
   env["LD_PRELOAD"] = ":".join(p for p in (lib, env.get("LD_PRELOAD", "")) if p)
@@ -91,8 +95,11 @@ def describe() -> str:
   lib = preloaded()
   if lib:
     return f"malloc: {os.path.basename(lib)}"
-  if os.environ.get(ENV) == "system":
+  choice = os.environ.get(ENV, "")
+  if choice == "system":
     return f"malloc: the system's ({ENV}=system)"
+  if choice and find() is None:
+    return f"malloc: the system's ({ENV}={choice} is not a file)"
   if find() is None:
     return ("malloc: the system's (apt-get install libtcmalloc-minimal4 makes CPU steps 1.1-1.5x "
             "faster)")

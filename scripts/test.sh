@@ -4,12 +4,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 export JAX_PLATFORMS=cpu CUDA_VISIBLE_DEVICES="" TF_CPP_MIN_LOG_LEVEL=2
-# The suite runs on tcmalloc when it is installed, as the entry points do (emogen_jax/allocator.py:
-# XLA:CPU's scratch buffers stop page-faulting).
-FAST_MALLOC=$(${PYTHON:-python3} -c "from emogen_jax import allocator; print(allocator.find() or '')")
-if [ -n "$FAST_MALLOC" ]; then
-  export LD_PRELOAD="$FAST_MALLOC${LD_PRELOAD:+:$LD_PRELOAD}" TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD=1099511627776
-fi
 # One worker per core (at most 4; each builds the session's shared fixtures): compiling, most of
 # the suite's time, is single-threaded. A test file runs whole in one worker (tests/conftest.py).
-exec ${PYTHON:-python3} -m pytest tests -n auto --maxprocesses 4 --dist loadgroup "$@"
+# pytest starts through use_fast_allocator, as the entry points do (emogen_jax/allocator.py): the
+# suite and its workers run on tcmalloc when it is installed.
+exec ${PYTHON:-python3} -c "from emogen_jax.allocator import use_fast_allocator; use_fast_allocator()
+import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))" \
+  tests -n auto --maxprocesses 4 --dist loadgroup "$@"

@@ -12,6 +12,7 @@ import pytest
 
 from emogen_jax import allocator
 from tests import subprocess_env
+from tests.conftest import _in_ci
 
 # What the process runs on (read from its own memory map) and its arguments, which the
 # re-executed process must keep.
@@ -30,17 +31,21 @@ def _clean_env(**extra: str) -> dict[str, str]:
 
 
 def _run(args: list[str], env: dict[str, str]) -> list[str]:
+  return _run_process(args, env).stdout.strip().splitlines()[-1].split("|")
+
+
+def _run_process(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
   out = subprocess.run([sys.executable] + args, env=env, capture_output=True, text=True,
                        timeout=120)
   assert out.returncode == 0, out.stderr[-2000:]
-  return out.stdout.strip().splitlines()[-1].split("|")
+  return out
 
 
 @pytest.fixture(scope="module")
 def tcmalloc() -> str:
   lib = allocator.find() if os.environ.get(allocator.ENV) != "system" else None
   if lib is None:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+    if _in_ci():
       pytest.fail("tcmalloc is not installed; bash scripts/install.sh installs "
                   "libtcmalloc-minimal4 (as root)")
     pytest.skip("tcmalloc is not installed (apt-get install libtcmalloc-minimal4)")
@@ -71,6 +76,10 @@ def test_a_library_import_never_reexecutes(tcmalloc):
   assert lib == "glibc"
 
 
-def test_a_missing_library_path_carries_on_with_glibc():
-  lib, _ = _run(["-c", _PROBE], _clean_env(EMOGEN_ALLOCATOR="/nonexistent/libtcmalloc.so"))
-  assert lib == "glibc"
+def test_a_missing_library_path_carries_on_with_glibc_and_says_so():
+  out = _run_process(["-c", _PROBE], _clean_env(EMOGEN_ALLOCATOR="/nonexistent/libtcmalloc.so"))
+  assert out.stdout.strip().splitlines()[-1].split("|")[0] == "glibc"
+  warning = [line for line in out.stderr.splitlines() if "EMOGEN_ALLOCATOR" in line]
+  assert warning == ["warning: EMOGEN_ALLOCATOR=/nonexistent/libtcmalloc.so is not a file; running "
+                     "on the system's malloc (give the path of an installed "
+                     "libtcmalloc_minimal.so.4, or unset it)"], out.stderr
