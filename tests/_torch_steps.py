@@ -9,7 +9,9 @@ Only the weights come from our side, through ``emogen_jax.convert`` (flax -> tor
 first step, torch -> flax after the last one), so that the two runs can be compared leaf by leaf.
 
 Batches are our NHWC numpy batches (``<stage>.fake_batch``); each function permutes them to NCHW.
-Every function returns (per-step loss terms as floats, final Flax variables by kind).
+Every function returns (per-step loss terms as floats, final Flax variables by kind). With
+``dtype=torch.float64`` the same steps run in double precision: the near-exact answer against
+which the parity tests measure how far a float32 step (PyTorch's or ours) lands from it.
 """
 
 from __future__ import annotations
@@ -25,19 +27,22 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _t(x) -> torch.Tensor:
-  return torch.from_numpy(np.array(x))  # a writable copy
+def _t(x, dtype=None) -> torch.Tensor:
+  """A writable copy; floating arrays cast to ``dtype`` when given (integer labels kept)."""
+  x = np.array(x)
+  if dtype is not None and np.issubdtype(x.dtype, np.floating):
+    x = x.astype(torch.empty((), dtype=dtype).numpy().dtype)
+  return torch.from_numpy(x)
 
 
-def _nchw(x) -> torch.Tensor:
+def _nchw(x, dtype=None) -> torch.Tensor:
   """(..., H, W, C) numpy -> (..., C, H, W) torch."""
-  x = _t(x)
-  return x.movedim(-1, -3)
+  return _t(x, dtype).movedim(-1, -3)
 
 
-def _load(net, kind: str, variables, width: float):
+def _load(net, kind: str, variables, width: float, dtype=torch.float32):
   net.load_state_dict({k: _t(v) for k, v in convert.flax_to_torch(kind, variables, width).items()})
-  return net
+  return net.to(dtype)
 
 
 def _export(net, kind: str, width: float) -> dict:
@@ -54,14 +59,15 @@ def _sync_bce(a, v, y):
   return F.binary_cross_entropy(F.cosine_similarity(a, v), y)
 
 
-def syncnet_steps(variables, width: float, batches, *, lr: float, b1: float, b2: float):
+def syncnet_steps(variables, width: float, batches, *, lr: float, b1: float, b2: float,
+                  dtype=torch.float32):
   """Wav2Lip expert training: train-mode SyncNet, BCE of cos(audio, face) against the label."""
-  net = _load(torch_models(width)[1], "syncnet", variables, width).train()
+  net = _load(torch_models(width)[1], "syncnet", variables, width, dtype).train()
   opt = _adam(net, lr, b1, b2)
   terms = []
   for b in batches:
-    a, v = net(_nchw(b["mel"]), _nchw(b["frames"]))
-    loss = _sync_bce(a, v, _t(b["label"]))
+    a, v = net(_nchw(b["mel"], dtype), _nchw(b["frames"], dtype))
+    loss = _sync_bce(a, v, _t(b["label"], dtype))
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -69,13 +75,14 @@ def syncnet_steps(variables, width: float, batches, *, lr: float, b1: float, b2:
   return terms, {"syncnet": _export(net, "syncnet", width)}
 
 
-def emotion_disc_steps(variables, width: float, batches, *, lr: float, b1: float, b2: float):
+def emotion_disc_steps(variables, width: float, batches, *, lr: float, b1: float, b2: float,
+                       dtype=torch.float32):
   """DISCEMO stand-alone training: cross-entropy of the clip's emotion."""
-  net = _load(torch_emotion_disc(width), "emotion_disc", variables, width).train()
+  net = _load(torch_emotion_disc(width), "emotion_disc", variables, width, dtype).train()
   opt = _adam(net, lr, b1, b2)
   terms = []
   for b in batches:
-    loss = F.cross_entropy(net(_nchw(b["frames"])), _t(b["emotion"]).long())
+    loss = F.cross_entropy(net(_nchw(b["frames"], dtype)), _t(b["emotion"]).long())
     opt.zero_grad()
     loss.backward()
     opt.step()
@@ -86,44 +93,45 @@ def emotion_disc_steps(variables, width: float, batches, *, lr: float, b1: float
 def _vgg_input(frames_bgr):
   """BGR frames in [0, 1] (N, 3, H, W) -> ImageNet-normalised RGB, what the VGG weights expect."""
   rgb = frames_bgr.flip(1)
-  mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-  std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+  mean = torch.tensor(IMAGENET_MEAN, dtype=rgb.dtype).view(1, 3, 1, 1)
+  std = torch.tensor(IMAGENET_STD, dtype=rgb.dtype).view(1, 3, 1, 1)
   return (rgb - mean) / std
 
 
 def emogen_steps(variables, widths: dict, batches, *, lr: float, disc_lr: float, b1: float,
-                 b2: float, w_sync: float, w_pl: float, w_emo: float):
+                 b2: float, w_sync: float, w_pl: float, w_emo: float, dtype=torch.float32):
   """EmoGen iterations: a generator update on the four-term loss (frozen inference-mode expert,
   frozen VGG, the emotion disc judging but not moved), then one emotion-disc update on the real
   target frames. ``variables``/``widths`` by kind: generator, syncnet, emotion_disc, vgg19."""
   gen = _load(torch_models(widths["generator"])[0], "generator", variables["generator"],
-              widths["generator"]).train()
+              widths["generator"], dtype).train()
   expert = _load(torch_models(widths["syncnet"])[1], "syncnet", variables["syncnet"],
-                 widths["syncnet"]).eval()
+                 widths["syncnet"], dtype).eval()
   disc = _load(torch_emotion_disc(widths["emotion_disc"]), "emotion_disc",
-               variables["emotion_disc"], widths["emotion_disc"]).train()
-  vgg = _load(torch_vgg19(widths["vgg19"]), "vgg19", variables["vgg19"], widths["vgg19"]).eval()
+               variables["emotion_disc"], widths["emotion_disc"], dtype).train()
+  vgg = _load(torch_vgg19(widths["vgg19"]), "vgg19", variables["vgg19"], widths["vgg19"],
+              dtype).eval()
   for frozen in (expert, vgg):
     frozen.requires_grad_(False)
   g_opt = _adam(gen, lr, b1, b2)
   d_opt = _adam(disc, disc_lr, b1, b2)
   terms = []
   for b in batches:
-    face = _nchw(b["frames"])                       # (B, T, 6, 96, 96)
-    mel = _nchw(b["mel"])                         # (B, T, 1, 80, 16)
-    target = _nchw(b["target"])                   # (B, T, 3, 96, 96)
+    face = _nchw(b["frames"], dtype)              # (B, T, 6, 96, 96)
+    mel = _nchw(b["mel"], dtype)                  # (B, T, 1, 80, 16)
+    target = _nchw(b["target"], dtype)            # (B, T, 3, 96, 96)
     emotion = _t(b["emotion"]).long()
     bsz, steps = face.shape[:2]
     # The original folds clips time-major into frames (all first frames, then all second ...).
     fold = lambda x: torch.cat([x[:, i] for i in range(steps)], dim=0)
-    out = gen(fold(mel), fold(face), F.one_hot(emotion, 6).float().repeat(steps, 1))
+    out = gen(fold(mel), fold(face), F.one_hot(emotion, 6).to(dtype).repeat(steps, 1))
     g = torch.stack(torch.split(out, bsz, dim=0), dim=1)          # (B, T, 3, 96, 96)
 
     l1 = F.l1_loss(g, target)
     # Expert face input: lower halves of the T frames stacked on channels, frame-major.
     lower = torch.cat([g[:, i, :, g.shape[-2] // 2:] for i in range(steps)], dim=1)
-    a, v = expert(_nchw(b["sync_mel"]), lower)
-    sync = _sync_bce(a, v, torch.ones(bsz))
+    a, v = expert(_nchw(b["sync_mel"], dtype), lower)
+    sync = _sync_bce(a, v, torch.ones(bsz, dtype=dtype))
     frames = lambda x: x.reshape((-1,) + x.shape[2:])
     perceptual = sum(F.mse_loss(fg, ft) for fg, ft in
                      zip(vgg(_vgg_input(frames(g))), vgg(_vgg_input(frames(target)))))
