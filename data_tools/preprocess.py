@@ -368,6 +368,9 @@ def build_dataset(data_dir: str, cache_dir: str, log=print) -> str:
   if os.path.isdir(out):
     shutil.rmtree(out)  # splits or clips may have changed; the build is cheap next to stage 1
   builder = EmogenClips(data_dir=data_dir, file_format="tfrecord")
+  # TFDS's progress bars redraw with carriage returns: in a log file (the quickstart's, CI's) they
+  # become a screen of fragments; shown only on a terminal.
+  tfds.display_progress_bar(sys.stderr.isatty())
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=cache_dir, compute_stats=tfds.download.ComputeStatsMode.SKIP))
   log(f"stage 2: wrote {out}")
