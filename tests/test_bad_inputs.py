@@ -86,6 +86,8 @@ CASES = [
      "too small for a face"),
     ("infer-resize-factor-0", "infer", INFER + ["--out", "o.mp4", "--resize-factor", "0"],
      "positive integer"),
+    ("infer-detect-every-0", "infer", INFER + ["--out", "o.mp4", "--detect-every", "0"],
+     "--detect-every must be a positive integer"),
     ("infer-face-folder", "infer", ["--checkpoint", "gen", "--face", "folder", "--audio", "speech.wav",
                                     "--out", "o.mp4"], "is a folder"),
     ("infer-audio-folder", "infer", ["--checkpoint", "gen", "--face", "face.mp4", "--audio", "folder",

@@ -263,7 +263,7 @@ def boxes_with_gaps(raw: Sequence[Optional[Box]], window: int = 5, max_gap: int 
   for a, b in zip(known[:-1], known[1:]):
     if 1 < b - a <= max_gap + 1:
       for i in range(a + 1, b):
-        boxes[i] = _interp_box(raw[a], a, raw[b], b, i)
+        boxes[i] = interp_box(raw[a], a, raw[b], b, i)
         status[i] = "interpolated"
   out, i = [], 0
   while i < n:
@@ -279,7 +279,8 @@ def boxes_with_gaps(raw: Sequence[Optional[Box]], window: int = 5, max_gap: int 
   return list(zip(out, status))
 
 
-def _interp_box(b0, i0: int, b1, i1: int, i: int) -> Box:
+def interp_box(b0, i0: int, b1, i1: int, i: int) -> Box:
+  """The box of frame i on the straight line from b0 (frame i0) to b1 (frame i1), in pixels."""
   return tuple(int(round(float(np.interp(i, [i0, i1], [v0, v1])))) for v0, v1 in zip(b0, b1))
 
 
@@ -303,7 +304,7 @@ def track_boxes(detections: Iterable[tuple], window: int = 5, max_gap: int = 0) 
       if fill_to is None:
         e[1], e[2] = None, "missing"
       else:
-        e[1], e[2] = _interp_box(last[1], last[0], fill_to[1], fill_to[0], e[4]), "interpolated"
+        e[1], e[2] = interp_box(last[1], last[0], fill_to[1], fill_to[0], e[4]), "interpolated"
     gap.clear()
 
   def emit_ready():

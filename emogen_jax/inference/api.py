@@ -93,7 +93,7 @@ class TalkingFace:
                pads: Sequence[int] = infer.DEFAULT_PADS, smooth: bool = True,
                box: Sequence[int] | None = None, static: bool = False, resize_factor: int = 1,
                crop: Sequence[int] | None = None, rotate: bool = False, rgb: bool = False,
-               on_no_face: str = "keep", blend: str = "feather",
+               on_no_face: str = "keep", blend: str = "feather", detect_every: int = 1,
                progress: bool = True) -> tuple[np.ndarray, float]:
     """Frames (N, H, W, 3) uint8 and their fps; ``emotion="all"`` gives six faces side by side.
 
@@ -105,14 +105,15 @@ class TalkingFace:
     Arrays are BGR unless ``rgb=True`` (then input and output are RGB). ``fps`` is the rate of
     array frames or an image (default 25); a video path keeps its own rate.
     Options as the CLI's (pads/box are top, bottom, left, right). ``self.last_stats`` tells how
-    many frames had a face, were interpolated or passed through (``on_no_face="keep"``).
+    many frames had a face, were interpolated or passed through (``on_no_face="keep"``), and
+    with ``detect_every=k`` how many lay between detected frames.
     """
     emotions = infer.parse_emotions(emotion)
     source = _face_source(face, fps, rgb)
     wav = _waveform(audio)
     opts = infer.FaceOptions(pads=tuple(pads), smooth=smooth, resize_factor=resize_factor, crop=crop,
                              box=box, rotate=rotate, static=static, on_no_face=on_no_face,
-                             blend=blend)
+                             blend=blend, detect_every=detect_every)
     self.last_stats = stream.StreamStats()
     out = np.stack(list(infer.render_stream(self.renderer, source, wav, emotions, opts,
                                             detector=None if box is not None else self.detector,

@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--batch-size", type=int, default=16, help="faces per generator call (default 16)")
   p.add_argument("--detector", default="haar", choices=face_detection.DETECTORS,
                  help="face detector (haar: offline; s3fd: needs --s3fd-weights)")
+  p.add_argument("--detect-every", type=int, default=1, metavar="K",
+                 help="run the detector on every K-th frame and the last (default 1: all); the "
+                      "frames between get boxes interpolated between theirs, counted apart")
   p.add_argument("--s3fd-weights", default=None, help=f"path of {face_detection.S3FD_FILE}")
   p.add_argument("--on-no-face", default="keep", choices=ON_NO_FACE,
                  help="frames without a face: keep (default: passed through unchanged, short gaps "
@@ -85,7 +88,8 @@ def check_flags(args: argparse.Namespace) -> FaceOptions:
     raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
   opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
                      crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
-                     detector=args.detector, s3fd_weights=args.s3fd_weights,
+                     detector=args.detector, detect_every=args.detect_every,
+                     s3fd_weights=args.s3fd_weights,
                      on_no_face=args.on_no_face, blend=args.blend)
   check_face_options(opts)
   return opts
@@ -151,8 +155,9 @@ def main(argv=None) -> int:
   print(f"wrote {s['out']}: {s['frames']} frames at {s['fps']:g} fps, {s['faces']} faces generated in "
         f"{s['seconds']:.1f} s ({s['faces'] / max(s['seconds'], 1e-9):.1f} faces/s end to end, after "
         f"a startup of {s['startup_seconds']:.1f} s with {s['compilations']} compilation of "
-        f"{s['compile_seconds']:.1f} s); source frames: {st.found} with a face, {st.interpolated} "
-        f"interpolated, {st.missing} passed through")
+        f"{s['compile_seconds']:.1f} s); source frames: {st.found} with a face, "
+        + (f"{st.between} between detections (--detect-every), " if st.between else "")
+        + f"{st.interpolated} interpolated, {st.missing} passed through")
   return 0
 
 

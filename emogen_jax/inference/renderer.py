@@ -137,6 +137,7 @@ class FaceOptions:
   rotate: bool = False                      # rotate frames 90 degrees clockwise
   static: bool = False                      # use only the first frame as a still
   detector: str = "haar"
+  detect_every: int = 1                     # run the detector on every k-th frame (and the last)
   s3fd_weights: str | None = None
   on_no_face: str = "keep"                  # keep: pass faceless frames through; error: stop
   blend: str = "feather"                    # feather: soft-edged paste; box: the hard rectangle
@@ -178,6 +179,9 @@ def check_face_options(opts: FaceOptions) -> None:
   _check_box("--crop", opts.crop, edge_ok=True)
   if int(opts.resize_factor) < 1:
     raise UserError(f"--resize-factor must be a positive integer, got {opts.resize_factor}")
+  if int(opts.detect_every) < 1:
+    raise UserError(f"--detect-every must be a positive integer (1: every frame), got "
+                    f"{opts.detect_every}")
   if opts.on_no_face not in stream.ON_NO_FACE:
     raise UserError(f"--on-no-face must be one of {', '.join(stream.ON_NO_FACE)}, "
                     f"got {opts.on_no_face!r}")

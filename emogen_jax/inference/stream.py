@@ -154,6 +154,7 @@ class StreamStats:
   header_frames: int | None = None
   truncated: bool = False       # fewer frames decoded than the header lists
   found: int = 0                # frames with a face of their own
+  between: int = 0              # not run through the detector (detect_every): box interpolated
   interpolated: int = 0         # short faceless gaps: box interpolated between faces
   missing: int = 0              # no face: the source frame passes through unchanged
   multi_face: int = 0           # frames where several faces were found (the largest is used)
@@ -183,23 +184,54 @@ def pingpong_index(i: int, n: int) -> int:
   return j if j < n else period - j
 
 
-def _detected(frames: Iterable[np.ndarray], detector, pads) -> Iterator[tuple]:
-  """(frame, padded box or None, faces found) per frame, the detector called on small chunks."""
-  chunk: list = []
+def _detected(frames: Iterable[np.ndarray], detector, pads, every: int = 1) -> Iterator[tuple]:
+  """(frame, padded box or None, faces found) per frame, the detector called on small chunks.
 
-  def flush():
-    found = detector.detect_faces(chunk)
-    out = [(f, None if b is None else face_detection.pad_box(b, pads, f.shape), count)
-           for f, (b, count) in zip(chunk, found)]
-    chunk.clear()
-    return out
+  every=k: only frames 0, k, 2k, ... and the last go through the detector. A frame between two
+  detected ones gets the box interpolated between theirs when both found a face, and None
+  faces found (it was not looked at); when either found none it gets no box, a gap that the
+  tracker fills or passes through like any faceless frame.
+  """
+  k = max(1, int(every))
+  entries: list = []     # [frame, box, count, detected] in stream order, not yet detected
+  last_head = None       # the latest detected entry already emitted (left end of the next span)
+  between: list = []     # entries after last_head, waiting for the next detected one
 
-  for f in frames:
-    chunk.append(f)
-    if len(chunk) == face_detection.DETECT_BATCH:
-      yield from flush()
-  if chunk:
-    yield from flush()
+  def detect(heads):
+    found = detector.detect_faces([e[0] for e in heads])
+    for e, (b, count) in zip(heads, found):
+      e[1] = None if b is None else face_detection.pad_box(b, pads, e[0].shape)
+      e[2] = count
+
+  def emit(batch):
+    nonlocal last_head
+    for e in batch:
+      if not e[3]:
+        between.append(e)
+        continue
+      if between:
+        if last_head is not None and last_head[1] is not None and e[1] is not None:
+          span = len(between) + 1
+          for n, m in enumerate(between, 1):
+            m[1] = face_detection.interp_box(last_head[1], 0, e[1], span, n)
+        yield from ((m[0], m[1], None) for m in between)
+        between.clear()
+      last_head = e
+      yield e[0], e[1], e[2]
+
+  heads = 0
+  for i, f in enumerate(frames):
+    entries.append([f, None, 0, i % k == 0])
+    heads += i % k == 0
+    if heads == face_detection.DETECT_BATCH:
+      detect([e for e in entries if e[3]])
+      yield from emit(entries)
+      entries, heads = [], 0
+  if entries and not entries[-1][3]:
+    entries[-1][3] = True  # the last frame is always looked at: no span left open at the end
+  if entries:
+    detect([e for e in entries if e[3]])
+    yield from emit(entries)
 
 
 def tracked_boxes(frames: Iterable[np.ndarray], opts, detector, fps: float) -> Iterator[tuple]:
@@ -209,7 +241,7 @@ def tracked_boxes(frames: Iterable[np.ndarray], opts, detector, fps: float) -> I
   between two faces get interpolated boxes unless ``on_no_face == "error"``.
   """
   max_gap = 0 if opts.on_no_face == "error" else int(round(MAX_GAP_SECONDS * fps))
-  dets = _detected(frames, detector, tuple(int(p) for p in opts.pads))
+  dets = _detected(frames, detector, tuple(int(p) for p in opts.pads), opts.detect_every)
   return face_detection.track_boxes(dets, window=5 if opts.smooth else 1, max_gap=max_gap)
 
 
@@ -245,9 +277,11 @@ def source_items(open_frames: Callable[[], Iterator[np.ndarray]], prepare: Calla
     for j, (frame, box, status, count) in enumerate(tracked):
       if box is None and opts.on_no_face == "error":
         on_missing_error(j, frame)
-      if count > 1:
+      if count is not None and count > 1:
         stats.multi_face += 1
         stats.first_multi_face = j if stats.first_multi_face is None else stats.first_multi_face
+      if count is None and status == "found":
+        status = "between"  # not run through the detector (detect_every > 1)
       setattr(stats, status, getattr(stats, status) + 1)
       boxes.append(box)
       if store is not None:

@@ -59,6 +59,70 @@ def test_track_boxes_streams_the_whole_list_rule():
   assert rule[1][0] == (10, 0, 20, 10)
 
 
+class _ScriptedDetector:
+  """Frame i (a tiny array holding i) has the box (i, 0, i + 10, 10), or none where listed."""
+
+  def __init__(self, faceless=()):
+    self.faceless, self.seen = set(faceless), []
+
+  def detect_faces(self, frames):
+    out = []
+    for f in frames:
+      i = int(f[0, 0, 0])
+      self.seen.append(i)
+      out.append((None, 0) if i in self.faceless else ((i, 0, i + 10, 10), 1))
+    return out
+
+
+def test_detect_every_looks_at_every_kth_and_the_last_frame_and_interpolates_between():
+  pad = lambda b: face_detection.pad_box(b, (0, 0, 0, 0), (64, 64, 3))
+  rng = np.random.default_rng(0)
+  for n in list(range(0, 8)) + [15, 16, 17, 33, 34, 50]:  # around the detector's chunk of 16
+    for k in (1, 2, 3, 5):
+      faceless = {int(i) for i in rng.choice(max(n, 1), size=min(n, 3), replace=False)}
+      det = _ScriptedDetector(faceless)
+      frames = [np.full((64, 64, 3), i, np.int32) for i in range(n)]
+      got = list(stream._detected(frames, det, (0, 0, 0, 0), every=k))
+      heads = sorted({i for i in range(0, n, k)} | ({n - 1} if n else set()))
+      assert det.seen == heads, (n, k)
+      assert [int(f[0, 0, 0]) for f, _, _ in got] == list(range(n))
+      for i, (_, box, count) in enumerate(got):
+        if i in heads:
+          assert count == (0 if i in faceless else 1)
+          assert box == (None if i in faceless else pad((i, 0, i + 10, 10)))
+          continue
+        assert count is None  # not looked at
+        left, right = max(h for h in heads if h < i), min(h for h in heads if h > i)
+        if left in faceless or right in faceless:
+          assert box is None
+        else:  # on the line between the two detected boxes
+          assert box == face_detection.interp_box(pad((left, 0, left + 10, 10)), left,
+                                                  pad((right, 0, right + 10, 10)), right, i)
+
+
+def test_detect_every_on_a_video_counts_the_frames_between_detections(setup):
+  """--detect-every 2 on the gappy video (faceless 3-4 and 8-21): frames 0, 2, ..., 28 and 29 go
+  through the detector. Between two faces a frame gets the interpolated box (1, 23, 25, 27);
+  next to a faceless detection it gets none, so it joins that gap: 3 and 5 around frame 4
+  (interpolated with it), and 7 with the long faceless stretch (passed through, although frame
+  7 shows a face: nobody looked)."""
+  tf = setup["tf"]
+  got, _ = tf.generate(face=setup["gappy"], audio=setup["speech"], emotion="HAP", detect_every=2,
+                       progress=False)
+  src, _ = video_io.read_video(setup["gappy"])
+  st = tf.last_stats
+  assert (st.found, st.between, st.interpolated, st.missing) == (8, 4, 3, 15)
+  for k in (1, 23, 3, 5):  # a generated face in an interpolated box
+    assert np.abs(got[k].astype(int) - src[k]).mean() > 1
+  for k in range(7, 22):
+    np.testing.assert_array_equal(got[k], src[k])
+  out = str(setup["dir"] / "gappy_every2.mp4")
+  proc = _cli_in_process(setup, "--face", setup["gappy"], "--audio", setup["speech"], "--out", out,
+                         "--detect-every", "2")
+  assert ("8 with a face, 4 between detections (--detect-every), 3 interpolated, "
+          "15 passed through") in proc["out"]
+
+
 def test_prefetch_hands_over_errors_and_stops():
   def items():
     yield 1
