@@ -29,10 +29,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def _t(x, dtype=None) -> torch.Tensor:
   """A writable copy; floating arrays cast to ``dtype`` when given (integer labels kept)."""
-  x = np.array(x)
-  if dtype is not None and np.issubdtype(x.dtype, np.floating):
-    x = x.astype(torch.empty((), dtype=dtype).numpy().dtype)
-  return torch.from_numpy(x)
+  t = torch.from_numpy(np.array(x))
+  return t.to(dtype) if dtype is not None and t.is_floating_point() else t
 
 
 def _nchw(x, dtype=None) -> torch.Tensor:

@@ -219,19 +219,20 @@ def _detected(frames: Iterable[np.ndarray], detector, pads, every: int = 1) -> I
       last_head = e
       yield e[0], e[1], e[2]
 
+  def flush(batch):
+    detect([e for e in batch if e[3]])
+    yield from emit(batch)
+
   heads = 0
   for i, f in enumerate(frames):
     entries.append([f, None, 0, i % k == 0])
     heads += i % k == 0
     if heads == face_detection.DETECT_BATCH:
-      detect([e for e in entries if e[3]])
-      yield from emit(entries)
+      yield from flush(entries)
       entries, heads = [], 0
-  if entries and not entries[-1][3]:
-    entries[-1][3] = True  # the last frame is always looked at: no span left open at the end
   if entries:
-    detect([e for e in entries if e[3]])
-    yield from emit(entries)
+    entries[-1][3] = True  # the last frame is always looked at: no span left open at the end
+    yield from flush(entries)
 
 
 def tracked_boxes(frames: Iterable[np.ndarray], opts, detector, fps: float) -> Iterator[tuple]:
