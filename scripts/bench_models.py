@@ -1,11 +1,14 @@
 """Micro-benchmarks of the models on this machine.
 
-1. The decoder's stride-2 transposed convs, forward+gradient: our phase-split ``conv_transpose``
-   against Flax's ``nn.ConvTranspose`` (an lhs-dilated conv), same shapes, same run; prints the ratio.
+1. The decoder's stride-2 transposed convs, forward+gradient: our ``conv_transpose`` (one conv per
+   output phase) against the same phases computed by ONE 2x2 conv to all four phases (zero taps
+   where a phase has none: the implementation before 2026-12-04) and against Flax's
+   ``nn.ConvTranspose`` (an lhs-dilated conv), same shapes, timed in turn; prints the ratios.
 2. The generator's training-step gradient (L1 loss, BatchNorm in training mode) at full size.
 
   python scripts/bench_models.py                    # both, batch 16 clips x 5 frames
-  python scripts/bench_models.py --skip-generator   # layers only (a few seconds)
+  python scripts/bench_models.py --skip-generator   # layers only (a minute)
+  python scripts/bench_models.py --skip-generator --batch 2 --width 0.25   # the smoke EmoGen step's
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from emogen_jax.models import Generator, count_params
-from emogen_jax.models.layers import conv_transpose
+from emogen_jax.models.layers import _NHWC, _phase_taps, conv2d, conv_transpose
 
 
 def _time(fn, *args, repeats: int) -> tuple[float, float]:
@@ -36,12 +39,47 @@ def _time(fn, *args, repeats: int) -> tuple[float, float]:
   return first, float(np.median(times))
 
 
-def bench_layers(frames: int, repeats: int):
+def one_conv_phase_split(x, kernel, strides, padding, output_padding):
+  """The baseline: every output phase from ONE stride-1 conv to sh*sw*Cout channels, its kernel
+  gathered with a zero tap wherever a phase has none (16 taps for k3 s2 where 9 are real)."""
+  kh, kw, cin, cout = kernel.shape
+  (sh, sw), (ph, pw), (oph, opw) = ((v, v) if np.isscalar(v) else v
+                                    for v in (strides, padding, output_padding))
+  b, h, w, _ = x.shape
+  out_h, out_w = (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
+  taps_h, win_h, lo_h, hi_h, rows_h = _phase_taps(kh, sh, ph, out_h, h)
+  taps_w, win_w, lo_w, hi_w, rows_w = _phase_taps(kw, sw, pw, out_w, w)
+  kpad = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
+  k6 = kpad[taps_h[:, :, None, None], taps_w[None, None, :, :]]
+  k_all = jnp.transpose(k6, (1, 3, 4, 0, 2, 5)).reshape(win_h, win_w, cin, sh * sw * cout)
+  x = jax.lax.pad(x, jnp.zeros((), x.dtype), ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
+  y = conv2d(x, k_all, (1, 1), ((0, 0), (0, 0)), dimension_numbers=_NHWC)
+  y = y.reshape(b, rows_h, rows_w, sh, sw, cout)
+  y = jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, rows_h * sh, rows_w * sw, cout)
+  return y[:, :out_h, :out_w, :]
+
+
+def _interleaved(fns: dict, args, repeats: int) -> dict:
+  """Median seconds per call of each fn(*args), one call of each in turn (the same machine load)."""
+  for fn in fns.values():
+    jax.block_until_ready(fn(*args))
+  times = {k: [] for k in fns}
+  for _ in range(max(1, repeats)):
+    for k, fn in fns.items():
+      t0 = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[k].append(time.perf_counter() - t0)
+  return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def bench_layers(frames: int, repeats: int, width: float = 1.0):
   # (input HxW, Cin, Cout) of decoder blocks D2..D6 at width 1.
   layers = [(3, 1024, 512), (6, 1024, 384), (12, 768, 256), (24, 512, 128), (48, 320, 64)]
+  layers = [(hw, max(1, int(cin * width)), max(1, int(cout * width))) for hw, cin, cout in layers]
   rng = np.random.default_rng(0)
-  print(f"stride-2 transposed conv, forward+grad, {frames} frames (median of {repeats})")
-  total_fast = total_plain = 0.0
+  print(f"stride-2 transposed conv, forward+grad, {frames} frames, width {width} "
+        f"(median of {repeats}, taken in turn)")
+  total_fast = total_one = total_plain = 0.0
   for hw, cin, cout in layers:
     x = jnp.asarray(rng.standard_normal((frames, hw, hw, cin)), jnp.float32)
     kernel = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
@@ -50,18 +88,27 @@ def bench_layers(frames: int, repeats: int):
     def loss_fast(x, k):
       return jnp.sum(jnp.square(conv_transpose(x, k, 2, 1, 1)))
 
+    def loss_one(x, k):
+      return jnp.sum(jnp.square(one_conv_phase_split(x, k, 2, 1, 1)))
+
     def loss_plain(x, k):
       return jnp.sum(jnp.square(plain.apply({"params": {"kernel": k}}, x)))
 
     assert plain.apply({"params": {"kernel": kernel}}, x).shape == (frames, 2 * hw, 2 * hw, cout)
-    _, t_fast = _time(jax.jit(jax.grad(loss_fast, argnums=(0, 1))), x, kernel, repeats=repeats)
-    _, t_plain = _time(jax.jit(jax.grad(loss_plain, argnums=(0, 1))), x, kernel, repeats=repeats)
-    total_fast += t_fast
-    total_plain += t_plain
-    print(f"  {hw:2d}x{hw:<2d} {cin:4d}->{cout:<4d}  ours {t_fast * 1e3:8.1f} ms   "
-          f"nn.ConvTranspose {t_plain * 1e3:8.1f} ms   ratio {t_plain / t_fast:5.2f}x")
-  print(f"  all five: ours {total_fast:.3f} s, nn.ConvTranspose {total_plain:.3f} s, "
-        f"ratio {total_plain / total_fast:.2f}x")
+    np.testing.assert_allclose(one_conv_phase_split(x, kernel, 2, 1, 1),
+                               conv_transpose(x, kernel, 2, 1, 1), atol=1e-4, rtol=1e-4)
+    grads = {name: jax.jit(jax.grad(fn, argnums=(0, 1)))
+             for name, fn in (("ours", loss_fast), ("one", loss_one), ("plain", loss_plain))}
+    t = _interleaved(grads, (x, kernel), repeats)
+    total_fast += t["ours"]
+    total_one += t["one"]
+    total_plain += t["plain"]
+    print(f"  {hw:2d}x{hw:<2d} {cin:4d}->{cout:<4d}  ours {t['ours'] * 1e3:8.1f} ms   "
+          f"one conv {t['one'] * 1e3:8.1f} ms ({t['one'] / t['ours']:4.2f}x)   "
+          f"nn.ConvTranspose {t['plain'] * 1e3:8.1f} ms ({t['plain'] / t['ours']:5.2f}x)")
+  print(f"  all five: ours {total_fast:.3f} s, one conv {total_one:.3f} s "
+        f"({total_one / total_fast:.2f}x), nn.ConvTranspose {total_plain:.3f} s "
+        f"({total_plain / total_fast:.2f}x)")
 
 
 def bench_generator(batch: int, frames: int, width: float, repeats: int):
@@ -89,6 +136,8 @@ def bench_generator(batch: int, frames: int, width: float, repeats: int):
 
 
 def main(argv=None):
+  from emogen_jax.allocator import use_fast_allocator
+  use_fast_allocator()  # may re-execute this command with tcmalloc preloaded
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batch", type=int, default=16, help="clips per generator batch")
   parser.add_argument("--frames", type=int, default=5, help="frames per clip")
@@ -99,7 +148,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   print(f"jax {jax.__version__} on {jax.devices()[0].platform}")
   if not args.skip_layers:
-    bench_layers(args.batch * args.frames, args.repeats)
+    bench_layers(args.batch * args.frames, args.repeats, args.width)
   if not args.skip_generator:
     bench_generator(args.batch, args.frames, args.width, args.repeats)
   return 0

@@ -337,18 +337,20 @@ def _phase_taps(k: int, s: int, p: int, out_size: int, in_size: int):
 
 
 def conv_transpose(x, kernel, strides, padding, output_padding, precision=None):
-  """PyTorch ``conv_transpose2d`` in NHWC, as one stride-1 conv plus depth-to-space.
+  """PyTorch ``conv_transpose2d`` in NHWC, as one stride-1 conv per output phase plus an
+  interleave.
 
   x: (B, H, W, Cin); kernel: (kh, kw, Cin, Cout) with ``kernel[a, b, i, o] ==
   torch_weight[i, o, a, b]`` for a ``torch.nn.ConvTranspose2d`` weight of shape (Cin, Cout, kh, kw)
   (a plain transpose, no spatial flip). Output (B, Ho, Wo, Cout) with
   Ho = (H - 1) * sh - 2 * ph + kh + out_pad_h (likewise Wo), bias not included.
 
-  Why not an lhs-dilated conv: XLA:CPU's gradient of those is 4-7x slower. Here the kernel taps
-  of each output phase (y mod s) are gathered into a (window, window, Cin, s*s*Cout) kernel, one
-  ordinary stride-1 conv computes all phases and a reshape interleaves them. For the decoder's
-  k3 s2 p1 op1 this is a 2x2 conv to 4*Cout channels; for stride 1 it reduces to the usual
-  flipped-kernel conv.
+  Why not an lhs-dilated conv: XLA:CPU's gradient of those is 4-7x slower. Output phase
+  (y mod sh, x mod sw) is an ordinary stride-1 conv of the input with only the kernel taps that
+  reach it: for the decoder's k3 s2 p1 op1 a 1x1, a 1x2, a 2x1 and a 2x2 conv (9 taps, the
+  arithmetic of the transposed conv itself), where one 2x2 conv to all four phases at once
+  (zero taps where a phase has none) costs 16. docs/design.md "CPU speed" has the measurements.
+  For stride 1 it is the usual flipped-kernel conv.
   """
   kh, kw, cin, cout = kernel.shape
   sh, sw = _pair(strides)
@@ -360,16 +362,37 @@ def conv_transpose(x, kernel, strides, padding, output_padding, precision=None):
   out_w = (w - 1) * sw - 2 * pw + kw + opw
   taps_h, win_h, lo_h, hi_h, rows_h = _phase_taps(kh, sh, ph, out_h, h)
   taps_w, win_w, lo_w, hi_w, rows_w = _phase_taps(kw, sw, pw, out_w, w)
-  # Append a zero tap (index k) per axis so that "no tap" is just another gather index.
+  # Append a zero tap (index k) per axis: a phase whose used taps are not adjacent gathers it
+  # for the offsets in between.
   kpad = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
-  k6 = kpad[taps_h[:, :, None, None], taps_w[None, None, :, :]]  # (sh, win_h, sw, win_w, Cin, Cout)
-  k_phase = jnp.transpose(k6, (1, 3, 4, 0, 2, 5)).reshape(win_h, win_w, cin, sh * sw * cout)
-  x = jax.lax.pad(x, jnp.zeros((), x.dtype),
-                  ((0, 0, 0), (lo_h, hi_h, 0), (lo_w, hi_w, 0), (0, 0, 0)))
-  y = conv2d(x, k_phase, (1, 1), ((0, 0), (0, 0)), dimension_numbers=_NHWC, precision=precision)
-  y = y.reshape(b, rows_h, rows_w, sh, sw, cout)
-  y = jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, rows_h * sh, rows_w * sw, cout)
+  spans_h = [_used_span(taps_h[r], kh) for r in range(sh)]
+  spans_w = [_used_span(taps_w[r], kw) for r in range(sw)]
+  phase_rows = []
+  for rh, span_h in enumerate(spans_h):
+    row = []
+    for rw, span_w in enumerate(spans_w):
+      if span_h is None or span_w is None:  # a kernel smaller than its stride: no tap here
+        row.append(jnp.zeros((b, rows_h, rows_w, cout), x.dtype))
+        continue
+      (h0, h1), (w0, w1) = span_h, span_w
+      k_phase = kpad[taps_h[rh, h0:h1 + 1][:, None], taps_w[rw, w0:w1 + 1][None, :]]
+      # The phase's window starts h0 rows into the all-phase window, which starts lo_h rows
+      # before the input (a negative lo_h: inside it).
+      pads = ((lo_h - h0, hi_h - (win_h - 1 - h1)), (lo_w - w0, hi_w - (win_w - 1 - w1)))
+      xs = x[:, max(0, -pads[0][0]):h - max(0, -pads[0][1]),
+             max(0, -pads[1][0]):w - max(0, -pads[1][1])]
+      pads = tuple((max(0, lo), max(0, hi)) for lo, hi in pads)
+      row.append(conv2d(xs, k_phase, (1, 1), pads, dimension_numbers=_NHWC, precision=precision))
+    phase_rows.append(jnp.stack(row, axis=3))               # (B, rows_h, rows_w, sw, Cout)
+  y = jnp.stack(phase_rows, axis=2)                         # (B, rows_h, sh, rows_w, sw, Cout)
+  y = y.reshape(b, rows_h * sh, rows_w * sw, cout)
   return y[:, :out_h, :out_w, :]
+
+
+def _used_span(taps_row, k: int):
+  """(first, last) window offset at which a phase uses a real kernel tap, None if none."""
+  used = [t for t, a in enumerate(taps_row) if a != k]
+  return (used[0], used[-1]) if used else None
 
 
 def conv_transpose_reference(x, kernel, strides, padding, output_padding, precision=None):
