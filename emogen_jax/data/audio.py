@@ -12,6 +12,8 @@ from __future__ import annotations
 import functools
 import os
 import subprocess
+import threading
+import time
 
 import numpy as np
 
@@ -84,6 +86,29 @@ def melspectrogram(wav: np.ndarray) -> np.ndarray:
   db = 20.0 * np.log10(np.maximum(1e-5, mel)) - REF_LEVEL_DB
   scaled = (2 * MAX_ABS_VALUE) * ((db - MIN_LEVEL_DB) / -MIN_LEVEL_DB) - MAX_ABS_VALUE
   return np.clip(scaled, -MAX_ABS_VALUE, MAX_ABS_VALUE).astype(np.float32)
+
+
+class WarmUp(threading.Thread):
+  """``melspectrogram`` once on a quarter second of silence, in a background thread.
+
+  librosa's first STFT in a process spends 2-4 s on this 2-core CPU in the imports librosa defers
+  until then (its spectrum and audio modules, scipy.signal); the second takes milliseconds.
+  Started before the generator's checkpoint load and compile and joined after them, it moves that
+  cost from the first batch into the startup, partly hidden behind them. ``start()``, ``join()``,
+  then ``seconds``.
+  """
+
+  def __init__(self):
+    super().__init__(name="emogen-audio-warm-up", daemon=True)
+    self.seconds = 0.0
+
+  def run(self) -> None:
+    t0 = time.perf_counter()
+    try:
+      melspectrogram(np.zeros(SAMPLE_RATE // 4, np.float32))
+    except Exception:  # a broken audio stack fails again, with its own message, on the real call
+      pass
+    self.seconds = time.perf_counter() - t0
 
 
 def mel_steps(num_samples: int) -> int:

@@ -70,7 +70,10 @@ class TalkingFace:
   def __init__(self, model, variables, meta: dict | None = None, batch_size: int = 16,
                detector: str = "haar", s3fd_weights: str | None = None):
     self.meta = dict(meta or {})
+    warm_up = audio_lib.WarmUp()  # librosa's deferred imports beside the compile, not in generate
+    warm_up.start()
     self.renderer = infer.Renderer(model, variables, batch_size)
+    warm_up.join()
     self.detector_name = detector
     self.s3fd_weights = s3fd_weights
     self._detector = None

@@ -169,3 +169,21 @@ def test_load_wav_errors(tmp_path):
                   silent_video], check=True)
   with pytest.raises(UserError, match="noaudio.mp4.*no audio"):
     audio.load_wav(silent_video)
+
+
+def test_warm_up_does_librosas_deferred_imports_in_its_thread():
+  """In a fresh process: before WarmUp, librosa's spectrum module (and scipy.signal) are not
+  loaded and the first mel is the slow one; after WarmUp.join() they are, and ``seconds`` says
+  how long it took. (What the inference startup relies on to keep them out of the first batch.)"""
+  import sys
+  code = ("import sys, numpy as np\n"
+          "from emogen_jax.data import audio\n"
+          "mods = ('librosa.core.spectrum', 'scipy.signal')\n"
+          "before = [m in sys.modules for m in mods]\n"
+          "w = audio.WarmUp(); w.start(); w.join()\n"
+          "after = [m in sys.modules for m in mods]\n"
+          "print(before, after, w.seconds > 0, w.name, w.daemon)\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.split("\n")[-2] == "[False, False] [True, True] True emogen-audio-warm-up True", \
+      out.stdout

@@ -174,6 +174,7 @@ def test_no_face_names_the_frame_and_saves_it(files, capsys):
                        "--on-no-face", "error", "--out", out])
   err = capsys.readouterr().err.strip().splitlines()
   assert rc == 2 and err[0].startswith("startup"), err  # the startup log line, the progress bar
+  assert "librosa's deferred imports" in err[0] and "compile" in err[0], err[0]
   err = [line for line in err if line.startswith("error:")]
   assert len(err) == 1, err
   assert "no face found in frame 3" in err[0] and "--pads" in err[0] and "--box" in err[0]
