@@ -251,8 +251,9 @@ def emotion_eval(workdirs: dict, data_dir: str, out_dir: str, progress: bool = T
   with open(os.path.join(out_dir, "metrics.md"), "w") as f:
     f.write(ev.to_markdown(r))
   keys = ("clips", "neutral_reference_clips", "emotion_frames_per_clip", "psnr",
-          "emo_acc_independent", "emo_acc_per_target_independent",
+          "emo_acc_independent", "emo_acc_per_target_independent", "emo_confusion_independent",
           "emo_acc_independent_neutral_reference", "emo_acc_per_target_independent_neutral_reference",
+          "emo_confusion_independent_neutral_reference",
           "classifier_acc_on_real_independent", "emo_acc", "classifier_acc_on_real")
   return {k: r[k] for k in keys if k in r}
 
@@ -485,7 +486,9 @@ def _pct(v) -> str:
 
 def _emotion_lines(e: dict) -> list[str]:
   """The emotion-control table of summary.md (test actors; chance is 16.7 %)."""
-  per = lambda key: ", ".join(f"{k} {100 * v:.0f} %" for k, v in e.get(key, {}).items()) or "-"
+  from emogen_jax.evaluation.metrics import per_target_text
+  per = lambda key: per_target_text(e.get(key, {}),
+                                    e.get(key.replace("emo_acc_per_target", "emo_confusion"))) or "-"
   return [
       "## Emotion control (held-out test actors, chance 16.7 %)",
       "",

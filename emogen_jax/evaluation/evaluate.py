@@ -428,13 +428,14 @@ def to_markdown(r: dict) -> str:
               f"{scope}): accuracy on "
               f"the real clips {100 * r['classifier_acc_on_real' + name]:.1f} %; EmoAcc "
               f"{100 * r['emo_acc' + name]:.1f} %, per target: "
-              + ", ".join(f"{k} {100 * v:.0f} %" for k, v in r["emo_acc_per_target" + name].items())
+              + metrics.per_target_text(r["emo_acc_per_target" + name], r.get("emo_confusion" + name))
               + "."]
     key = f"emo_acc{name}_neutral_reference"
     if key in r:
       lines += [f"With the reference frames from the actor's NEUTRAL clip ({r['neutral_reference_clips']} "
                 f"clips): EmoAcc {100 * r[key]:.1f} %, per target: "
-                + ", ".join(f"{k} {100 * v:.0f} %" for k, v in r[f"emo_acc_per_target{name}_neutral_reference"].items())
+                + metrics.per_target_text(r[f"emo_acc_per_target{name}_neutral_reference"],
+                                  r.get(f"emo_confusion{name}_neutral_reference"))
                 + "."]
   return "\n".join(lines) + "\n"
 

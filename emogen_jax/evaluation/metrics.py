@@ -181,3 +181,20 @@ def confusion_matrix(predicted: np.ndarray, target: np.ndarray, num_classes: int
   m = np.zeros((num_classes, num_classes), np.int64)
   np.add.at(m, (np.asarray(target), np.asarray(predicted)), 1)
   return m
+
+
+def per_target_text(per_target: dict, confusion=None, below: float = 0.5) -> str:
+  """Per-target EmoAcc as text, e.g. "ANG 100 %, DIS 4 % (read as NEU 23 of 24), ...": a target
+  under ``below`` names the emotion its clips were most often read as (from the confusion
+  matrix, rows: target, in ``per_target``'s order), which says what the generator made of it."""
+  parts, names = [], list(per_target)
+  for e, (name, acc) in enumerate(per_target.items()):
+    text = f"{name} {100 * acc:.0f} %"
+    row = np.asarray(confusion[e]) if confusion is not None else None
+    if row is not None and acc < below and row.sum() > 0:
+      wrong = row.copy()
+      wrong[e] = 0
+      if wrong.max() > 0:
+        text += f" (read as {names[int(wrong.argmax())]} {int(wrong.max())} of {int(row.sum())})"
+    parts.append(text)
+  return ", ".join(parts)

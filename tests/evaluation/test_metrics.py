@@ -112,3 +112,15 @@ def test_accuracy_and_confusion():
   assert metrics.accuracy(pred, tgt) == 0.75
   m = metrics.confusion_matrix(pred, tgt, 3)
   assert m.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
+
+
+def test_per_target_text_names_what_a_weak_target_is_read_as():
+  names = ["ANG", "DIS", "NEU"]
+  # rows: target; DIS mostly read as NEU, NEU split evenly between ANG and itself (50 %: not weak)
+  confusion = [[4, 0, 0], [0, 1, 3], [2, 0, 2]]
+  per_target = {n: row[i] / sum(row) for i, (n, row) in enumerate(zip(names, confusion))}
+  assert metrics.per_target_text(per_target, confusion) == \
+      "ANG 100 %, DIS 25 % (read as NEU 3 of 4), NEU 50 %"
+  assert metrics.per_target_text(per_target, confusion, below=0.6) == \
+      "ANG 100 %, DIS 25 % (read as NEU 3 of 4), NEU 50 % (read as ANG 2 of 4)"
+  assert metrics.per_target_text(per_target) == "ANG 100 %, DIS 25 %, NEU 50 %"  # no matrix
