@@ -22,8 +22,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench_train import interleaved
 from emogen_jax.models import Generator, count_params
-from emogen_jax.models.layers import _NHWC, _phase_taps, conv2d, conv_transpose
+from emogen_jax.models.layers import _NHWC, conv2d, conv_transpose, transpose_plan
 
 
 def _time(fn, *args, repeats: int) -> tuple[float, float]:
@@ -43,12 +44,10 @@ def one_conv_phase_split(x, kernel, strides, padding, output_padding):
   """The baseline: every output phase from ONE stride-1 conv to sh*sw*Cout channels, its kernel
   gathered with a zero tap wherever a phase has none (16 taps for k3 s2 where 9 are real)."""
   kh, kw, cin, cout = kernel.shape
-  (sh, sw), (ph, pw), (oph, opw) = ((v, v) if np.isscalar(v) else v
-                                    for v in (strides, padding, output_padding))
-  b, h, w, _ = x.shape
-  out_h, out_w = (h - 1) * sh - 2 * ph + kh + oph, (w - 1) * sw - 2 * pw + kw + opw
-  taps_h, win_h, lo_h, hi_h, rows_h = _phase_taps(kh, sh, ph, out_h, h)
-  taps_w, win_w, lo_w, hi_w, rows_w = _phase_taps(kw, sw, pw, out_w, w)
+  b = x.shape[0]
+  (out_h, out_w), (taps_h, win_h, lo_h, hi_h, rows_h), (taps_w, win_w, lo_w, hi_w, rows_w) = \
+      transpose_plan(x.shape, kernel.shape, strides, padding, output_padding)
+  sh, sw = len(taps_h), len(taps_w)
   kpad = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
   k6 = kpad[taps_h[:, :, None, None], taps_w[None, None, :, :]]
   k_all = jnp.transpose(k6, (1, 3, 4, 0, 2, 5)).reshape(win_h, win_w, cin, sh * sw * cout)
@@ -57,19 +56,6 @@ def one_conv_phase_split(x, kernel, strides, padding, output_padding):
   y = y.reshape(b, rows_h, rows_w, sh, sw, cout)
   y = jnp.transpose(y, (0, 1, 3, 2, 4, 5)).reshape(b, rows_h * sh, rows_w * sw, cout)
   return y[:, :out_h, :out_w, :]
-
-
-def _interleaved(fns: dict, args, repeats: int) -> dict:
-  """Median seconds per call of each fn(*args), one call of each in turn (the same machine load)."""
-  for fn in fns.values():
-    jax.block_until_ready(fn(*args))
-  times = {k: [] for k in fns}
-  for _ in range(max(1, repeats)):
-    for k, fn in fns.items():
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[k].append(time.perf_counter() - t0)
-  return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def bench_layers(frames: int, repeats: int, width: float = 1.0):
@@ -99,7 +85,10 @@ def bench_layers(frames: int, repeats: int, width: float = 1.0):
                                conv_transpose(x, kernel, 2, 1, 1), atol=1e-4, rtol=1e-4)
     grads = {name: jax.jit(jax.grad(fn, argnums=(0, 1)))
              for name, fn in (("ours", loss_fast), ("one", loss_one), ("plain", loss_plain))}
-    t = _interleaved(grads, (x, kernel), repeats)
+    for fn in grads.values():  # compile outside the timing
+      jax.block_until_ready(fn(x, kernel))
+    t = interleaved({name: lambda fn=fn: jax.block_until_ready(fn(x, kernel))
+                     for name, fn in grads.items()}, max(1, repeats))
     total_fast += t["ours"]
     total_one += t["one"]
     total_plain += t["plain"]

@@ -353,15 +353,11 @@ def conv_transpose(x, kernel, strides, padding, output_padding, precision=None):
   For stride 1 it is the usual flipped-kernel conv.
   """
   kh, kw, cin, cout = kernel.shape
-  sh, sw = _pair(strides)
-  ph, pw = _pair(padding)
-  oph, opw = _pair(output_padding)
   b, h, w, _ = x.shape
   assert x.shape[-1] == cin, (x.shape, kernel.shape)
-  out_h = (h - 1) * sh - 2 * ph + kh + oph
-  out_w = (w - 1) * sw - 2 * pw + kw + opw
-  taps_h, win_h, lo_h, hi_h, rows_h = _phase_taps(kh, sh, ph, out_h, h)
-  taps_w, win_w, lo_w, hi_w, rows_w = _phase_taps(kw, sw, pw, out_w, w)
+  (out_h, out_w), (taps_h, win_h, lo_h, hi_h, rows_h), (taps_w, win_w, lo_w, hi_w, rows_w) = \
+      transpose_plan(x.shape, kernel.shape, strides, padding, output_padding)
+  sh, sw = len(taps_h), len(taps_w)
   # Append a zero tap (index k) per axis: a phase whose used taps are not adjacent gathers it
   # for the offsets in between.
   kpad = jnp.pad(kernel, ((0, 1), (0, 1), (0, 0), (0, 0)))
@@ -387,6 +383,17 @@ def conv_transpose(x, kernel, strides, padding, output_padding, precision=None):
   y = jnp.stack(phase_rows, axis=2)                         # (B, rows_h, sh, rows_w, sw, Cout)
   y = y.reshape(b, rows_h * sh, rows_w * sw, cout)
   return y[:, :out_h, :out_w, :]
+
+
+def transpose_plan(x_shape, kernel_shape, strides, padding, output_padding):
+  """((Ho, Wo), plan_h, plan_w) of a PyTorch-semantics transposed conv of an NHWC input:
+  the output size and the per-axis ``_phase_taps`` plans."""
+  _, h, w, _ = x_shape
+  kh, kw = kernel_shape[:2]
+  (sh, sw), (ph, pw), (oph, opw) = _pair(strides), _pair(padding), _pair(output_padding)
+  out_h = (h - 1) * sh - 2 * ph + kh + oph
+  out_w = (w - 1) * sw - 2 * pw + kw + opw
+  return (out_h, out_w), _phase_taps(kh, sh, ph, out_h, h), _phase_taps(kw, sw, pw, out_w, w)
 
 
 def _used_span(taps_row, k: int):

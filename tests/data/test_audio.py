@@ -173,8 +173,8 @@ def test_load_wav_errors(tmp_path):
 
 def test_warm_up_does_librosas_deferred_imports_in_its_thread():
   """In a fresh process: before WarmUp, librosa's spectrum module (and scipy.signal) are not
-  loaded and the first mel is the slow one; after WarmUp.join() they are, and ``seconds`` says
-  how long it took. (What the inference startup relies on to keep them out of the first batch.)"""
+  loaded; after WarmUp.join() they are, and ``seconds`` is set. (What the inference startup relies
+  on to keep those imports out of the first batch.)"""
   import sys
   code = ("import sys, numpy as np\n"
           "from emogen_jax.data import audio\n"
