@@ -206,10 +206,27 @@ def clip_windows(frames: np.ndarray) -> np.ndarray:
 
 def classify_clip(classifier: FixedBatch, frames: np.ndarray) -> int:
   """The classifier's label for a clip: argmax of the mean softmax over its 5-frame windows."""
-  logits = np.asarray(classifier(clip_windows(frames)), np.float64)
+  return classify_clips(classifier, [frames])[0]
+
+
+def classify_clips(classifier: FixedBatch, clips: list[np.ndarray]) -> list[int]:
+  """``classify_clip`` of each clip, all their windows in one call: a clip of 25 frames is 5
+  windows, so one call per clip would fill a classifier batch of 16 a third and waste the rest."""
+  windows = [clip_windows(frames) for frames in clips]
+  logits = np.asarray(classifier(np.concatenate(windows)), np.float64)
   p = np.exp(logits - logits.max(-1, keepdims=True))
   p /= p.sum(-1, keepdims=True)
-  return int(np.argmax(p.mean(0)))
+  bounds = np.cumsum([0] + [len(w) for w in windows])
+  return [int(np.argmax(p[a:b].mean(0))) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def render_labels(renderer, mels: np.ndarray, frames: np.ndarray, labels) -> list[np.ndarray]:
+  """The clip generated once per label in ``labels``, all in one renderer call (the generator
+  batch is filled across labels instead of padding the last batch of each)."""
+  k = len(mels)
+  out = renderer(np.concatenate([mels] * len(labels)), np.concatenate([frames] * len(labels)),
+                 np.repeat(np.asarray(labels, np.int32), k))
+  return [out[i * k:(i + 1) * k] for i in range(len(labels))]
 
 
 class InceptionFeatures:
@@ -301,26 +318,26 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
     if judges:
       real_target.append(clip["emotion"])
       k = n if emotion_frames is None else min(n, emotion_frames)
-      outs = [gen[:k] if e == clip["emotion"] else
-              renderer(mels[:k], gt[:k], np.full((k,), e, np.int32)) for e in range(len(EMOTIONS))]
+      others = [e for e in range(len(EMOTIONS)) if e != clip["emotion"]]
+      outs = dict(zip(others, render_labels(renderer, mels[:k], gt[:k], others)))
+      outs[clip["emotion"]] = gen[:k]
+      outs = [outs[e] for e in range(len(EMOTIONS))]
       ref = neutral.get(clip["actor"])
       if ref is None or ref["clip_id"] == clip["clip_id"]:
         neutral_missing.append(clip["clip_id"])
         neutral_outs = []
       else:  # the neutral clip's frames, looped to this clip's length
         ref_frames = ref["frames"][np.arange(k) % len(ref["frames"])]
-        neutral_outs = [renderer(mels[:k], ref_frames, np.full((k,), e, np.int32))
-                        for e in range(len(EMOTIONS))]
+        neutral_outs = render_labels(renderer, mels[:k], ref_frames, range(len(EMOTIONS)))
       emotion_frames_total += k
       for name, (fn, _) in judges.items():
         r = emo[name]
-        r["real"].append(classify_clip(fn, gt[:k]))
-        for e, out in enumerate(outs):
-          r["pred"].append(classify_clip(fn, out))
-          r["target"].append(e)
-        for e, out in enumerate(neutral_outs):
-          r["neutral_pred"].append(classify_clip(fn, out))
-          r["neutral_target"].append(e)
+        labels = classify_clips(fn, [gt[:k]] + outs + neutral_outs)
+        r["real"].append(labels[0])
+        r["pred"] += labels[1:1 + len(outs)]
+        r["target"] += list(range(len(outs)))
+        r["neutral_pred"] += labels[1 + len(outs):]
+        r["neutral_target"] += list(range(len(neutral_outs)))
     if incep is not None:
       feats_gen.append(incep(gen[valid]))
       feats_real.append(incep(gt[valid]))

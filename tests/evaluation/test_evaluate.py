@@ -152,3 +152,20 @@ def test_independent_classifier_and_neutral_reference(tmp_path):
   alone = ev.evaluate(gen, data, "test", independent_classifier=other, batch_size=8, progress=False)
   assert alone["emo_acc_independent"] == pytest.approx(r["emo_acc_independent"])
   assert alone["emo_acc"].startswith("not computed") and "independent" in ev.to_markdown(alone)
+
+
+def test_batched_labels_and_classification_match_one_call_each(setup):
+  """render_labels (all labels in one renderer call) and classify_clips (all clips' windows in one
+  classifier call) give what one call per label / per clip gives, for clips of unequal length."""
+  model, variables, _ = infer.load_generator(setup["gen"])
+  render = infer.Renderer(model, variables, 8)
+  clip = next(ev.iter_clips(setup["data"], "test"))
+  mels = timing.mel_windows(clip["mel"], 13)
+  frames = clip["frames"][:13]
+  batched = ev.render_labels(render, mels, frames, [5, 0, 3])
+  for label, out in zip([5, 0, 3], batched):
+    one = render(mels, frames, np.full(13, label))
+    assert np.abs(out.astype(int) - one.astype(int)).max() <= 1
+  judge = ev.load_emotion_classifier(setup["emo"])
+  clips = [clip["frames"][:5], clip["frames"][:16], clip["frames"][3:15]] + batched
+  assert ev.classify_clips(judge, clips) == [ev.classify_clip(judge, c) for c in clips]
