@@ -318,10 +318,10 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
     if judges:
       real_target.append(clip["emotion"])
       k = n if emotion_frames is None else min(n, emotion_frames)
-      others = [e for e in range(len(EMOTIONS)) if e != clip["emotion"]]
-      outs = dict(zip(others, render_labels(renderer, mels[:k], gt[:k], others)))
-      outs[clip["emotion"]] = gen[:k]
-      outs = [outs[e] for e in range(len(EMOTIONS))]
+      # the clip's own label is the generation above; the five others in one call
+      others = iter(render_labels(renderer, mels[:k], gt[:k],
+                                  [e for e in range(len(EMOTIONS)) if e != clip["emotion"]]))
+      outs = [gen[:k] if e == clip["emotion"] else next(others) for e in range(len(EMOTIONS))]
       ref = neutral.get(clip["actor"])
       if ref is None or ref["clip_id"] == clip["clip_id"]:
         neutral_missing.append(clip["clip_id"])
