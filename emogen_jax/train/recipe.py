@@ -39,10 +39,14 @@ TRAININGS = ("syncnet", "emotion_disc", "emotion_judge", "emogen")
 CONFIG_OF = {"emotion_judge": "emotion_disc"}
 JUDGE_SEED_OFFSET = 1000
 # Validations per run (10 unless named). EmoGen's generates every window with all six labels: on
-# the quickstart corpus one takes as long as ~80 training steps, so it validates twice (plus the
-# baseline before the first step) and spends the time on training steps, which emotion control
-# needs (docs/design.md "Emotion control").
-VALIDATIONS = {"emogen": 2}
+# the quickstart corpus one takes as long as ~100 training steps (30-45 s), so it validates once at
+# the end (plus the baseline before the first step) and spends the time on training steps, which
+# emotion control needs (docs/design.md "Emotion control").
+VALIDATIONS = {"emogen": 1}
+# Checkpoints per run (as many as validations unless named). EmoGen still saves half way, so a
+# stopped quickstart resumes from there; the training stream keeps this cadence as its segment
+# length, as when a validation came with every checkpoint.
+CHECKPOINTS = {"emogen": 2}
 # What a CPU smoke run (width 0.25) on the synthetic corpus must reach to count as "learns".
 TARGETS = {"syncnet_accuracy": 0.75, "emotion_accuracy": 0.60, "emogen_l1_decrease": 0.30}
 TARGET_TEXT = {"syncnet_accuracy": "SyncNet validation accuracy (in sync vs off sync)",
@@ -123,6 +127,16 @@ class StageProgress:
     self.bar.close()
 
 
+def cadence(name: str, steps: int, eval_every: int = 0) -> tuple[int, int]:
+  """(validate every, checkpoint every) in steps for a recipe run of ``steps``: VALIDATIONS[name]
+  validations and CHECKPOINTS[name] checkpoints per run, neither closer than 25 steps; a nonzero
+  ``eval_every`` sets both. The checkpoint cadence is also the training stream's segment length."""
+  def every(per_run: int) -> int:
+    return int(eval_every) or max(steps // per_run, min(steps, 25))
+  validations = VALIDATIONS.get(name, 10)
+  return every(validations), every(CHECKPOINTS.get(name, validations))
+
+
 def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: float = 0.25,
               seed: int = 0, eval_every: int = 0, eval_batches: int = 0, progress: bool = True,
               **extra) -> dict:
@@ -132,13 +146,11 @@ def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: floa
   if done is not None:
     return {**done, "wall_s": done.get("wall_s", 0.0), "skipped": True}
   from emogen_jax.train import loop as train
-  # VALIDATIONS[name] validations per run, but not closer than 25 steps (each one also saves a
-  # checkpoint and, for EmoGen, a sample grid).
-  every = eval_every or max(steps // VALIDATIONS.get(name, 10), min(steps, 25))
-  if name == "emogen":
-    extra.setdefault("sample_every_steps", every)
+  eval_steps, checkpoint_steps = cadence(name, steps, eval_every)
+  if name == "emogen":  # a sample grid with each checkpoint
+    extra.setdefault("sample_every_steps", checkpoint_steps)
   config = load_config(CONFIG_OF.get(name, name), data_dir=data_dir, width=width, seed=seed, num_train_steps=steps,
-                       eval_every_steps=every, checkpoint_every_steps=every,
+                       eval_every_steps=eval_steps, checkpoint_every_steps=checkpoint_steps,
                        eval_batches=eval_batches, log_every_steps=max(1, min(25, steps // 50)),
                        **extra)
   log = StageProgress(name, steps, enabled=progress)

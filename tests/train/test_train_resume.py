@@ -84,3 +84,18 @@ def test_resume_inside_a_data_segment_skips_used_batches(tmp_path):
   assert "skipping 3 batches" in second.stdout, second.stdout
   assert_trees_equal(checkpoints.load_models(a), checkpoints.load_models(b))
   assert_trees_equal(_train_item(a, 4), _train_item(b, 4))
+
+
+def test_recipe_cadence_keeps_emogen_checkpoints_and_stream_segments():
+  """The recipe validates EmoGen only at the end (after its step-0 baseline) but still checkpoints
+  half way; the training stream's segment follows the checkpoints, so a 2400-step run reads the
+  same batches as when it validated half way too, and a stopped run resumes from step 1200."""
+  from emogen_jax.train import loop, recipe
+  assert recipe.cadence("emogen", 2400) == (2400, 1200)
+  assert recipe.cadence("syncnet", 2000) == (200, 200)
+  assert recipe.cadence("emogen", 6) == (6, 6)            # never closer than 25 steps
+  assert recipe.cadence("emogen", 2400, eval_every=300) == (300, 300)
+  every, ckpt = recipe.cadence("emogen", 2400)
+  config = recipe.load_config("emogen", num_train_steps=2400, eval_every_steps=every,
+                              checkpoint_every_steps=ckpt)
+  assert loop._segment(config) == 1200
