@@ -529,7 +529,13 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
             for k, v in batch.items()}
 
   ds = ds.map(to_devices, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
-  return NumpyBatches(ds)
+  # No autotuner: its thread sleeps between rounds (up to ~20 s here) and deleting the iterator
+  # waits for that thread, so every re-created training stream (one per checkpoint segment)
+  # stalled training that long. Without it the AUTOTUNE maps keep their initial parallelism,
+  # which feeds the steps many times over (docs/design.md "Data flow").
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return NumpyBatches(ds.with_options(options))
 
 
 class NumpyBatches:
@@ -542,6 +548,7 @@ class NumpyBatches:
   """
 
   def __init__(self, ds: tf.data.Dataset):
+    self.dataset = ds
     self._it = iter(ds)
     ref = weakref.ref(self)
     atexit.register(lambda: ref() is not None and ref().close())

@@ -114,6 +114,18 @@ def test_same_seed_same_batches_other_seed_other_batches(data):
   assert any(not np.array_equal(x["target"], z["target"]) for x, z in zip(a, c))
 
 
+def test_streams_run_without_the_autotuner(data):
+  """Deleting a tf.data iterator joins the autotuner's thread, which sleeps between its rounds
+  (up to ~20 s measured): with it, every training stream re-created at a checkpoint segment
+  stalled the loop that long. Every stream, train and eval, is built without it."""
+  for task, train in (("syncnet", True), ("generator", True), ("emotion", False)):
+    it = ip.create_dataset(task, data["data_dir"], "train" if train else "validation", per_device_batch=2,
+                           num_devices=1, seed=0, train=train)
+    assert it.dataset.options().autotune.enabled is False, task
+    assert next(it)["frames"].shape[:2] == (1, 2)
+    it.close()
+
+
 def test_eval_streams_are_deterministic_finite_and_balanced(data):
   n_clips = sum(c["split"] == "validation" for c in data["clips"].values())
   mk = lambda: list(ip.create_dataset("syncnet", data["data_dir"], "validation", per_device_batch=3,
