@@ -51,6 +51,9 @@ def base_config() -> ml_collections.ConfigDict:
   # r - s batches, so resumed runs see exactly the batches of an uninterrupted run.
   c.data_segment_steps = 0
   c.shuffle_buffer = 0          # 0 = the input pipeline's default
+  # Training examples drawn per clip read (0 = the input pipeline's default, 16): fewer windows
+  # per read mean more distinct clips (and generator reference pairs) per step, at more decoding.
+  c.windows_per_clip = 0
   # Smoke variants may start the frozen/auxiliary networks from random init (said in the log).
   c.allow_random_init = False
   # Tests only: make the loss non-finite at this step (-1 = never) to exercise the NaN stop.
@@ -87,7 +90,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
     raise UserError(f"config.compute_dtype={c.compute_dtype!r}; use float32 or bfloat16")
   for name in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
                "eval_batches", "eval_windows", "checkpoint_every_steps", "keep_checkpoints", "sample_every_steps",
-               "data_segment_steps", "eval_batch_size"):
+               "data_segment_steps", "eval_batch_size", "shuffle_buffer", "windows_per_clip"):
     if int(c.get(name, 0)) < 0:
       raise UserError(f"config.{name}={c[name]} must not be negative")
   for name in ("batch_size", "log_every_steps", "keep_checkpoints", "eval_windows"):

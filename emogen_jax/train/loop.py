@@ -74,6 +74,8 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int,
   kwargs = {}
   if config.get("shuffle_buffer", 0):
     kwargs["shuffle_buffer"] = int(config.shuffle_buffer)
+  if split == "train" and config.get("windows_per_clip", 0):
+    kwargs["windows_per_clip"] = int(config.windows_per_clip)
   if stage.TASK == "generator":
     kwargs["reference_sampling"] = config.reference_sampling
     kwargs["same_clip_fraction"] = float(config.get("same_clip_fraction", 0.0))

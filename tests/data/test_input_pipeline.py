@@ -240,3 +240,21 @@ def test_user_errors(data, tmp_path):
   info = ip.dataset_info(data["data_dir"])
   assert info["splits"] == {s: sum(c["split"] == s for c in data["clips"].values()) for s in ip.SPLITS}
   assert info["report"]["clips_written"] == info["splits"]
+
+
+def test_training_config_sets_the_windows_drawn_per_clip(data):
+  """config.windows_per_clip reaches the training stream: with no example shuffle, runs of that
+  many consecutive examples share a clip (and so its emotion), where the default's 16 do."""
+  from emogen_jax.train import loop, recipe, stages
+  stage = stages.get("emotion_disc")
+
+  def emotions(**overrides):
+    config = recipe.load_config("emotion_disc", data_dir=data["data_dir"], shuffle_buffer=1,
+                                **overrides)
+    it = loop.make_stream(config, stage, "train", seed=0, per_device_batch=8)
+    return np.concatenate([next(it)["emotion"].reshape(-1) for _ in range(4)])
+
+  two, default = emotions(windows_per_clip=2), emotions()
+  assert (two[0::2] == two[1::2]).all()
+  assert (two[1:-1:2] != two[2::2]).sum() >= 4  # 16 clips in 32 examples (16 windows: 2 clips)
+  assert (default[:16] == default[0]).all() and (default[16:] == default[16]).all()
