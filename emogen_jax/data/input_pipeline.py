@@ -532,7 +532,7 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
   # No autotuner: its thread sleeps between rounds (up to ~20 s here) and deleting the iterator
   # waits for that thread, so every re-created training stream (one per checkpoint segment)
   # stalled training that long. Without it the AUTOTUNE maps keep their initial parallelism,
-  # which feeds the steps many times over (docs/design.md "Data flow").
+  # which feeds the steps many times over (docs/design.md "CPU speed").
   options = tf.data.Options()
   options.autotune.enabled = False
   return NumpyBatches(ds.with_options(options))

@@ -119,8 +119,9 @@ def test_streams_run_without_the_autotuner(data):
   (up to ~20 s measured): with it, every training stream re-created at a checkpoint segment
   stalled the loop that long. Every stream, train and eval, is built without it."""
   for task, train in (("syncnet", True), ("generator", True), ("emotion", False)):
-    it = ip.create_dataset(task, data["data_dir"], "train" if train else "validation", per_device_batch=2,
-                           num_devices=1, seed=0, train=train)
+    split = "train" if train else "validation"
+    it = ip.create_dataset(task, data["data_dir"], split, per_device_batch=2, num_devices=1, seed=0,
+                           train=train)
     assert it.dataset.options().autotune.enabled is False, task
     assert next(it)["frames"].shape[:2] == (1, 2)
     it.close()
