@@ -74,7 +74,7 @@ def make_stream(config, stage, split: str, *, seed: int, per_device_batch: int,
   kwargs = {}
   if config.get("shuffle_buffer", 0):
     kwargs["shuffle_buffer"] = int(config.shuffle_buffer)
-  if split == "train" and config.get("windows_per_clip", 0):
+  if config.get("windows_per_clip", 0):  # the pipeline uses it for training streams only
     kwargs["windows_per_clip"] = int(config.windows_per_clip)
   if stage.TASK == "generator":
     kwargs["reference_sampling"] = config.reference_sampling
