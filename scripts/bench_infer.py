@@ -7,6 +7,11 @@ Our jitted ``Generator.apply`` (frame mode, BatchNorm from running statistics, a
 CLI's Renderer calls it) and the tests' PyTorch reference generator (tests/_torch_reference.py)
 with the same random weights and inputs; one call of each in turn, ``--repeats`` times, medians.
 The load average is printed beside the figures: on a shared machine only the ratio is stable.
+
+Each row also times a float32 2048x2048 matmul in the same process (``bench_train.matmul_rate``)
+and gives both generators' achieved rates as a share of it, with the frames/s the model's FLOP
+count would allow at that rate: a direct convolution can at best approach the dense matmul rate,
+so this is the ceiling of any speed-up that keeps the arithmetic (``--no-peak`` skips it).
 """
 
 from __future__ import annotations
@@ -21,11 +26,12 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_baseline, bench_train
 
 
-def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: bool) -> dict:
+def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: bool,
+          peak: bool = True) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bench_train import _flops, _load, interleaved
+  from bench_train import _flops, _load, interleaved, matmul_rate
   from emogen_jax.models import Generator
   from emogen_jax.train.state import init_variables
 
@@ -54,14 +60,20 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
     theirs()
   medians = interleaved({"ours": ours, **({"torch": theirs} if theirs else {})}, repeats)
   step = medians["ours"]
+  flops = _flops(compiled)
   row = {"batch": batch, "width": width, "dtype": dtype, "platform": jax.devices()[0].platform,
          "compile_s": round(compile_s, 2), "call_s": round(step, 4),
          "frames_per_s": round(batch / step, 2),
-         "achieved_gflop_per_s": round(_flops(compiled) / step / 1e9, 1), "loadavg": _load()}
+         "achieved_gflop_per_s": round(flops / step / 1e9, 1), "loadavg": _load()}
   if theirs is not None:
     t = medians["torch"]
     row.update(torch_call_s=round(t, 4), torch_frames_per_s=round(batch / t, 2),
-               torch_device=device, speedup_vs_torch=round(t / step, 3))
+               torch_device=device, speedup_vs_torch=round(t / step, 3),
+               torch_achieved_gflop_per_s=round(flops / t / 1e9, 1))  # the same network's FLOPs
+  if peak:
+    rate = matmul_rate()
+    row.update(matmul_gflop_per_s=round(rate, 1),
+               frames_per_s_at_matmul_rate=round(batch * rate * 1e9 / flops, 2))
   return row
 
 
@@ -72,18 +84,30 @@ def main(argv=None) -> int:
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
   p.add_argument("--no-torch", action="store_true", help="time ours only")
+  p.add_argument("--no-peak", action="store_true",
+                 help="skip the float32 matmul rate (the ceiling line)")
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
   from emogen_jax import allocator
   rows = []
   for b in [int(x) for x in args.batches.split(",") if x]:
-    row = bench(b, args.width, max(1, args.repeats), args.dtype, not args.no_torch)
+    row = bench(b, args.width, max(1, args.repeats), args.dtype, not args.no_torch,
+                not args.no_peak)
     rows.append(row)
     print(f"generator width {row['width']} batch {b:>4} {row['dtype']} on {row['platform']}: "
           f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
           + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
              f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")
           + f"; load {row['loadavg']}; {allocator.describe()}", flush=True)
+    if "matmul_gflop_per_s" in row:
+      rate = row["matmul_gflop_per_s"]
+      share = lambda g: f"{100 * g / rate:.0f} %"
+      print(f"  float32 matmul on this device {rate:.0f} GFLOP/s: ours at "
+            f"{share(row['achieved_gflop_per_s'])}"
+            + (f", PyTorch at {share(row['torch_achieved_gflop_per_s'])}"
+               if "torch_achieved_gflop_per_s" in row else "")
+            + f" of it; at that rate the generator's FLOPs allow "
+            f"{row['frames_per_s_at_matmul_rate']:.1f} frames/s", flush=True)
   from bench_train import write_rows
   write_rows(args.json, rows)
   return 0

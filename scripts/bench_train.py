@@ -9,6 +9,9 @@
 (tests/_torch_reference.py via scripts/torch_baseline.py: same initial weights, same batch) and
 times one step of each in turn, so that both see the same machine load; the row gains the
 PyTorch step time and ``speedup_vs_torch`` (PyTorch time / ours: >= 1 means ours is as fast).
+Each row also times a float32 2048x2048 matmul in the same process (``matmul_rate``) and prints
+the achieved rates (ours, PyTorch's with the same FLOP count) as a share of it: the headroom a
+faster kernel could still find (``--no-peak`` skips it).
 
 Each stage's real pmapped train step (emogen_jax/train/stages/) on random in-memory batches over all
 local devices, state donated as in the training loop: compile time, then the median time of
@@ -76,6 +79,24 @@ def interleaved(fns: dict, repeats: int) -> dict[str, float]:
       fn()
       times[name].append(time.perf_counter() - t0)
   return {name: float(np.median(t)) for name, t in times.items()}
+
+
+def matmul_rate(n: int = 2048, repeats: int = 7) -> float:
+  """GFLOP/s of a jitted float32 (n, n) @ (n, n) on the default device, best of ``repeats``: the
+  dense arithmetic rate that a direct convolution (a matmul in disguise) can at best approach."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.standard_normal((n, n), dtype=np.float32)) for _ in range(2))
+  mm = jax.jit(jnp.matmul)
+  mm(a, b).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    mm(a, b).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2.0 * n ** 3 / best / 1e9
 
 
 def _load() -> str:
@@ -158,7 +179,7 @@ def build_torch(stage: str, ours: dict):
 
 
 def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
-          compare_torch: bool = False) -> dict:
+          compare_torch: bool = False, peak: bool = True) -> dict:
   """Compile, one warm-up step, then ``steps`` timed steps (median); with ``compare_torch`` the
   PyTorch step is timed in the same loop, one of each in turn, so both see the same machine load."""
 
@@ -185,7 +206,10 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
     import torch
     t_s = medians["torch"]
     row.update(torch_step_s=round(t_s, 4), torch_device=torch_device,
-               torch_threads=torch.get_num_threads(), speedup_vs_torch=round(t_s / step_s, 3))
+               torch_threads=torch.get_num_threads(), speedup_vs_torch=round(t_s / step_s, 3),
+               torch_achieved_gflop_per_s=round(flops_per_step / t_s / 1e9, 3))  # same FLOPs
+  if peak:
+    row["matmul_gflop_per_s"] = round(matmul_rate(), 1)
   return row
 
 
@@ -202,6 +226,8 @@ def main(argv=None) -> int:
   p.add_argument("--compare-torch", action="store_true",
                  help="also time the same step in PyTorch (the tests' reference networks, same "
                       "weights and batch), interleaved with ours; prints the speed ratio")
+  p.add_argument("--no-peak", action="store_true",
+                 help="skip the float32 matmul rate that the achieved rates are compared with")
   args = p.parse_args(argv)
   rows = []
   for stage in [s for s in args.stages.split(",") if s]:
@@ -212,7 +238,7 @@ def main(argv=None) -> int:
         p.error(f"unknown size {size!r}; use smoke or reference")
       batch = args.smoke_batch if size == "smoke" else args.reference_batch
       row = bench(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype,
-                  compare_torch=args.compare_torch)
+                  compare_torch=args.compare_torch, peak=not args.no_peak)
       rows.append(row)
       print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
             f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
@@ -222,6 +248,12 @@ def main(argv=None) -> int:
                f"{row['torch_step_s']:.3f} s: ours {row['speedup_vs_torch']:.2f}x"
                if "torch_step_s" in row else "") + f"; load {row['loadavg']}; {row['malloc']}",
             flush=True)
+      if "matmul_gflop_per_s" in row:
+        rate = row["matmul_gflop_per_s"]
+        print(f"  float32 matmul on this device {rate:.0f} GFLOP/s: the step achieves "
+              f"{100 * row['achieved_gflop_per_s'] / rate:.0f} %"
+              + (f", PyTorch's {100 * row['torch_achieved_gflop_per_s'] / rate:.0f} %"
+                 if "torch_achieved_gflop_per_s" in row else "") + " of it", flush=True)
   write_rows(args.json, rows)
   return 0
 
