@@ -210,6 +210,61 @@ def _contiguous_tap_rows(xp, dy, kh, kw):
   return lambda i, j: jax.lax.slice_in_dim(x2, i * wp + j, i * wp + j + n), d
 
 
+# The first layers' 7x7 convolutions with a handful of output channels (the smoke width's 6 -> 4
+# generator face layer and 15 -> 8 SyncNet face layer) run on XLA:CPU's generic convolution path,
+# which vectorises over the output channels: with 4-8 of them it wastes most of each vector. Through
+# real FFTs over (H, W), pointwise products of the transformed input and kernel summed over the
+# input channels, the same convolution takes a third to a sixth of the time, forward and both
+# gradients (autodiff of the FFTs); equal to lax's to float32 rounding (~1e-6 relative). With 16
+# or more outputs (the full width's 6 -> 16 and 15 -> 32) XLA's own is as fast or faster.
+# docs/design.md "CPU speed" has the measurements.
+FFT_MIN_TAPS = 25
+FFT_MAX_OUT_CHANNELS = 8
+
+
+def _uses_fft(kernel_shape, strides) -> bool:
+  kh, kw, _, cout = kernel_shape
+  return (jax.default_backend() == "cpu" and tuple(strides) == (1, 1)
+          and kh * kw >= FFT_MIN_TAPS and cout <= FFT_MAX_OUT_CHANNELS)
+
+
+def _fft_size(n: int) -> int:
+  """The smallest m >= n with no prime factor above 5 (fast FFT lengths: 102 -> 108)."""
+  m = n
+  while True:
+    r = m
+    for f in (2, 3, 5):
+      while r % f == 0:
+        r //= f
+    if r == 1:
+      return m
+    m += 1
+
+
+def fft_conv2d(x, kernel, padding):
+  """Stride-1 ``lax.conv_general_dilated`` (NHWC/HWIO, a cross-correlation like PyTorch's Conv2d)
+  through real 2-D FFTs, in float32 whatever the inputs' dtype; result in x's dtype.
+
+  x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), padding ((top, bottom), (left, right)) ->
+  (B, H + top + bottom - kh + 1, W + left + right - kw + 1, Cout). The padded input is
+  zero-extended to FFT lengths >= its size, so the circular convolution's wrap-around only
+  reaches the first kh - 1 rows (kw - 1 columns), which are cut off.
+  """
+  _, h, w, _ = x.shape
+  kh, kw, _, _ = kernel.shape
+  (pt, pb), (pl, pr) = padding
+  hp, wp = h + pt + pb, w + pl + pr
+  fh, fw = _fft_size(hp), _fft_size(wp)
+  xp = jnp.pad(x.astype(jnp.float32), ((0, 0), (pt, fh - h - pt), (pl, fw - w - pl), (0, 0)))
+  xf = jnp.fft.rfft2(xp, axes=(1, 2))                                  # (B, fh, fw//2+1, Cin)
+  kf = jnp.fft.rfft2(kernel.astype(jnp.float32)[::-1, ::-1], s=(fh, fw), axes=(0, 1))
+  # A broadcast product summed over Cin (one fused reduction), not an einsum: the einsum is a
+  # batch of fh*(fw//2+1) tiny matmuls, measured slower.
+  yf = jnp.sum(xf[..., :, None] * kf, axis=-2)                         # (B, fh, fw//2+1, Cout)
+  y = jnp.fft.irfft2(yf, s=(fh, fw), axes=(1, 2))
+  return y[:, kh - 1:hp, kw - 1:wp, :].astype(x.dtype)
+
+
 def _plain_conv(x, kernel, strides, padding, precision):
   return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_NHWC,
                                       precision=precision)
@@ -236,14 +291,18 @@ _conv_tap_grad.defvjp(_conv_tap_grad_fwd, _conv_tap_grad_bwd)
 
 def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
            dimension_numbers=None, feature_group_count=1, precision=None):
-  """``jax.lax.conv_general_dilated`` for NHWC/HWIO convolutions, the same forward bit for bit,
-  with the per-tap weight gradient above where it is the faster one (``_uses_tap_grad``).
-  Signature of ``lax.conv_general_dilated``, so that ``nn.Conv(conv_general_dilated=conv2d)``
-  uses it; dilated, grouped and other layouts go to lax unchanged."""
+  """``jax.lax.conv_general_dilated`` for NHWC/HWIO convolutions: on the CPU, the FFT form above
+  for large kernels with few outputs (``_uses_fft``; equal to lax's to float32 rounding), else
+  lax's forward bit for bit, with the per-tap weight gradient above where it is the faster one
+  (``_uses_tap_grad``). Signature of ``lax.conv_general_dilated``, so that
+  ``nn.Conv(conv_general_dilated=conv2d)`` uses it; dilated, grouped and other layouts go to lax
+  unchanged."""
   plain = ((lhs_dilation is None or all(d == 1 for d in lhs_dilation))
            and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
            and feature_group_count == 1 and not isinstance(padding, str)
            and _is_nhwc(dimension_numbers, lhs.ndim))
+  if plain and _uses_fft(rhs.shape, tuple(window_strides)):
+    return fft_conv2d(lhs, rhs, tuple((int(lo), int(hi)) for lo, hi in padding))
   if not (plain and _uses_tap_grad(lhs.shape, rhs.shape, tuple(window_strides))):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,

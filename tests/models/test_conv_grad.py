@@ -1,7 +1,9 @@
 """models.layers.conv2d: the same forward as lax.conv_general_dilated, bit for bit, and the
 per-tap weight gradient (used on the CPU for inputs of >= 32 channels and kernels of <= 9 taps)
 equal to autodiff of lax's convolution, and to PyTorch's, for every stride/padding the models use;
-the layers that carry it (ConvBN, the phase-split transposed conv, the emotion disc) pick it up."""
+the layers that carry it (ConvBN, the phase-split transposed conv, the emotion disc) pick it up.
+The FFT form of the large-kernel, few-output first layers (CPU only) equals lax's and PyTorch's
+convolution, forward and both gradients, to float32 rounding, and is chosen only there."""
 
 from __future__ import annotations
 
@@ -127,3 +129,78 @@ def test_transposed_conv_layer_uses_it_and_matches_lax(monkeypatch):
   for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(plain)):
     scale = max(1e-3, float(jnp.max(jnp.abs(b))))
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5 * scale)
+
+
+# The smoke width's two 7x7 first layers (generator face 6 -> 4 at 96x96, SyncNet face 15 -> 8 at
+# 48x96; smaller images, same channels) and an odd size with one-sided padding and a 5x5 kernel.
+FFT_CASES = [(2, 24, 24, 6, 4, 7, ((3, 3), (3, 3))), (2, 12, 24, 15, 8, 7, ((3, 3), (3, 3))),
+             (1, 11, 13, 3, 2, 5, ((0, 2), (1, 0)))]
+
+
+def _fft_case(b, h, w, cin, cout, k, seed=0):
+  rng = np.random.default_rng(seed)
+  x = jnp.asarray(rng.uniform(0, 1, (b, h, w, cin)), jnp.float32)
+  kern = jnp.asarray(rng.standard_normal((k, k, cin, cout)) / np.sqrt(k * k * cin), jnp.float32)
+  return x, kern
+
+
+def _close(a, b, rel=2e-6):
+  scale = float(jnp.max(jnp.abs(b)))
+  assert scale > 0.1
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=rel * scale)
+
+
+@pytest.mark.parametrize("b,h,w,cin,cout,k,pad", FFT_CASES)
+def test_fft_convolution_matches_lax_forward_and_gradients(b, h, w, cin, cout, k, pad):
+  assert layers._uses_fft((k, k, cin, cout), (1, 1))
+  x, kern = _fft_case(b, h, w, cin, cout, k)
+  y = jax.jit(lambda x, k_: conv2d(x, k_, (1, 1), pad, dimension_numbers=NHWC))(x, kern)
+  y_lax = jax.lax.conv_general_dilated(x, kern, (1, 1), pad, dimension_numbers=NHWC)
+  assert y.shape == y_lax.shape and y.dtype == jnp.float32
+  _close(y, y_lax)
+  weights = jnp.asarray(np.random.default_rng(1).standard_normal(y.shape), jnp.float32)
+  (dx, dk), (dx_lax, dk_lax) = (_grads(conv2d, x, kern, 1, pad, weights),
+                                _grads(jax.lax.conv_general_dilated, x, kern, 1, pad, weights))
+  _close(dx, dx_lax)
+  _close(dk, dk_lax)
+
+
+def test_fft_convolution_matches_pytorch():
+  torch = pytest.importorskip("torch")
+  b, h, w, cin, cout, k, pad = FFT_CASES[0]
+  x, kern = _fft_case(b, h, w, cin, cout, k, seed=2)
+  dy = np.random.default_rng(3).standard_normal((b, h, w, cout)).astype(np.float32)
+  y, vjp = jax.vjp(lambda x, k_: conv2d(x, k_, (1, 1), pad, dimension_numbers=NHWC), x, kern)
+  dx, dk = vjp(jnp.asarray(dy))
+  xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).requires_grad_(True)
+  wt = torch.tensor(np.asarray(kern)).permute(3, 2, 0, 1).requires_grad_(True)
+  yt = torch.nn.functional.conv2d(xt, wt, padding=pad[0][0])
+  yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+  _close(y, yt.detach().permute(0, 2, 3, 1).numpy())
+  _close(dx, xt.grad.permute(0, 2, 3, 1).numpy())
+  _close(dk, wt.grad.permute(2, 3, 1, 0).numpy())
+
+
+def test_fft_convolution_keeps_the_compute_dtype():
+  x, kern = _fft_case(*FFT_CASES[0][:6])
+  y = conv2d(x.astype(jnp.bfloat16), kern.astype(jnp.bfloat16), (1, 1), FFT_CASES[0][6],
+             dimension_numbers=NHWC)
+  want = jax.lax.conv_general_dilated(x, kern, (1, 1), FFT_CASES[0][6], dimension_numbers=NHWC)
+  assert y.dtype == jnp.bfloat16
+  _close(y.astype(jnp.float32), want, rel=2e-2)
+
+
+def test_fft_is_chosen_for_the_smoke_first_layers_only(monkeypatch):
+  """The smoke width's 7x7 first layers (4 and 8 outputs) take the FFT; the full width's (16 and
+  32 outputs), strided, small-kernel ones and every layer on an accelerator keep lax's."""
+  def uses_fft(cin, cout, k, s=1):
+    x = jax.ShapeDtypeStruct((1, 16, 16, cin), jnp.float32)
+    w = jax.ShapeDtypeStruct((k, k, cin, cout), jnp.float32)
+    pad = ((k // 2, k // 2),) * 2
+    return "fft" in str(jax.make_jaxpr(
+        lambda x, w: conv2d(x, w, (s, s), pad, dimension_numbers=NHWC))(x, w))
+  assert uses_fft(6, 4, 7) and uses_fft(15, 8, 7)
+  assert not uses_fft(6, 16, 7) and not uses_fft(15, 32, 7)
+  assert not uses_fft(6, 4, 7, s=2) and not uses_fft(6, 4, 3)
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  assert not uses_fft(6, 4, 7)
