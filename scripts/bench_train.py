@@ -106,7 +106,7 @@ def _load() -> str:
     return "n/a"
 
 
-def build(stage: str, size: str, *, batch: int | None, dtype: str) -> dict:
+def build(stage: str, size: str, *, batch: int | None, dtype: str, sync_on: bool = True) -> dict:
   """Our pmapped step for one stage/size on a random batch: {"run": one step, blocking,
   "compiled", "config", "setup", "host_state", "batch"}."""
   import jax
@@ -118,7 +118,7 @@ def build(stage: str, size: str, *, batch: int | None, dtype: str) -> dict:
 
   config = _config(stage, size, batch)
   config.compute_dtype = dtype
-  if stage == "emogen":
+  if stage == "emogen" and sync_on:
     # The sync term on (as after the switch), so that every loss term costs its share.
     config.w_sync = float(config.sync_weight)
   mod = stages.get(stage)
@@ -179,11 +179,11 @@ def build_torch(stage: str, ours: dict):
 
 
 def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
-          compare_torch: bool = False, peak: bool = True) -> dict:
+          compare_torch: bool = False, peak: bool = True, sync_on: bool = True) -> dict:
   """Compile, one warm-up step, then ``steps`` timed steps (median); with ``compare_torch`` the
   PyTorch step is timed in the same loop, one of each in turn, so both see the same machine load."""
 
-  ours = build(stage, size, batch=batch, dtype=dtype)
+  ours = build(stage, size, batch=batch, dtype=dtype, sync_on=sync_on)
   config = ours["config"]
   flops_per_step = _flops(ours["compiled"]) * ours["devices"]
   loss = ours["run"]()  # warm-up (also checks the step runs)
@@ -196,6 +196,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   loss = ours["run"]()
   step_s = medians["ours"]
   row = {"stage": stage, "size": size, "width": float(config.width), "dtype": dtype,
+         **({"w_sync": float(config.w_sync)} if stage == "emogen" else {}),
          "devices": ours["devices"], "platform": ours["platform"], "batch": config.batch_size,
          "compile_s": round(ours["compile_s"], 2), "step_s": round(step_s, 4),
          "examples_per_s": round(config.batch_size / step_s, 3),
@@ -226,6 +227,8 @@ def main(argv=None) -> int:
   p.add_argument("--compare-torch", action="store_true",
                  help="also time the same step in PyTorch (the tests' reference networks, same "
                       "weights and batch), interleaved with ours; prints the speed ratio")
+  p.add_argument("--sync-off", action="store_true",
+                 help="EmoGen with the sync weight still 0 (before the switch: every smoke run)")
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate that the achieved rates are compared with")
   args = p.parse_args(argv)
@@ -238,7 +241,8 @@ def main(argv=None) -> int:
         p.error(f"unknown size {size!r}; use smoke or reference")
       batch = args.smoke_batch if size == "smoke" else args.reference_batch
       row = bench(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype,
-                  compare_torch=args.compare_torch, peak=not args.no_peak)
+                  compare_torch=args.compare_torch, peak=not args.no_peak,
+                  sync_on=not args.sync_off)
       rows.append(row)
       print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
             f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
