@@ -232,8 +232,11 @@ def main(argv=None) -> int:
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate that the achieved rates are compared with")
   args = p.parse_args(argv)
+  stage_list = [s for s in args.stages.split(",") if s]
+  if args.sync_off and "emogen" not in stage_list:
+    p.error("--sync-off only changes the emogen stage; add emogen to --stages or drop --sync-off")
   rows = []
-  for stage in [s for s in args.stages.split(",") if s]:
+  for stage in stage_list:
     if stage not in STAGE_CONFIGS:
       p.error(f"unknown stage {stage!r}; use {', '.join(STAGE_CONFIGS)}")
     for size in [s for s in args.sizes.split(",") if s]:

@@ -151,3 +151,18 @@ def test_reproduce_training_bad_settings_are_one_line_errors(tmp_path, args, wor
   lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
   assert lines[-1].startswith("error: ") and words in lines[-1], lines[-3:]
   assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--stages", "syncnet", "--sync-off"], "--sync-off only changes the emogen stage"),
+    (["--stages", "vgg"], "unknown stage 'vgg'"),
+    (["--stages", "syncnet", "--sizes", "huge"], "unknown size 'huge'"),
+])
+def test_bench_train_bad_settings_are_one_line_errors(args, words):
+  proc = subprocess.run([sys.executable, os.path.join(qf.REPO, "scripts", "bench_train.py"),
+                         "--no-peak", *args], cwd=qf.REPO, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+  assert lines[-1].split(": ", 1)[1].startswith("error: ") and words in lines[-1], lines[-3:]
+  assert "Traceback" not in proc.stderr
