@@ -39,12 +39,12 @@ from emogen_jax.errors import ArgumentParser, UserError, cli_main
 # The learnability recipe (emogen_jax.train.recipe.TARGETS), measured on the idle
 # 2-core CPU: 16 actors leave 12 for training and 2 each for validation and test; with fewer
 # (6 actors: 4 for training) the emotion disc memorises identities and SyncNet learns slower.
-# EmoGen needs 2400 steps for every label to matter on both corpora tried: the labels are learned
-# in an order, disgust (the smallest change from neutral) last; at 1800 one corpus had it and the
-# other not (test DIS 4 %), at 2400 both (docs/design.md "Emotion control": seed 1 test EmoAcc
-# 81.9 % -> 99.3 %, seed 0 88.9 % -> 92.4 %, every emotion >= 83 %).
+# EmoGen: 1200 steps of batch 4 (configs/emogen.py:smoke). The labels are learned in an order
+# that differs between corpora; at 800 steps one corpus still had fear at 29 % on its test actors
+# and the other neutral at 42 %, at 1200 both had every label (docs/design.md "Emotion control":
+# test EmoAcc 88.2 % and 100 %, the lowest label 58 %).
 DEFAULTS = {"actors": 16, "clips_per_actor": 12, "syncnet_steps": 3000, "emotion_steps": 800,
-            "emogen_steps": 2400}
+            "emogen_steps": 1200}
 STATE_FILE = "quickstart_state.json"
 DEMO_NAME = "demo_all_emotions.mp4"
 CONTACT_SHEET_NAME = "demo_contact_sheet.png"
