@@ -59,8 +59,8 @@ def get_config(arg: str | None = None):
     # relative to the other clip's, and not at all when both share one (1 batch in 6). Measured
     # on the quickstart's two corpora (the same expert, disc and judge; docs/design.md "Emotion
     # control"): the same 4800 examples as 2400 steps of batch 2, as 1200 steps of batch 4, raised
-    # test EmoAcc 77.8 % (anger 33 %) -> 88.2 % and 84.7 % (disgust 8 %) -> 100 %, at ~14 % less
-    # time per example.
+    # test EmoAcc 77.8 % (anger 33 %) -> 88.2 % and 84.7 % (disgust 8 %) -> 100 %, in about the
+    # same time (the quickstart's stage: 672 s -> 663 s).
     apply_smoke(c, batch_size=4)
     # Measured on the synthetic corpus (width 0.25): validation L1 fell 43 % in 250 steps at lr 5e-4
     # against 19 % in 300 steps at the reference 1e-4 (6 actors); 44-53 % in 300 steps (16 actors).

@@ -166,3 +166,18 @@ def test_bench_train_bad_settings_are_one_line_errors(args, words):
   lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
   assert lines[-1].split(": ", 1)[1].startswith("error: ") and words in lines[-1], lines[-3:]
   assert "Traceback" not in proc.stderr
+
+
+def test_quickstart_script_resolves_out_from_the_callers_directory(tmp_path):
+  """`bash scripts/quickstart.sh --out DIR` typed in another folder: DIR is that folder's. Here
+  ./blocked is a FILE there, so the run must stop at once naming it; a script that resolved
+  --out inside the checkout would find no such file there and start a whole quickstart (killed
+  by the timeout)."""
+  (tmp_path / "blocked").write_text("not a folder")
+  proc = subprocess.run(["bash", os.path.join(qf.REPO, "scripts", "quickstart.sh"), "--out",
+                         "blocked", "--no-progress"], cwd=tmp_path, env=subprocess_env(),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
+  assert lines[-1] == "error: --out 'blocked' is a file, not a folder; give the quickstart folder to write"
+  assert not os.path.exists(os.path.join(qf.REPO, "blocked"))
