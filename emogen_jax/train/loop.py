@@ -342,7 +342,19 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   del host_state
 
   # ------------------------------------------------------------------ compiled steps, feedback
-  p_train = jax.pmap(stage.make_train_step(config, setup), axis_name=AXIS, donate_argnums=(0,))
+  step_options = getattr(stage, "train_step_options", None)
+  compiled_steps: dict[tuple, Callable] = {}
+
+  def train_step_for(state):
+    """The pmapped step for this state (a stage may need another one after a validation)."""
+    options = step_options(config, state) if step_options is not None else {}
+    key = tuple(sorted(options.items()))
+    if key not in compiled_steps:
+      compiled_steps[key] = jax.pmap(stage.make_train_step(config, setup, **options),
+                                     axis_name=AXIS, donate_argnums=(0,))
+    return compiled_steps[key]
+
+  p_train = train_step_for(state)
   p_eval = jax.pmap(stage.make_eval_step(config, setup), axis_name=AXIS)
   limit = eval_steps(config, stage, per_device_eval)
   feedback = Feedback(config, workdir, main, log)
@@ -380,6 +392,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
           val_metrics = validate(state, done)
           if after_validation is not None:
             state = after_validation(config, state, val_metrics, log)
+            p_train = train_step_for(state)
         if sampler is not None and _every(config.sample_every_steps, done, is_last):
           sampler(state, done)
         if _every(config.checkpoint_every_steps, done, is_last) or stop_now:

@@ -254,3 +254,29 @@ def test_emogen_bfloat16_iteration_stays_near_float32(emogen_float32):
   for name, rel in terms.items():
     assert np.isfinite(rel) and rel < BF16_LOSS_RTOL, (name, rel)
   assert moves < BF16_MOVE_RTOL and stats < BF16_STATS_RTOL, (moves, stats)
+
+
+def test_emogen_step_variants_follow_the_sync_weight_without_a_conditional():
+  """The loop asks the stage which step suits the state (``train_step_options``): the sync term
+  is differentiated once w_sync > 0. Neither variant may hold a conditional: XLA:CPU runs the
+  convolutions of a conditional's backward with its generic kernels (the expert's first-layer
+  input gradient 107 ms against 6 ms at full width, docs/design.md "CPU speed")."""
+  config = load_config("emogen", None, width=0.0625, batch_size=2, allow_random_init=True)
+  setup = emogen_step.prepare(config, log=lambda *a: None)
+  state = emogen_step.init_state(config, jax.random.PRNGKey(0), setup)
+  devices = jax.devices()[:1]
+  rep = train_state.replicate(state, devices=devices)
+  assert emogen_step.train_step_options(config, rep) == {"sync_gradient": False}
+  on = rep.replace(extras={"w_sync": train_state.replicate(np.float32(0.03), devices=devices)})
+  assert emogen_step.train_step_options(config, on) == {"sync_gradient": True}
+  batch = {k: v[None] for k, v in emogen_step.fake_batch(np.random.default_rng(0), 2).items()}
+  for sync_gradient, s in ((False, rep), (True, on)):
+    step = emogen_step.make_train_step(config, setup, sync_gradient=sync_gradient)
+    hlo = jax.pmap(step, axis_name="batch", devices=devices).lower(s, batch).as_text()
+    assert "stablehlo.case" not in hlo and "stablehlo.if" not in hlo, sync_gradient
+    # The sync-on step differentiates through the expert: its first layer's input gradient is a
+    # convolution the sync-off step does not have.
+    if sync_gradient:
+      assert hlo.count("stablehlo.convolution") > n_off, (hlo.count("stablehlo.convolution"), n_off)
+    else:
+      n_off = hlo.count("stablehlo.convolution")

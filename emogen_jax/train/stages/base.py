@@ -44,8 +44,9 @@ class Stage(Protocol):
   def init_state(self, config, rng: jax.Array, setup: Setup) -> TrainState:
     """A step-0 host TrainState."""
 
-  def make_train_step(self, config, setup: Setup) -> Step:
-    """(state, batch) -> (state, metrics) for pmap over AXIS."""
+  def make_train_step(self, config, setup: Setup, **options) -> Step:
+    """(state, batch) -> (state, metrics) for pmap over AXIS; ``options``: what the optional
+    ``train_step_options`` hook returns (none without it)."""
 
   def make_eval_step(self, config, setup: Setup) -> Step:
     """(state, batch) -> metrics averaged over the batch's real examples (``mask``), with
@@ -61,7 +62,10 @@ class Stage(Protocol):
 # Hooks a stage may define; the loop calls them when present.
 #   after_validation(config, state, val_metrics, log) -> state   (replicated state)
 #   make_sampler(config, setup) -> (generate(state, batch) -> array, image(batch, generated) -> uint8)
-OPTIONAL_HOOKS = ("after_validation", "make_sampler")
+#   train_step_options(config, state) -> dict   (replicated state; host-side) the static keyword
+#       arguments of make_train_step that suit this state; the loop asks at the start and after
+#       every validation, and compiles a step per distinct answer
+OPTIONAL_HOOKS = ("after_validation", "make_sampler", "train_step_options")
 
 
 def compute_dtype(config):

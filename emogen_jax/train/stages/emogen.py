@@ -9,7 +9,9 @@ One pmapped step (axis "batch") does, on the per-device batch:
      VGG-19 max-pool outputs of the MSE; the emotion disc is held fixed for this term;
   2. one emotion-disc update (its own Adam, lr disc_learning_rate) on the REAL target frames.
 w_sync lives in the state (``extras["w_sync"]``): 0 until a validation sync loss below
-sync_threshold, then sync_weight for good (``maybe_enable_sync``).
+sync_threshold, then sync_weight for good (``maybe_enable_sync``). Whether the step differentiates
+through the expert is fixed at compile time (``train_step_options``): the loop compiles the
+second variant once, when the weight switches on.
 Gradients and metrics are ``lax.pmean``-ed; BatchNorm statistics use the global batch.
 Batch (per device): frames (B,5,96,96,6), mel (B,5,80,16,1), sync_mel (B,80,16,1),
 target (B,5,96,96,3) in [0, 1], emotion (B,) int.
@@ -190,23 +192,23 @@ def fake_batch(rng: np.random.Generator, batch: int) -> dict[str, np.ndarray]:
 
 # ------------------------------------------------------------------------------------------ steps
 
-def _sync_term(g, sync_mel, frozen, expert, w_sync=None):
-  """The frozen expert's sync loss of generated clips g against label 1. Differentiated only
-  while its weight is on: before the switch (w_sync 0, most of a smoke run) the gradient
-  through the expert would be multiplied by 0, so it is not computed (the original skips the
-  whole term then; we keep its value as a metric). w_sync None: always differentiable."""
-  def value(clips):
-    a, v = expert.apply(frozen, sync_mel, losses.lower_half_stack(clips), train=False)
-    return losses.sync_loss(a, v, jnp.ones((clips.shape[0],), jnp.float32))
-  if w_sync is None:
-    return value(g)
-  return jax.lax.cond(w_sync > 0, value, lambda clips: value(jax.lax.stop_gradient(clips)), g)
+def _sync_term(g, sync_mel, frozen, expert, differentiable: bool = True):
+  """The frozen expert's sync loss of generated clips g against label 1. Not differentiable
+  before the switch (w_sync 0, all of a smoke run): the gradient through the expert would be
+  multiplied by 0 (the original skips the whole term then; we keep its value as a metric).
+  A static choice, not a ``lax.cond`` on w_sync: XLA:CPU runs the convolutions of a
+  conditional's backward with its generic kernels, 3x slower for the expert (docs/design.md
+  "CPU speed")."""
+  clips = g if differentiable else jax.lax.stop_gradient(g)
+  a, v = expert.apply(frozen, sync_mel, losses.lower_half_stack(clips), train=False)
+  return losses.sync_loss(a, v, jnp.ones((clips.shape[0],), jnp.float32))
 
 
-def _generated_terms(g, batch, state: TrainState, disc_params, expert, disc, vgg, w_sync=None):
+def _generated_terms(g, batch, state: TrainState, disc_params, expert, disc, vgg,
+                     sync_gradient: bool = True):
   """Loss terms of generated clips g (B,5,96,96,3); every one a float32 scalar."""
   terms = {"l1": losses.l1_loss(g, batch["target"]),
-           "sync": _sync_term(g, batch["sync_mel"], state.frozen["syncnet"], expert, w_sync)}
+           "sync": _sync_term(g, batch["sync_mel"], state.frozen["syncnet"], expert, sync_gradient)}
   if vgg is not None:
     frames = lambda x: x.reshape((-1,) + x.shape[2:])
     fg = vgg.apply(state.frozen["vgg19"], frames(g))
@@ -225,7 +227,17 @@ def total_loss(terms, w_sync, w_pl: float, w_emo: float):
           + (1.0 - w_sync - w_pl - w_emo) * terms["l1"])
 
 
-def make_train_step(config, setup: dict[str, Any]):
+def train_step_options(config, state: TrainState) -> dict[str, Any]:
+  """Hook: the static options of ``make_train_step`` for this (replicated) state: the sync
+  term is differentiated once its weight is on."""
+  return {"sync_gradient": bool(np.asarray(jax.device_get(state.extras["w_sync"]))[0] > 0)}
+
+
+def make_train_step(config, setup: dict[str, Any], sync_gradient: bool | None = None):
+  """The step for states whose w_sync is > 0 (sync_gradient True) or 0 (False; the expert's
+  gradient is not computed, so a positive w_sync would be ignored). None: from config.w_sync."""
+  if sync_gradient is None:
+    sync_gradient = float(config.w_sync) > 0
   gen, expert, disc, vgg = make_models(config, setup)
   txs = make_optimizers(config)
   w_pl, w_emo = float(config.w_pl), float(config.w_emo)
@@ -240,7 +252,7 @@ def make_train_step(config, setup: dict[str, Any]):
       g, new_vars = gen.apply({"params": params, "batch_stats": state.batch_stats["generator"]},
                               batch["mel"], batch["frames"], batch["emotion"], train=True,
                               mutable=["batch_stats"])
-      terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg, w_sync)
+      terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg, sync_gradient)
       terms["l1"] = nonfinite(terms["l1"], state.step)
       return total_loss(terms, w_sync, w_pl, w_emo), (new_vars["batch_stats"], terms)
 
