@@ -227,10 +227,15 @@ def total_loss(terms, w_sync, w_pl: float, w_emo: float):
           + (1.0 - w_sync - w_pl - w_emo) * terms["l1"])
 
 
+def _host_w_sync(state: TrainState) -> float:
+  """The sync weight of a replicated state, read on the host."""
+  return float(np.asarray(jax.device_get(state.extras["w_sync"]))[0])
+
+
 def train_step_options(config, state: TrainState) -> dict[str, Any]:
   """Hook: the static options of ``make_train_step`` for this (replicated) state: the sync
   term is differentiated once its weight is on."""
-  return {"sync_gradient": bool(np.asarray(jax.device_get(state.extras["w_sync"]))[0] > 0)}
+  return {"sync_gradient": _host_w_sync(state) > 0}
 
 
 def make_train_step(config, setup: dict[str, Any], sync_gradient: bool | None = None):
@@ -377,7 +382,7 @@ def maybe_enable_sync(config, w_sync: float, val_metrics: dict[str, float]) -> f
 
 def after_validation(config, state: TrainState, val_metrics: dict[str, float], log) -> TrainState:
   """Hook: switch the sync-loss weight on for good once the validation sync loss is low."""
-  w = float(np.asarray(jax.device_get(state.extras["w_sync"]))[0])
+  w = _host_w_sync(state)
   new = maybe_enable_sync(config, w, val_metrics)
   if new != w:
     log(f"validation sync loss {val_metrics['sync']:.4f} < {config.sync_threshold}: "
