@@ -146,6 +146,13 @@ def test_cli_user_errors(tmp_path, capsys):
   assert pp.main(["--src", str(tmp_path / "empty"), "--data-dir", str(tmp_path / "d"), "--detector", "s3fd"]) == 2
   assert "s3fd-619a316812.pth" in capsys.readouterr().err
   assert pp.main(["--src", ".", "--data-dir", str(tmp_path / "d"), "--shard-index", "3", "--num-shards", "2"]) == 2
+  capsys.readouterr()
+  for bad in ("0", "1.5"):
+    assert pp.main(["--src", ".", "--data-dir", str(tmp_path / "d"), "--min-face", bad]) == 2
+    assert f"--min-face {float(bad)} must be a fraction" in capsys.readouterr().err
+  assert pp.main(["--src", ".", "--data-dir", str(tmp_path / "d"), "--detector", "s3fd",
+                  "--min-face", "0.3"]) == 2
+  assert "--min-face applies to --detector haar only" in capsys.readouterr().err
 
 
 def test_random_split_reuses_the_cache(data, tmp_path):
@@ -163,6 +170,21 @@ def test_random_split_reuses_the_cache(data, tmp_path):
   bad = fx.run_preprocess(["--src", data["src"], "--data-dir", str(out), "--cache-dir", data["cache_dir"],
                            "--pads", "0", "0", "0", "0"], check=False)
   assert bad.returncode == 2 and "other settings" in bad.stderr
+  # A cache made before --min-face existed was made with its default, and is reused as such;
+  # another --min-face is other settings.
+  cache = tmp_path / "cache"
+  shutil.copytree(data["cache_dir"], cache)
+  with open(cache / "settings.json") as f:
+    settings = json.load(f)
+  assert settings.pop("min_face") == pp.MIN_FACE
+  with open(cache / "settings.json", "w") as f:
+    json.dump(settings, f)
+  old = fx.run_preprocess(["--src", data["src"], "--data-dir", str(tmp_path / "old"), "--cache-dir",
+                           str(cache), "--jobs", "1"])
+  assert _report(str(tmp_path / "old"))["processed_this_run"] == 0, old.stdout
+  coarse = fx.run_preprocess(["--src", data["src"], "--data-dir", str(tmp_path / "old"),
+                              "--cache-dir", str(cache), "--min-face", "0.3"], check=False)
+  assert coarse.returncode == 2 and "other settings" in coarse.stderr
 
 
 def test_killed_preprocess_resumes_without_redoing_clips(data, tmp_path):
