@@ -13,6 +13,7 @@ import sys
 import pytest
 
 from emogen_jax.data.media import ffmpeg_exe
+from emogen_jax.train import recipe
 from tests import _quickstart_fixtures as qf, subprocess_env
 
 STAGES = ("corpus", "convert_fps", "preprocess", "syncnet", "emotion_disc", "emotion_judge", "emogen",
@@ -57,12 +58,14 @@ def test_quickstart_outputs_and_summary():
   assert fig["emogen_val_l1_decrease"] == pytest.approx(
       1 - fig["emogen_last_val_l1"] / fig["emogen_first_val_l1"])
   # eval_batches=0: every figure averages the whole validation split, eval_windows (6) fixed
-  # windows per clip, SyncNet's each in sync and off sync.
+  # windows per clip, SyncNet's each in sync and off sync; EmoGen's at the recipe's 3 (each
+  # generated with six labels).
   with open(os.path.join(o["data_dir"], "cache", "splits.json")) as f:
     n_val = len(json.load(f)["validation"])
   assert n_val >= 1
   assert s["validation_examples"] == {"syncnet": n_val * 6 * 2, "emotion_disc": n_val * 6,
-                                      "emotion_judge": n_val * 6, "emogen": n_val * 6}
+                                      "emotion_judge": n_val * 6,
+                                      "emogen": n_val * recipe.EMOGEN_EVAL_WINDOWS}
   # Emotion control: the judge scored EmoGen's validation windows, evaluate the test clips.
   assert 0.0 <= fig["emogen_val_emo_acc_judge"] <= 1.0 and fig["emogen_val_emo_sensitivity"] > 0
   e = s["emotion_control"]

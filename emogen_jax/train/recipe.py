@@ -42,11 +42,18 @@ JUDGE_SEED_OFFSET = 1000
 # the quickstart corpus one takes as long as ~100 training steps (30-45 s), so it validates once at
 # the end (plus the baseline before the first step) and spends the time on training steps, which
 # emotion control needs (docs/design.md "Emotion control").
-VALIDATIONS = {"emogen": 1}
+# The two emotion classifiers validate twice (half way and at the end) and still checkpoint ten
+# times, so their training streams keep the segments, and the weights the bits, of ten
+# validations: the eight left out cost ~0.7 s each while SyncNet trains beside them.
+VALIDATIONS = {"emogen": 1, "emotion_disc": 2, "emotion_judge": 2}
 # Checkpoints per run (as many as validations unless named). EmoGen still saves half way, so a
 # stopped quickstart resumes from there; the training stream keeps this cadence as its segment
 # length, as when a validation came with every checkpoint.
-CHECKPOINTS = {"emogen": 2}
+CHECKPOINTS = {"emogen": 2, "emotion_disc": 10, "emotion_judge": 10}
+# EmoGen's validation windows per clip (the smoke configs' 6 otherwise): each window is generated
+# with all six labels, so its two validations (the baseline before the first step and the end)
+# cost ~24 s each on the quickstart corpus at 6; the trained generator does not depend on them.
+EMOGEN_EVAL_WINDOWS = 3
 # What a CPU smoke run (width 0.25) on the synthetic corpus must reach to count as "learns".
 TARGETS = {"syncnet_accuracy": 0.75, "emotion_accuracy": 0.60, "emogen_l1_decrease": 0.30}
 TARGET_TEXT = {"syncnet_accuracy": "SyncNet validation accuracy (in sync vs off sync)",
@@ -294,7 +301,8 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
             "eval_every": eval_every, "eval_batches": eval_batches, "progress": progress}
   steps = {"syncnet": int(syncnet_steps), "emotion_disc": int(emotion_steps),
            "emotion_judge": int(emotion_steps), "emogen": int(emogen_steps)}
-  extra = {"emogen": {"eval_at_start": True, "syncnet_checkpoint": dirs["syncnet"],
+  extra = {"emogen": {"eval_at_start": True, "eval_windows": EMOGEN_EVAL_WINDOWS,
+                      "syncnet_checkpoint": dirs["syncnet"],
                       "emotion_disc_checkpoint": dirs["emotion_disc"],
                       "emotion_classifier_checkpoint": dirs["emotion_judge"]},
            "emotion_judge": {"seed": seed + JUDGE_SEED_OFFSET}}

@@ -99,3 +99,8 @@ def test_recipe_cadence_keeps_emogen_checkpoints_and_stream_segments():
   config = recipe.load_config("emogen", num_train_steps=2400, eval_every_steps=every,
                               checkpoint_every_steps=ckpt)
   assert loop._segment(config) == 1200
+  # The emotion classifiers validate twice but keep the checkpoints, and so the stream segments,
+  # of ten validations (their weights do not depend on how often they are validated).
+  for name in ("emotion_disc", "emotion_judge"):
+    assert recipe.cadence(name, 800) == (400, 80)
+    assert recipe.cadence(name, 800)[1] == recipe.cadence("syncnet", 800)[1]
