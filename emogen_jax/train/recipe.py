@@ -42,14 +42,15 @@ JUDGE_SEED_OFFSET = 1000
 # the quickstart corpus one takes as long as ~100 training steps (30-45 s), so it validates once at
 # the end (plus the baseline before the first step) and spends the time on training steps, which
 # emotion control needs (docs/design.md "Emotion control").
-# The two emotion classifiers validate twice (half way and at the end) and still checkpoint ten
-# times, so their training streams keep the segments, and the weights the bits, of ten
-# validations: the eight left out cost ~0.7 s each while SyncNet trains beside them.
-VALIDATIONS = {"emogen": 1, "emotion_disc": 2, "emotion_judge": 2}
+# SyncNet and the two emotion classifiers validate twice (half way and at the end) and still
+# checkpoint ten times, so their training streams keep the segments, and the weights the bits, of
+# ten validations: the eight left out cost 1-2 s each of SyncNet's (the quickstart's first 264 s
+# wait for it) and ~0.7 s each of the classifiers' (while SyncNet trains beside them).
+VALIDATIONS = {"emogen": 1, "syncnet": 2, "emotion_disc": 2, "emotion_judge": 2}
 # Checkpoints per run (as many as validations unless named). EmoGen still saves half way, so a
 # stopped quickstart resumes from there; the training stream keeps this cadence as its segment
 # length, as when a validation came with every checkpoint.
-CHECKPOINTS = {"emogen": 2, "emotion_disc": 10, "emotion_judge": 10}
+CHECKPOINTS = {"emogen": 2, "syncnet": 10, "emotion_disc": 10, "emotion_judge": 10}
 # EmoGen's validation windows per clip (the smoke configs' 6 otherwise): each window is generated
 # with all six labels, so its two validations (the baseline before the first step and the end)
 # cost ~24 s each on the quickstart corpus at 6; the trained generator does not depend on them.

@@ -92,15 +92,14 @@ def test_recipe_cadence_keeps_emogen_checkpoints_and_stream_segments():
   same batches as when it validated half way too, and a stopped run resumes from step 1200."""
   from emogen_jax.train import loop, recipe
   assert recipe.cadence("emogen", 2400) == (2400, 1200)
-  assert recipe.cadence("syncnet", 2000) == (200, 200)
+  assert recipe.cadence("syncnet", 2000) == (1000, 200)
   assert recipe.cadence("emogen", 6) == (6, 6)            # never closer than 25 steps
   assert recipe.cadence("emogen", 2400, eval_every=300) == (300, 300)
   every, ckpt = recipe.cadence("emogen", 2400)
   config = recipe.load_config("emogen", num_train_steps=2400, eval_every_steps=every,
                               checkpoint_every_steps=ckpt)
   assert loop._segment(config) == 1200
-  # The emotion classifiers validate twice but keep the checkpoints, and so the stream segments,
-  # of ten validations (their weights do not depend on how often they are validated).
-  for name in ("emotion_disc", "emotion_judge"):
+  # SyncNet and the emotion classifiers validate twice but keep the checkpoints, and so the stream
+  # segments, of ten validations (their weights do not depend on how often they are validated).
+  for name in ("syncnet", "emotion_disc", "emotion_judge"):
     assert recipe.cadence(name, 800) == (400, 80)
-    assert recipe.cadence(name, 800)[1] == recipe.cadence("syncnet", 800)[1]
