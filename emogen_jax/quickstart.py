@@ -39,13 +39,14 @@ from emogen_jax.errors import ArgumentParser, UserError, cli_main
 # The learnability recipe (emogen_jax.train.recipe.TARGETS), measured on the idle
 # 2-core CPU: 16 actors leave 12 for training and 2 each for validation and test; with fewer
 # (6 actors: 4 for training) the emotion disc memorises identities and SyncNet learns slower.
-# EmoGen: 900 steps of batch 4 (configs/emogen.py:smoke). The labels are learned in an order
-# that differs between corpora; on the two corpora's test actors (docs/design.md "Emotion
-# control", "Batch 4"): at 800 steps fear 29 % on one and neutral 42 % on the other; at 900
-# EmoAcc 88.9 % and 96.5 % (lowest label 67 % / 79 %), at 1000 88.9 % and 100 %, at 1200 88.2 %
-# and 100 %. 900 keeps the quickstart within 15 minutes on the 2-core CPU.
+# EmoGen: 1200 steps of batch 4 (configs/emogen.py:smoke). The labels are learned in an order
+# that differs between corpora, and which label comes last moves with the smallest change
+# upstream (docs/design.md "Emotion control", "Batch 4"): on one seed-1 upstream 800 steps left
+# fear at 29 % on the test actors, 900 and 1000 passed; on another, where one clip's face boxes
+# differed by 1 px on 5 frames, 900 left neutral at 17 % and 1000 disgust and neutral at 0 %,
+# while 1200 passed on every upstream tried (lowest label 58-71 %).
 DEFAULTS = {"actors": 16, "clips_per_actor": 12, "syncnet_steps": 3000, "emotion_steps": 800,
-            "emogen_steps": 900}
+            "emogen_steps": 1200}
 STATE_FILE = "quickstart_state.json"
 DEMO_NAME = "demo_all_emotions.mp4"
 CONTACT_SHEET_NAME = "demo_contact_sheet.png"

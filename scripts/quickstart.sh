@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command from a fresh checkout to a trained (tiny) EmoGen and a six-emotion demo video, on CPU
-# (about 19 minutes on 2 cores; the three stages reach the learnability targets):
+# (about 16 minutes on 2 cores; the three stages reach the learnability targets):
 #   bash scripts/quickstart.sh [--out DIR] [python -m emogen_jax.quickstart options]
 # Installs what is missing (a quick no-op when everything is there), then runs the quickstart
 # into quickstart_out/ (rerun to resume; see DIR/summary.md at the end).
