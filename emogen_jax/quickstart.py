@@ -59,8 +59,9 @@ EMOTION_FRAMES = 25
 # moved 0.83 px on average (at most 3 px) on ~120 px faces; detection 16.5 s -> 9.0 s.
 DETECT_EVERY = 2
 # The synthetic faces span more than half of the 160-px frame, so the Haar search skips faces
-# under 30 % of it: on 590 frames of the quickstart corpus the same box on every frame, 18.3 ->
-# 10.7 ms per detection (preprocess --min-face; its default 0.1 keeps small faces in real videos).
+# under 30 % of it: on 590 frames of the quickstart corpus the same box on every frame (on all
+# of the seed-1 corpus, one clip's boxes 1 px off on 5 frames), 18.3 -> 10.7 ms per detection
+# (preprocess --min-face; its default 0.1 keeps small faces in real videos).
 MIN_FACE = 0.3
 
 
