@@ -503,7 +503,9 @@ def main(argv=None) -> int:
       old = json.load(f)
     old.setdefault("min_face", MIN_FACE)  # caches made before the option had the default
     if old != settings:
-      raise UserError(f"the cache {cache_dir} was made with other settings ({old}); rerun with "
+      diff = ", ".join(f"{k} {old.get(k)!r} (now {settings[k]!r})" for k in settings
+                       if old.get(k) != settings[k])
+      raise UserError(f"the cache {cache_dir} was made with other settings: {diff}; rerun with "
                       "the same flags, or delete the cache (or pass another --cache-dir)")
   else:
     files_lib.write_file(settings_path, json.dumps(settings))

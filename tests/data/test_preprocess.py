@@ -184,7 +184,7 @@ def test_random_split_reuses_the_cache(data, tmp_path):
   assert _report(str(tmp_path / "old"))["processed_this_run"] == 0, old.stdout
   coarse = fx.run_preprocess(["--src", data["src"], "--data-dir", str(tmp_path / "old"),
                               "--cache-dir", str(cache), "--min-face", "0.3"], check=False)
-  assert coarse.returncode == 2 and "other settings" in coarse.stderr
+  assert coarse.returncode == 2 and "other settings: min_face 0.1 (now 0.3)" in coarse.stderr, coarse.stderr
 
 
 def test_killed_preprocess_resumes_without_redoing_clips(data, tmp_path):
