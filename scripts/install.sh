@@ -20,7 +20,8 @@ fi
 # Nothing more to do when this checkout is the installed emogen_jax (editable) and every
 # requirement of setup.cfg, the test and torch extras included, is installed at a version it
 # allows: pip takes ~9 s to find that out, this ~0.3 s (scripts/quickstart.sh runs us each time).
-if $PY - "$PWD" >/dev/null 2>&1 <<'PYEOF'
+EXTRAS=test,torch
+if $PY - "$PWD" "$EXTRAS" >/dev/null 2>&1 <<'PYEOF'
 import configparser, importlib.metadata as md, json, os, sys
 from packaging.requirements import Requirement
 root = os.path.realpath(sys.argv[1])
@@ -32,8 +33,8 @@ assert url.get("dir_info", {}).get("editable") and \
 cfg = configparser.ConfigParser()
 cfg.read(os.path.join(root, "setup.cfg"))
 lines = cfg["options"]["install_requires"].splitlines()
-lines += cfg["options.extras_require"]["test"].splitlines()
-lines += cfg["options.extras_require"]["torch"].splitlines()
+for extra in sys.argv[2].split(","):
+  lines += cfg["options.extras_require"][extra].splitlines()
 for line in filter(None, (x.strip() for x in lines)):
   req = Requirement(line)
   assert req.specifier.contains(md.version(req.name), prereleases=True), line
@@ -48,4 +49,4 @@ if ! $PY -c "import torch" >/dev/null 2>&1; then
   $PY -m pip install -q --timeout 20 --retries 1 torch --index-url https://download.pytorch.org/whl/cpu \
     || $PY -m pip install -q "torch==2.13.0"
 fi
-$PY -m pip install -q -e ".[test,torch]"
+$PY -m pip install -q -e ".[$EXTRAS]"

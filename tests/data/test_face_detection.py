@@ -44,7 +44,6 @@ def test_haar_finds_the_real_face_and_nothing_in_empty_images():
   assert _iou(b2, shifted) > 0.6, b2
 
 
-
 def test_haar_min_face_skips_small_faces_and_finds_large_ones_alike():
   """min_size_frac (preprocess --min-face): a face filling the frame gets the same box with a
   coarse search as with the default 0.1; the whole astronaut (face ~20 % of the frame) is found
@@ -55,6 +54,7 @@ def test_haar_min_face_skips_small_faces_and_finds_large_ones_alike():
   b_fine, b_coarse = fine.detect([close, img]), coarse.detect([close, img])
   assert b_fine[0] is not None and b_coarse[0] == b_fine[0], (b_fine, b_coarse)
   assert _iou(b_fine[1], ASTRONAUT_FACE) > 0.6 and b_coarse[1] is None, (b_fine, b_coarse)
+
 
 def test_s3fd_needs_a_weights_file_and_never_downloads(tmp_path):
   with pytest.raises(UserError) as e:

@@ -9,9 +9,9 @@ One pmapped step (axis "batch") does, on the per-device batch:
      VGG-19 max-pool outputs of the MSE; the emotion disc is held fixed for this term;
   2. one emotion-disc update (its own Adam, lr disc_learning_rate) on the REAL target frames.
 w_sync lives in the state (``extras["w_sync"]``): 0 until a validation sync loss below
-sync_threshold, then sync_weight for good (``maybe_enable_sync``). Whether the step differentiates
-through the expert is fixed at compile time (``train_step_options``): the loop compiles the
-second variant once, when the weight switches on.
+sync_threshold, then sync_weight for good (``maybe_enable_sync``). Whether the step has the sync
+term at all (and so differentiates through the expert) is fixed at compile time
+(``train_step_options``): the loop compiles the second variant once, when the weight switches on.
 Gradients and metrics are ``lax.pmean``-ed; BatchNorm statistics use the global batch.
 Batch (per device): frames (B,5,96,96,6), mel (B,5,80,16,1), sync_mel (B,80,16,1),
 target (B,5,96,96,3) in [0, 1], emotion (B,) int.
@@ -237,13 +237,13 @@ def _host_w_sync(state: TrainState) -> float:
 
 def train_step_options(config, state: TrainState) -> dict[str, Any]:
   """Hook: the static options of ``make_train_step`` for this (replicated) state: the sync
-  term is differentiated once its weight is on."""
+  term is in the step once its weight is on."""
   return {"sync_gradient": _host_w_sync(state) > 0}
 
 
 def make_train_step(config, setup: dict[str, Any], sync_gradient: bool | None = None):
-  """The step for states whose w_sync is > 0 (sync_gradient True) or 0 (False; the expert's
-  gradient is not computed, so a positive w_sync would be ignored). None: from config.w_sync."""
+  """The step for states whose w_sync is > 0 (sync_gradient True) or 0 (False: the step has no
+  sync term, so a positive w_sync would be ignored). None: from config.w_sync."""
   if sync_gradient is None:
     sync_gradient = float(config.w_sync) > 0
   gen, expert, disc, vgg = make_models(config, setup)
@@ -260,7 +260,8 @@ def make_train_step(config, setup: dict[str, Any], sync_gradient: bool | None = 
       g, new_vars = gen.apply({"params": params, "batch_stats": state.batch_stats["generator"]},
                               batch["mel"], batch["frames"], batch["emotion"], train=True,
                               mutable=["batch_stats"])
-      terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg, sync_gradient)
+      terms = _generated_terms(g, batch, state, disc_fixed, expert, disc, vgg,
+                               with_sync=sync_gradient)
       terms["l1"] = nonfinite(terms["l1"], state.step)
       return total_loss(terms, w_sync, w_pl, w_emo), (new_vars["batch_stats"], terms)
 
