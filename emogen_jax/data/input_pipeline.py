@@ -118,6 +118,26 @@ def dataset_builder(data_dir: str):
   return tfds.builder_from_directory(_dataset_dir(data_dir))
 
 
+def without_autotuner(ds):
+  """``ds`` without tf.data's autotuner. Its thread sleeps between rounds (up to ~20 s here) and
+  deleting an iterator waits for that thread: every re-created training stream, and the end of
+  every whole-clip read, stood still that long. Without it the AUTOTUNE maps keep their initial
+  parallelism, which is plenty here (docs/design.md "CPU speed")."""
+  options = tf.data.Options()
+  options.autotune.enabled = False
+  return ds.with_options(options)
+
+
+def read_clips(data_dir: str, split: str):
+  """The whole clips of one split in dataset order, as a tf.data.Dataset of TFDS examples (for
+  evaluation and other readers of whole clips); without the autotuner (``without_autotuner``)."""
+  import tensorflow_datasets as tfds
+  ds = dataset_builder(data_dir).as_dataset(
+      split=split, shuffle_files=False,
+      read_config=tfds.ReadConfig(add_tfds_id=False, try_autocache=False))
+  return without_autotuner(ds)
+
+
 def dataset_info(data_dir: str) -> dict:
   """{"dir", "splits": {split: clips}, "num_clips", "report" (the preprocess report or None)}."""
   builder = dataset_builder(data_dir)
@@ -529,13 +549,8 @@ def create_dataset(task: str, data_dir: str, split: str, *, per_device_batch: in
             for k, v in batch.items()}
 
   ds = ds.map(to_devices, num_parallel_calls=tf.data.AUTOTUNE).prefetch(prefetch)
-  # No autotuner: its thread sleeps between rounds (up to ~20 s here) and deleting the iterator
-  # waits for that thread, so every re-created training stream (one per checkpoint segment)
-  # stalled training that long. Without it the AUTOTUNE maps keep their initial parallelism,
-  # which feeds the steps many times over (docs/design.md "CPU speed").
-  options = tf.data.Options()
-  options.autotune.enabled = False
-  return NumpyBatches(ds.with_options(options))
+  # Re-created at every checkpoint segment: with the autotuner each one stalled training.
+  return NumpyBatches(without_autotuner(ds))
 
 
 class NumpyBatches:

@@ -80,14 +80,10 @@ def iter_clips(data_dir: str, split: str, max_clips: int | None = None) -> Itera
   splits (the random protocol's validation == test) is read once.
   """
   from emogen_jax.data import input_pipeline
-  import tensorflow_datasets as tfds
-  builder = input_pipeline.dataset_builder(data_dir)
   seen = set()
   count = 0
   for name in split_names(data_dir, split):
-    ds = builder.as_dataset(split=name, shuffle_files=False,
-                            read_config=tfds.ReadConfig(add_tfds_id=False, try_autocache=False))
-    for ex in ds.as_numpy_iterator():
+    for ex in input_pipeline.read_clips(data_dir, name).as_numpy_iterator():
       cid = ex["clip_id"].decode() if isinstance(ex["clip_id"], bytes) else str(ex["clip_id"])
       if cid in seen:
         continue
@@ -107,14 +103,10 @@ def neutral_references(data_dir: str, split: str) -> dict[str, dict]:
   """{actor: {"clip_id", "frames"}}: each actor's first neutral (NEU) clip of the split, the
   reference frames of the neutral-reference EmoAcc (only those clips' JPEGs are decoded)."""
   from emogen_jax.data import input_pipeline
-  import tensorflow_datasets as tfds
-  builder = input_pipeline.dataset_builder(data_dir)
   neutral = EMOTIONS.index("NEU")
   out: dict[str, dict] = {}
   for name in split_names(data_dir, split):
-    ds = builder.as_dataset(split=name, shuffle_files=False,
-                            read_config=tfds.ReadConfig(add_tfds_id=False, try_autocache=False))
-    for ex in ds.as_numpy_iterator():
+    for ex in input_pipeline.read_clips(data_dir, name).as_numpy_iterator():
       actor = ex["actor"].decode()
       if int(ex["emotion"]) != neutral or actor in out:
         continue
