@@ -34,9 +34,12 @@ Writes ``metrics.json`` and ``metrics.md`` into ``--out``.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import os
 import sys
+import threading
 import time
 from typing import Callable, Iterator
 
@@ -150,6 +153,16 @@ class FixedBatch:
       return fn(*args)
 
     self._fn = jax.jit(counted)
+    self._compiled = False
+    self._lock = threading.Lock()
+
+  def _apply(self, chunk):
+    if self._compiled:
+      return self._fn(*chunk)
+    with self._lock:  # evaluation threads share it: the first call compiles, once
+      res = self._fn(*chunk)
+      self._compiled = True
+    return res
 
   def __call__(self, *arrays):
     n = len(arrays[0])
@@ -160,7 +173,7 @@ class FixedBatch:
       k = len(chunk[0])
       chunk = [np.concatenate([c, np.zeros((b - k,) + c.shape[1:], c.dtype)]) if k < b else c
                for c in chunk]
-      res = self._fn(*chunk)
+      res = self._apply(chunk)
       outs.append([np.asarray(r)[:k] for r in (res if isinstance(res, tuple) else (res,))])
     if not outs:
       raise ValueError("nothing to apply the function to")
@@ -253,6 +266,28 @@ class InceptionFeatures:
 # ---------------------------------------------------------------------------- evaluation
 
 
+# Clips scored at once, each in its own thread: at the quickstart's width (0.25) one generator
+# call at a time leaves a core a third idle (the host work between calls, small kernels); two
+# calls at once generate 1.4x the frames per second, bit-identical (docs/design.md "CPU speed").
+EVAL_THREADS = 2
+
+
+def ordered_map(fn: Callable, items, workers: int) -> Iterator[tuple]:
+  """(item, fn(item)) for each item, in the items' order, with up to ``workers`` calls running at
+  once in threads; reads ``items`` only as far as it needs (a bounded window, not the whole split)."""
+  items = iter(items)
+  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+    window = collections.deque()
+    for item in items:
+      window.append((item, pool.submit(fn, item)))
+      if len(window) >= max(1, workers):
+        item0, fut = window.popleft()
+        yield item0, fut.result()
+    while window:
+      item0, fut = window.popleft()
+      yield item0, fut.result()
+
+
 def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str | None = None,
              emotion_classifier: str | None = None, inception: str | None = None,
              max_clips: int | None = None, batch_size: int = 16, vshift: int = metrics.DEFAULT_VSHIFT,
@@ -277,6 +312,40 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
   neutral_missing = []
   incep = InceptionFeatures(inception) if inception else None
 
+  def score_clip(clip: dict) -> dict:
+    """One clip's figures (generation and classification; no shared state is written)."""
+    n = timing.num_mel_frames(len(clip["frames"]), clip["mel"].shape[1])
+    if n < WINDOW:
+      return {"skipped": "too_short"}
+    gt = clip["frames"][:n]
+    valid = clip["valid"][:n]
+    if not valid.any():
+      return {"skipped": "no_valid_frame"}
+    mels = timing.mel_windows(clip["mel"], n)
+    gen = renderer(mels, gt, np.full((n,), clip["emotion"], np.int32))
+    out = {"n": n, "no_face": int((~valid).sum()), "psnr": metrics.psnr(gen[valid], gt[valid]),
+           "ssim": metrics.ssim(gen[valid], gt[valid]), "weight": int(valid.sum())}
+    if sync_fn is not None:
+      out["sync_gen"] = metrics.lse(*sync_embeddings(sync_fn, gen, clip["mel"]), vshift=vshift).as_dict()
+      out["sync_gt"] = metrics.lse(*sync_embeddings(sync_fn, gt, clip["mel"]), vshift=vshift).as_dict()
+    if judges:
+      k = n if emotion_frames is None else min(n, emotion_frames)
+      # the clip's own label is the generation above; the five others in one call
+      others = iter(render_labels(renderer, mels[:k], gt[:k],
+                                  [e for e in range(len(EMOTIONS)) if e != clip["emotion"]]))
+      outs = [gen[:k] if e == clip["emotion"] else next(others) for e in range(len(EMOTIONS))]
+      ref = neutral.get(clip["actor"])
+      out["neutral_missing"] = ref is None or ref["clip_id"] == clip["clip_id"]
+      neutral_outs = [] if out["neutral_missing"] else render_labels(
+          # the neutral clip's frames, looped to this clip's length
+          renderer, mels[:k], ref["frames"][np.arange(k) % len(ref["frames"])], range(len(EMOTIONS)))
+      out["k"] = k
+      out["labels"] = {name: (len(outs), classify_clips(fn, [gt[:k]] + outs + neutral_outs))
+                       for name, (fn, _) in judges.items()}
+    if incep is not None:
+      out["feats"] = (incep(gen[valid]), incep(gt[valid]))
+    return out
+
   psnrs, ssims, weights = [], [], []
   sync_gen, sync_gt = [], []
   real_target = []
@@ -285,54 +354,35 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
   frames_total = frames_no_face = emotion_frames_total = 0
   clips = 0
   t0 = time.perf_counter()
-  for clip in tqdm(iter_clips(data_dir, split, max_clips), desc="evaluating", unit="clip",
-                   disable=not progress, file=sys.stderr):
-    n = timing.num_mel_frames(len(clip["frames"]), clip["mel"].shape[1])
-    if n < WINDOW:
-      skipped["too_short"].append(clip["clip_id"])
-      continue
-    gt = clip["frames"][:n]
-    valid = clip["valid"][:n]
-    if not valid.any():
-      skipped["no_valid_frame"].append(clip["clip_id"])
+  scored = ordered_map(score_clip, iter_clips(data_dir, split, max_clips), workers=EVAL_THREADS)
+  for clip, r in tqdm(scored, desc="evaluating", unit="clip", disable=not progress, file=sys.stderr):
+    if "skipped" in r:
+      skipped[r["skipped"]].append(clip["clip_id"])
       continue
     clips += 1
-    mels = timing.mel_windows(clip["mel"], n)
-    gen = renderer(mels, gt, np.full((n,), clip["emotion"], np.int32))
-    frames_total += n
-    frames_no_face += int((~valid).sum())
-    psnrs.append(metrics.psnr(gen[valid], gt[valid]))
-    ssims.append(metrics.ssim(gen[valid], gt[valid]))
-    weights.append(int(valid.sum()))
+    frames_total += r["n"]
+    frames_no_face += r["no_face"]
+    psnrs.append(r["psnr"])
+    ssims.append(r["ssim"])
+    weights.append(r["weight"])
     if sync_fn is not None:
-      sync_gen.append(metrics.lse(*sync_embeddings(sync_fn, gen, clip["mel"]), vshift=vshift).as_dict())
-      sync_gt.append(metrics.lse(*sync_embeddings(sync_fn, gt, clip["mel"]), vshift=vshift).as_dict())
+      sync_gen.append(r["sync_gen"])
+      sync_gt.append(r["sync_gt"])
     if judges:
       real_target.append(clip["emotion"])
-      k = n if emotion_frames is None else min(n, emotion_frames)
-      # the clip's own label is the generation above; the five others in one call
-      others = iter(render_labels(renderer, mels[:k], gt[:k],
-                                  [e for e in range(len(EMOTIONS)) if e != clip["emotion"]]))
-      outs = [gen[:k] if e == clip["emotion"] else next(others) for e in range(len(EMOTIONS))]
-      ref = neutral.get(clip["actor"])
-      if ref is None or ref["clip_id"] == clip["clip_id"]:
+      if r["neutral_missing"]:
         neutral_missing.append(clip["clip_id"])
-        neutral_outs = []
-      else:  # the neutral clip's frames, looped to this clip's length
-        ref_frames = ref["frames"][np.arange(k) % len(ref["frames"])]
-        neutral_outs = render_labels(renderer, mels[:k], ref_frames, range(len(EMOTIONS)))
-      emotion_frames_total += k
-      for name, (fn, _) in judges.items():
-        r = emo[name]
-        labels = classify_clips(fn, [gt[:k]] + outs + neutral_outs)
-        r["real"].append(labels[0])
-        r["pred"] += labels[1:1 + len(outs)]
-        r["target"] += list(range(len(outs)))
-        r["neutral_pred"] += labels[1 + len(outs):]
-        r["neutral_target"] += list(range(len(neutral_outs)))
+      emotion_frames_total += r["k"]
+      for name, (n_outs, labels) in r["labels"].items():
+        e = emo[name]
+        e["real"].append(labels[0])
+        e["pred"] += labels[1:1 + n_outs]
+        e["target"] += list(range(n_outs))
+        e["neutral_pred"] += labels[1 + n_outs:]
+        e["neutral_target"] += list(range(len(labels) - 1 - n_outs))
     if incep is not None:
-      feats_gen.append(incep(gen[valid]))
-      feats_real.append(incep(gt[valid]))
+      feats_gen.append(r["feats"][0])
+      feats_real.append(r["feats"][1])
   seconds = time.perf_counter() - t0
   if clips == 0:
     raise UserError(f"no clip of split {split!r} in {data_dir} could be evaluated "
