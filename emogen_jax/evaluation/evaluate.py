@@ -275,12 +275,12 @@ EVAL_THREADS = 2
 def ordered_map(fn: Callable, items, workers: int) -> Iterator[tuple]:
   """(item, fn(item)) for each item, in the items' order, with up to ``workers`` calls running at
   once in threads; reads ``items`` only as far as it needs (a bounded window, not the whole split)."""
-  items = iter(items)
-  with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+  workers = max(1, workers)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
     window = collections.deque()
     for item in items:
       window.append((item, pool.submit(fn, item)))
-      if len(window) >= max(1, workers):
+      if len(window) >= workers:
         item0, fut = window.popleft()
         yield item0, fut.result()
     while window:
@@ -340,7 +340,8 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
           # the neutral clip's frames, looped to this clip's length
           renderer, mels[:k], ref["frames"][np.arange(k) % len(ref["frames"])], range(len(EMOTIONS)))
       out["k"] = k
-      out["labels"] = {name: (len(outs), classify_clips(fn, [gt[:k]] + outs + neutral_outs))
+      # per classifier: the real clip, the six labels' clips, then the neutral-reference ones
+      out["labels"] = {name: classify_clips(fn, [gt[:k]] + outs + neutral_outs)
                        for name, (fn, _) in judges.items()}
     if incep is not None:
       out["feats"] = (incep(gen[valid]), incep(gt[valid]))
@@ -373,13 +374,14 @@ def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str |
       if r["neutral_missing"]:
         neutral_missing.append(clip["clip_id"])
       emotion_frames_total += r["k"]
-      for name, (n_outs, labels) in r["labels"].items():
+      six = len(EMOTIONS)
+      for name, labels in r["labels"].items():
         e = emo[name]
         e["real"].append(labels[0])
-        e["pred"] += labels[1:1 + n_outs]
-        e["target"] += list(range(n_outs))
-        e["neutral_pred"] += labels[1 + n_outs:]
-        e["neutral_target"] += list(range(len(labels) - 1 - n_outs))
+        e["pred"] += labels[1:1 + six]
+        e["target"] += list(range(six))
+        e["neutral_pred"] += labels[1 + six:]
+        e["neutral_target"] += list(range(len(labels) - 1 - six))
     if incep is not None:
       feats_gen.append(r["feats"][0])
       feats_real.append(r["feats"][1])
