@@ -43,6 +43,12 @@ def base_config() -> ml_collections.ConfigDict:
   # Fixed windows per validation clip (evenly spaced; SyncNet scores each in and off sync).
   c.eval_windows = 2
   c.eval_at_start = False       # also validate before the first step (a learning-curve baseline)
+  # "during": validate every eval_every_steps and at the end (the usual run). "none": train and
+  # checkpoint without validating, so networks that only validation needs (EmoGen's expert while
+  # its sync weight is 0) are not loaded and may still be training elsewhere. "only": no training:
+  # validate the latest checkpoint, and with eval_at_start the initial state as step 0 (the same
+  # figures as a "during" run's; emogen_jax.train.recipe runs EmoGen "none" then "only").
+  c.validation = "during"
   c.checkpoint_every_steps = 10_000
   c.keep_checkpoints = 3
   c.sample_every_steps = 0      # 0 = no sample grids (only the generator stage makes them)
@@ -79,6 +85,7 @@ def apply_smoke(c: ml_collections.ConfigDict, batch_size: int) -> ml_collections
 
 COMPUTE_DTYPES = ("float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
+VALIDATION_MODES = ("during", "none", "only")
 
 
 def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
@@ -98,6 +105,8 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
       raise UserError(f"config.{name} must be at least 1")
   if not c.width > 0:
     raise UserError(f"config.width={c.width} must be > 0 (1.0 = reference size)")
+  if c.get("validation", "during") not in VALIDATION_MODES:
+    raise UserError(f"config.validation={c.validation!r}; use one of {', '.join(VALIDATION_MODES)}")
   if c.lr_schedule not in LR_SCHEDULES:
     raise UserError(f"config.lr_schedule={c.lr_schedule!r}; use one of {', '.join(LR_SCHEDULES)}")
   if not 0.0 <= float(c.lr_final_fraction) <= 1.0 or int(c.lr_decay_steps) < 0:

@@ -12,6 +12,8 @@ batches already used, so a resumed run sees the same batches as an uninterrupted
 segment length unchanged across a resume; a change is warned about). SIGTERM or SIGINT saves a checkpoint and exits cleanly.
 Feedback (process 0 only): progress lines, TensorBoard + console via clu, validation every
 ``eval_every_steps``, sample grids under W/samples/, W/final_metrics.json at the end.
+``config.validation`` splits a run in two when validation needs what training does not: "none"
+trains without validating, a later "only" run validates the checkpoint (and the initial state).
 """
 
 from __future__ import annotations
@@ -331,8 +333,12 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
     log("data: synthetic random batches (config.synthetic_data=True)")
 
   # ------------------------------------------------------------------ state, restored if saved
+  mode = str(config.get("validation", "during"))
   setup = stage.prepare(config, log=log)
   host_state = stage.init_state(config, jax.random.PRNGKey(config.seed), setup)
+  # Every run of this config and setup starts from this state: a "only" run validates it as the
+  # step-0 baseline that a "none" run left out.
+  initial = host_state if mode == "only" and config.get("eval_at_start", False) else None
   manager = train_checkpoints.training_manager(workdir, keep=config.keep_checkpoints)
   meta = {**stage.checkpoint_meta(config, setup), "config": json.loads(config.to_json_best_effort())}
   host_state, restored_step = restore(manager, host_state, meta, config, workdir, log)
@@ -355,10 +361,11 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
     return compiled_steps[key]
 
   p_train = train_step_for(state)
-  p_eval = jax.pmap(stage.make_eval_step(config, setup), axis_name=AXIS)
-  limit = eval_steps(config, stage, per_device_eval)
+  p_eval = None if mode == "none" else jax.pmap(stage.make_eval_step(config, setup), axis_name=AXIS)
+  limit = 0 if mode == "none" else eval_steps(config, stage, per_device_eval)
   feedback = Feedback(config, workdir, main, log)
-  sampler = _make_sampler(config, stage, setup, workdir, per_device, main, log)
+  sampler = None if mode == "only" else _make_sampler(config, stage, setup, workdir, per_device,
+                                                      main, log)
   after_validation = getattr(stage, "after_validation", None)
 
   def validate(state, step):
@@ -370,11 +377,14 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   # ------------------------------------------------------------------ the loop
   num_steps = int(config.num_train_steps)
   val_metrics: dict[str, float] = {}
+  if mode == "only":
+    return _validate_only(config, workdir, state, initial, restored_step, validate, feedback,
+                          manager, main, log)
   if start_step >= num_steps:
     log(f"already at step {start_step} >= num_train_steps={num_steps}: nothing to train")
   else:
     log(f"training steps {start_step + 1}..{num_steps}")
-  if config.get("eval_at_start", False) and start_step == 0 and num_steps > 0:
+  if mode == "during" and config.get("eval_at_start", False) and start_step == 0 and num_steps > 0:
     validate(state, 0)  # the baseline the learning curve starts from
   try:
     with _StopSignal() as stop:
@@ -387,7 +397,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
         stop_now = stop.any_process()
         if done % config.log_every_steps == 0 or is_last or stop_now:
           feedback.flush(done, last_saved=save.last_saved)
-        if _every(config.eval_every_steps, done, is_last):
+        if mode == "during" and _every(config.eval_every_steps, done, is_last):
           feedback.flush(done, last_saved=save.last_saved)
           val_metrics = validate(state, done)
           if after_validation is not None:
@@ -415,19 +425,52 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   manager.wait_until_finished()
   manager.close()
   final_step = max(start_step, num_steps)
-  if not val_metrics:
+  if not val_metrics and mode == "during":
     val_metrics = validate(state, final_step)
+  return _finish(config, workdir, final_step, val_metrics, feedback, main, log)
+
+
+def _finish(config, workdir: str, step: int, val_metrics: dict, feedback: "Feedback", main: bool,
+            log, earlier: dict | None = None) -> dict:
+  """The run's summary (W/final_metrics.json, over the fields of ``earlier``)."""
   history = feedback.history
-  summary = {"stage": config.stage, "step": final_step, "validation": val_metrics,
+  summary = {**(earlier or {}), "stage": config.stage, "step": step, "validation": val_metrics,
              "validation_examples": history[-1]["examples"] if history else 0,
-             "train": feedback.last_train, "validation_history": history}
+             "validation_history": history}
+  if feedback.last_train or not earlier:
+    summary["train"] = feedback.last_train
   if main:
     files.write_file(os.path.join(workdir, "final_metrics.json"),
                      json.dumps(summary, indent=2, sort_keys=True))
   feedback.close()
-  log(f"done: {config.stage} step {final_step}, validation {_fmt(val_metrics)} "
-      f"(W/final_metrics.json)")
+  if val_metrics:
+    log(f"done: {config.stage} step {step}, validation {_fmt(val_metrics)} (W/final_metrics.json)")
+  else:
+    log(f"done: {config.stage} step {step}, not validated (config.validation='none'; validate "
+        "with --config.validation=only)")
   return summary
+
+
+def _validate_only(config, workdir: str, state, initial, restored_step: int | None, validate,
+                   feedback: "Feedback", manager, main: bool, log) -> dict:
+  """config.validation == "only": the initial state as step 0 (with eval_at_start), then the latest
+  checkpoint; the summary keeps what the training run wrote (its last training metrics)."""
+  manager.close()
+  if restored_step is None and initial is None:
+    raise UserError(f"config.validation='only' but --workdir {workdir} has no checkpoint to "
+                    "validate; train first (config.validation='during' or 'none'), or set "
+                    "config.eval_at_start=True to validate the initial state")
+  val_metrics: dict[str, float] = {}
+  if initial is not None:
+    val_metrics = validate(replicate(initial), 0)
+  if restored_step is not None and restored_step > 0:
+    val_metrics = validate(state, restored_step)
+  earlier = {}
+  path = os.path.join(workdir, "final_metrics.json")
+  if os.path.isfile(path):
+    with open(path) as f:
+      earlier = json.load(f)
+  return _finish(config, workdir, restored_step or 0, val_metrics, feedback, main, log, earlier)
 
 
 def eval_steps(config, stage, per_device: int) -> int:

@@ -103,3 +103,42 @@ def test_recipe_cadence_keeps_emogen_checkpoints_and_stream_segments():
   # segments, of ten validations (their weights do not depend on how often they are validated).
   for name in ("syncnet", "emotion_disc", "emotion_judge"):
     assert recipe.cadence(name, 800) == (400, 80)
+
+
+def test_emogen_trained_then_validated_equals_one_run(tmp_path):
+  """config.validation: a "none" run (no validation, the expert not even loaded) followed by an
+  "only" run gives the figures of one run that validates before its first step and at the end:
+  the same step-0 baseline and final validation, the same networks (the recipe trains EmoGen this
+  way while its expert is still training)."""
+  base = ["--config", "configs/emogen.py:smoke", "--config.synthetic_data=True",
+          "--config.width=0.0625", "--config.batch_size=2", "--config.checkpoint_every_steps=2",
+          "--config.eval_every_steps=0", "--config.eval_batches=1", "--config.sample_every_steps=0",
+          "--config.num_train_steps=3"]
+  a, b = str(tmp_path / "a"), str(tmp_path / "b")
+  one = train_cli(base + ["--workdir", a, "--config.eval_at_start=True"])
+  trained = train_cli(base + ["--workdir", b, "--config.validation=none"])
+  assert "syncnet: not loaded" in trained.stdout and "validation at step" not in trained.stdout
+  with open(os.path.join(b, "final_metrics.json")) as f:
+    unvalidated = json.load(f)
+  assert unvalidated["step"] == 3 and unvalidated["validation"] == {}
+  assert np.isfinite(unvalidated["train"]["l1"])
+  validated = train_cli(base + ["--workdir", b, "--config.validation=only",
+                                "--config.eval_at_start=True"])
+  assert "validation at step 0" in validated.stdout and "validation at step 3" in validated.stdout
+  assert "training steps" not in validated.stdout
+  with open(os.path.join(a, "final_metrics.json")) as f:
+    fa = json.load(f)
+  with open(os.path.join(b, "final_metrics.json")) as f:
+    fb = json.load(f)
+  assert [h["step"] for h in fb["validation_history"]] == [0, 3]
+  assert fb["validation_history"] == fa["validation_history"]  # every figure, bit for bit
+  assert fb["validation"] == fa["validation"] and fb["step"] == 3
+  assert fb["train"] == unvalidated["train"]  # the training run's last metrics are kept
+  assert fb["validation_history"][0]["l1"] != fb["validation_history"][1]["l1"]
+  assert_trees_equal(checkpoints.load_models(a), checkpoints.load_models(b))
+  # Nothing to validate: a one-line error.
+  empty = train_cli(base + ["--workdir", str(tmp_path / "c"), "--config.validation=only"],
+                    check=False)
+  assert empty.returncode == 2
+  err = [l for l in empty.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "no checkpoint to validate" in err[0], empty.stderr[-2000:]

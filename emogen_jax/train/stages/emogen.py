@@ -103,6 +103,14 @@ def prepare(config, *, log=print) -> dict[str, Any]:
         setup["random_init"].append(name)
     return info
 
+  # The expert only scores the validation windows until its weight switches on (after a
+  # validation): a run that neither validates (config.validation "none") nor starts with the sync
+  # term does not need it, and its expert may still be training (emogen_jax.train.recipe).
+  if float(config.w_sync) == 0 and config.get("validation", "during") == "none":
+    log("syncnet: not loaded (config.validation='none' and w_sync=0: only validation uses the "
+        "expert; validate this run with --config.validation=only)")
+    setup["syncnet_width"] = None
+    return _prepare_rest(config, setup, network, log)
   info = network("syncnet", "syncnet", config.syncnet_checkpoint, 1, config.width,
                  "no config.syncnet_checkpoint; the frozen expert is RANDOMLY initialised (smoke "
                  "run; its sync loss means nothing)",
@@ -111,7 +119,11 @@ def prepare(config, *, log=print) -> dict[str, Any]:
                  "--workdir W) or convert Wav2Lip's lipsync_expert.pth (python -m "
                  "emogen_jax.convert --help), then pass --config.syncnet_checkpoint=PATH")
   setup["syncnet_width"] = info["width"]
+  return _prepare_rest(config, setup, network, log)
 
+
+def _prepare_rest(config, setup: dict[str, Any], network, log) -> dict[str, Any]:
+  """prepare() after the expert: the emotion disc, the judge and VGG-19."""
   info = network("emotion_disc", "emotion_disc", config.emotion_disc_checkpoint, 2, config.width,
                  "no config.emotion_disc_checkpoint; starting it from random init (smoke run)",
                  "config.emotion_disc_checkpoint is empty: EmoGen training needs a trained "
@@ -150,7 +162,7 @@ def make_models(config, setup: dict[str, Any]):
   dtype = compute_dtype(config)
   gen = Generator(width=config.width, dtype=dtype, bn_axis_name=AXIS)
   # The expert only ever runs in inference mode, so it needs no BatchNorm axis.
-  expert = SyncNet(width=setup["syncnet_width"], dtype=dtype)
+  expert = None if "syncnet" not in setup else SyncNet(width=setup["syncnet_width"], dtype=dtype)
   disc = EmotionDiscriminator(original_layout=setup["disc_original_layout"],
                               width=setup["disc_width"], dtype=dtype)
   # Frames are BGR; ImageNet VGG expects normalised RGB.
@@ -168,7 +180,7 @@ def init_state(config, rng: jax.Array, setup: dict[str, Any]) -> TrainState:
   gen = Generator(width=config.width, dtype=compute_dtype(config))
   gen_vars = init_variables(gen, jax.random.fold_in(rng, 1), jnp.zeros((1, 5, 80, 16, 1)),
                       jnp.zeros((1, 5, 96, 96, 6)), jnp.zeros((1,), jnp.int32), train=False)
-  frozen = {"syncnet": setup["syncnet"]}
+  frozen = {"syncnet": setup["syncnet"]} if "syncnet" in setup else {}
   if setup["use_vgg"]:
     frozen["vgg19"] = setup["vgg19"]
   if "emotion_classifier" in setup:
