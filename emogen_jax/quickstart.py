@@ -471,7 +471,7 @@ def _write_summary(summary: dict, results: dict) -> None:
       "| stage | seconds |",
       "|---|---|",
       *[f"| {k}{' (earlier run)' if k in summary['skipped_stages'] else ''}"
-        + (f" (beside {' and '.join(summary['parallel_trainings'][k])}, in a second process)"
+        + (f" (in a second process, beside {', '.join(summary['parallel_trainings'][k])})"
            if k in summary.get("parallel_trainings", {}) else "") + f" | {v:.1f} |"
         for k, v in summary["wall_s"].items()],
       f"| all stages | {summary['stages_wall_s']:.1f} |",

@@ -11,6 +11,10 @@
 ``scripts/reproduce_training.py``. The lip-sync expert does not depend on the two emotion
 classifiers, so (``parallel=True``, the default) it trains in a child process beside them
 (docs/design.md "CPU speed": 702 -> 640 s on the quickstart corpus, 2 cores, identical results).
+Nor does EmoGen's training need it while the sync weight is 0 (all of a smoke run): EmoGen trains
+next, without validating (config.validation "none"), while the expert's process goes on at idle
+priority on the cycles EmoGen leaves; EmoGen's two validations (the initial state and the last
+step) follow once the expert is done (config.validation "only"), with the same figures.
 A stage whose workdir already holds the final metrics of the requested step count is skipped
 (its figures are read back); an unfinished one resumes from its latest checkpoint. The EmoGen
 stage validates once before its first step, the baseline of the "validation L1 falls" target.
@@ -83,14 +87,17 @@ def load_config(name: str, variant: str | None = "smoke", **overrides):
   return config
 
 
-def finished_summary(workdir: str, steps: int) -> dict | None:
-  """W/final_metrics.json when the run in W reached ``steps``, else None."""
+def finished_summary(workdir: str, steps: int, validated: bool = True) -> dict | None:
+  """W/final_metrics.json when the run in W reached ``steps`` (and, with ``validated``, was
+  validated there: a config.validation "none" run was not), else None."""
   path = os.path.join(workdir, "final_metrics.json")
   if not os.path.isfile(path):
     return None
   with open(path) as f:
     summary = json.load(f)
-  return summary if int(summary.get("step", -1)) >= steps else None
+  if int(summary.get("step", -1)) < steps or (validated and not summary.get("validation")):
+    return None
+  return summary
 
 
 def scalar_history(workdir: str, tag: str) -> dict[int, float]:
@@ -147,10 +154,12 @@ def cadence(name: str, steps: int, eval_every: int = 0) -> tuple[int, int]:
 
 def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: float = 0.25,
               seed: int = 0, eval_every: int = 0, eval_batches: int = 0, progress: bool = True,
-              **extra) -> dict:
+              validation: str = "during", **extra) -> dict:
   """Trains one stage (smoke config + overrides) in ``workdir``; returns its final summary plus
-  ``wall_s`` and ``skipped`` (True when the workdir had already finished these steps)."""
-  done = finished_summary(workdir, steps)
+  ``wall_s`` and ``skipped`` (True when the workdir had already finished these steps).
+  ``validation`` is config.validation: "none" trains only, a later "only" validates; the summary
+  keeps both parts' times (``train_wall_s``, ``validation_wall_s``, their sum ``wall_s``)."""
+  done = finished_summary(workdir, steps, validated=validation != "none")
   if done is not None:
     return {**done, "wall_s": done.get("wall_s", 0.0), "skipped": True}
   from emogen_jax.train import loop as train
@@ -160,30 +169,67 @@ def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: floa
   config = load_config(CONFIG_OF.get(name, name), data_dir=data_dir, width=width, seed=seed, num_train_steps=steps,
                        eval_every_steps=eval_steps, checkpoint_every_steps=checkpoint_steps,
                        eval_batches=eval_batches, log_every_steps=max(1, min(25, steps // 50)),
-                       **extra)
+                       validation=validation, **extra)
   log = StageProgress(name, steps, enabled=progress)
   t0 = time.time()
   try:
     summary = train.train_and_evaluate(config, workdir, log=log)
   finally:
     log.close()
-  summary["wall_s"] = round(time.time() - t0, 1)
-  summary["skipped"] = False
+  if "stopped_at" in summary:  # SIGTERM / Ctrl-C: the loop saved a checkpoint and returned
+    raise UserError(f"the {name} training stopped at step {summary['stopped_at']} (checkpoint saved "
+                    f"in {workdir}); run the same command again to resume")
+  wall = round(time.time() - t0, 1)
+  times = {"wall_s": wall}
+  if validation == "none":
+    times["train_wall_s"] = wall
+  elif validation == "only":
+    times["validation_wall_s"] = wall
+    times["wall_s"] = round(float(summary.get("train_wall_s", 0.0)) + wall, 1)
+  summary.update(times, skipped=False)
   # Kept with the run, so that a later call that skips this stage reports its wall time too.
   path = os.path.join(workdir, "final_metrics.json")
   if os.path.isfile(path):
     with open(path) as f:
       stored = json.load(f)
-    stored["wall_s"] = summary["wall_s"]
+    stored.update(times)
     with open(path, "w") as f:
       json.dump(stored, f, indent=2, sort_keys=True)
   return summary
 
 
-# The stage trained in a child process (parallel=True), and those trained beside it.
+# The stage trained in a child process (parallel=True), and those trained beside it. EmoGen
+# trains beside it too (``emogen_beside``): at smoke settings its sync weight stays 0, so the
+# expert only scores EmoGen's validations, which wait for it (config.validation "none", then
+# "only"). Meanwhile the expert's process runs at idle priority and takes only the cycles that
+# EmoGen's training leaves (docs/design.md "CPU speed").
 BACKGROUND = "syncnet"
 BESIDE = ("emotion_disc", "emotion_judge")
 BACKGROUND_LOG = "train_log.txt"
+
+
+def lower_priority(pid: int) -> int:
+  """Every thread of process ``pid`` into the idle scheduling class (Linux SCHED_IDLE: it runs
+  only on a core that no other thread wants), else to nice 19; threads it starts later inherit
+  that. Returns how many threads were lowered (0 where the platform allows neither)."""
+  try:
+    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+  except OSError:
+    tids = [pid]
+  lowered = 0
+  for tid in tids:
+    try:
+      os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+      lowered += 1
+      continue
+    except (AttributeError, OSError):
+      pass
+    try:
+      os.setpriority(os.PRIO_PROCESS, tid, 19)
+      lowered += 1
+    except (AttributeError, OSError):
+      pass
+  return lowered
 
 
 def _run_stage_logged(conn, log_path: str, name: str, workdir: str, kwargs: dict) -> None:
@@ -243,6 +289,11 @@ class _Background:
       raise UserError(reply[1])
     raise RuntimeError(f"the {self.name} training failed: {reply[1]} (its log: {self.log_path})")
 
+  def yield_cores(self) -> int:
+    """The child's threads to idle priority (``lower_priority``): from now on it trains on the
+    cycles the parent leaves. Returns how many threads were lowered."""
+    return lower_priority(self._proc.pid) if self._proc.is_alive() else 0
+
   def stop(self) -> None:
     if self._proc.is_alive():
       self._proc.terminate()
@@ -261,6 +312,16 @@ class _Background:
       m = step_line.search(line)
       if m:
         log(m.group(1))
+
+
+def _emogen_beside(background: "_Background", workdir: str, steps: int, kwargs: dict, banner,
+                   title: str, expert: str) -> dict:
+  """EmoGen's training (config.validation "none": it needs neither the expert nor the judge)
+  while the expert's process, lowered to idle priority, finishes beside it."""
+  lowered = background.yield_cores()
+  banner(f"{title}, {steps} steps -> {workdir} ({expert} goes on beside it at idle priority, "
+         f"{lowered} threads; EmoGen validates once it is done)")
+  return run_stage("emogen", workdir, steps=steps, validation="none", **kwargs)
 
 
 def _first_l1(workdir: str, summary: dict) -> float:
@@ -310,6 +371,8 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
   titles = {"syncnet": "lip-sync expert (SyncNet)", "emotion_disc": "emotion discriminator",
             "emotion_judge": "independent emotion classifier (the judge of EmoAcc; another seed)",
             "emogen": "EmoGen generator (frozen expert + emotion disc from the stages above)"}
+  # EmoGen trains beside the expert when it validates only before its first step and at its end.
+  emogen_beside = parallel and (not eval_every or int(eval_every) >= steps["emogen"])
   runs = {}
   background = None
   if parallel and finished_summary(dirs[BACKGROUND], steps[BACKGROUND]) is None:
@@ -322,10 +385,28 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
     for i, name in enumerate(TRAININGS, 1):
       if name == BACKGROUND and background is not None:
         continue
-      if name == "emogen" and background is not None:  # EmoGen needs the expert: wait for it
+      trained = None
+      if name == "emogen" and background is not None and emogen_beside:
+        trained = _emogen_beside(background, dirs[name], steps[name],
+                                 {**common, **extra.get(name, {})}, banner,
+                                 f"training {i}/{len(TRAININGS)}: {titles[name]}",
+                                 f"training 1/{len(TRAININGS)} ({titles[BACKGROUND]})")
+      if name == "emogen" and background is not None:  # EmoGen validates with the expert: wait
         banner(f"waiting for training 1/{len(TRAININGS)} ({titles[BACKGROUND]}) to finish")
         runs[BACKGROUND] = background.result()
         background = None
+      if name == "emogen" and (trained is not None or finished_summary(
+          dirs[name], steps[name], validated=False) is not None):
+        # Trained (now, or by an earlier call that stopped before validating): validate it.
+        banner(f"EmoGen's validations (before its first step and at step {steps[name]}), with "
+               "the finished expert")
+        runs[name] = run_stage(name, dirs[name], steps=steps[name], validation="only",
+                               **{**common, **extra.get(name, {})})
+        runs[name]["skipped"] = bool(runs[name]["skipped"] and (trained or {}).get("skipped", True))
+        if runs[name]["skipped"]:
+          print(f"{name}: already trained and validated at step {runs[name]['step']} in "
+                f"{dirs[name]}; skipped", flush=True)
+        continue
       banner(f"training {i}/{len(TRAININGS)}: {titles[name]}, {steps[name]} steps -> {dirs[name]}")
       runs[name] = run_stage(name, dirs[name], steps=steps[name], **{**common, **extra.get(name, {})})
       if runs[name]["skipped"]:
@@ -361,9 +442,11 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
       "wall_s": {name: runs[name]["wall_s"] for name in TRAININGS},
       # The trainings' wall time as this recipe runs them (SyncNet beside the two classifiers
       # when parallel), from the per-stage times (earlier runs' for skipped stages).
-      "training_wall_s": round(training_wall_s({name: runs[name]["wall_s"] for name in TRAININGS},
-                                               parallel), 1),
-      "parallel_trainings": {BACKGROUND: list(BESIDE)} if parallel else {},
+      "training_wall_s": round(training_wall_s(
+          {name: runs[name]["wall_s"] for name in TRAININGS}, parallel, emogen_beside,
+          float(gen.get("validation_wall_s", 0.0))), 1),
+      "parallel_trainings": ({BACKGROUND: list(BESIDE) + (["emogen"] if emogen_beside else [])}
+                             if parallel else {}),
       "skipped": {name: runs[name]["skipped"] for name in TRAININGS},
       "steps": steps,
       "workdirs": dirs,
@@ -376,14 +459,19 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
   return results
 
 
-def training_wall_s(walls: dict[str, float], parallel: bool) -> float:
+def training_wall_s(walls: dict[str, float], parallel: bool, emogen_beside: bool = False,
+                    emogen_validation_s: float = 0.0) -> float:
   """The trainings' total wall time from the per-stage ones: with ``parallel`` SyncNet's
-  overlaps the emotion classifiers' (their sum)."""
+  overlaps the emotion classifiers' (their sum) and, with ``emogen_beside``, EmoGen's training
+  (its wall time but the ``emogen_validation_s`` of its validations, which follow SyncNet's end)."""
   if not parallel:
     return float(sum(walls.values()))
   beside = sum(walls[k] for k in BESIDE)
-  rest = sum(v for k, v in walls.items() if k != BACKGROUND and k not in BESIDE)
-  return float(max(walls[BACKGROUND], beside) + rest)
+  after = walls["emogen"]
+  if emogen_beside:
+    beside += walls["emogen"] - emogen_validation_s
+    after = emogen_validation_s
+  return float(max(walls[BACKGROUND], beside) + after)
 
 
 def target_lines(results: dict) -> list[str]:
