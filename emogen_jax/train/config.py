@@ -47,7 +47,8 @@ def base_config() -> ml_collections.ConfigDict:
   # checkpoint without validating, so networks that only validation needs (EmoGen's expert while
   # its sync weight is 0) are not loaded and may still be training elsewhere. "only": no training:
   # validate the latest checkpoint, and with eval_at_start the initial state as step 0 (the same
-  # figures as a "during" run's; emogen_jax.train.recipe runs EmoGen "none" then "only").
+  # figures as a "during" run that validates only before its first step and at the end;
+  # emogen_jax.train.recipe runs EmoGen "none" then "only").
   c.validation = "during"
   c.checkpoint_every_steps = 10_000
   c.keep_checkpoints = 3

@@ -321,6 +321,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   stage = stages.get(config.stage)
   workdir = files.check_output_dir(workdir, "--workdir", "training workdir")
   check_resume(config, workdir)
+  check_validation_mode(config, stage, workdir)
   os.makedirs(workdir, exist_ok=True)
   n_devices, n_local = jax.device_count(), jax.local_device_count()
   per_device = config.batch_size // n_devices
@@ -336,9 +337,12 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   mode = str(config.get("validation", "during"))
   setup = stage.prepare(config, log=log)
   host_state = stage.init_state(config, jax.random.PRNGKey(config.seed), setup)
-  # Every run of this config and setup starts from this state: a "only" run validates it as the
+  # Every run of this config and setup starts from this state: an "only" run validates it as the
   # step-0 baseline that a "none" run left out.
-  initial = host_state if mode == "only" and config.get("eval_at_start", False) else None
+  initial = None
+  if mode == "only" and config.get("eval_at_start", False):  # what the eval step reads
+    initial = {"params": host_state.params, "batch_stats": host_state.batch_stats,
+               "extras": host_state.extras}
   manager = train_checkpoints.training_manager(workdir, keep=config.keep_checkpoints)
   meta = {**stage.checkpoint_meta(config, setup), "config": json.loads(config.to_json_best_effort())}
   host_state, restored_step = restore(manager, host_state, meta, config, workdir, log)
@@ -456,13 +460,9 @@ def _validate_only(config, workdir: str, state, initial, restored_step: int | No
   """config.validation == "only": the initial state as step 0 (with eval_at_start), then the latest
   checkpoint; the summary keeps what the training run wrote (its last training metrics)."""
   manager.close()
-  if restored_step is None and initial is None:
-    raise UserError(f"config.validation='only' but --workdir {workdir} has no checkpoint to "
-                    "validate; train first (config.validation='during' or 'none'), or set "
-                    "config.eval_at_start=True to validate the initial state")
   val_metrics: dict[str, float] = {}
   if initial is not None:
-    val_metrics = validate(replicate(initial), 0)
+    val_metrics = validate(state.replace(**{k: replicate(v) for k, v in initial.items()}), 0)
   if restored_step is not None and restored_step > 0:
     val_metrics = validate(state, restored_step)
   earlier = {}
@@ -492,6 +492,22 @@ def eval_steps(config, stage, per_device: int) -> int:
 
 # Config fields that fix the shape of the saved state: a resume must keep them.
 RESUME_FIXED = ("stage", "width", "lr_schedule")
+
+
+def check_validation_mode(config, stage, workdir: str) -> None:
+  """config.validation cases that cannot give the figures of a run that validates as it goes."""
+  mode = str(config.get("validation", "during"))
+  every, steps = int(config.eval_every_steps), int(config.num_train_steps)
+  if mode == "none" and hasattr(stage, "after_validation") and 0 < every < steps:
+    raise UserError(f"config.validation='none' would skip the validations every {every} steps, "
+                    f"after which the {config.stage} stage changes its training (the sync weight "
+                    f"switch); use config.validation='during', or eval_every_steps=0 (validate "
+                    f"only at the end)")
+  if mode == "only" and not config.get("eval_at_start", False) \
+      and checkpoints.latest_step_dir(workdir) is None:
+    raise UserError(f"config.validation='only' but --workdir {workdir} has no checkpoint to "
+                    "validate; train first (config.validation='during' or 'none'), or set "
+                    "config.eval_at_start=True to validate the initial state")
 
 
 def check_resume(config, workdir: str) -> None:

@@ -289,6 +289,9 @@ class _Background:
       raise UserError(reply[1])
     raise RuntimeError(f"the {self.name} training failed: {reply[1]} (its log: {self.log_path})")
 
+  def running(self) -> bool:
+    return self._proc.is_alive()
+
   def yield_cores(self) -> int:
     """The child's threads to idle priority (``lower_priority``): from now on it trains on the
     cycles the parent leaves. Returns how many threads were lowered."""
@@ -371,7 +374,7 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
   titles = {"syncnet": "lip-sync expert (SyncNet)", "emotion_disc": "emotion discriminator",
             "emotion_judge": "independent emotion classifier (the judge of EmoAcc; another seed)",
             "emogen": "EmoGen generator (frozen expert + emotion disc from the stages above)"}
-  # EmoGen trains beside the expert when it validates only before its first step and at its end.
+  # EmoGen can train beside the expert when it validates only before its first step and at its end.
   emogen_beside = parallel and (not eval_every or int(eval_every) >= steps["emogen"])
   runs = {}
   background = None
@@ -386,7 +389,7 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
       if name == BACKGROUND and background is not None:
         continue
       trained = None
-      if name == "emogen" and background is not None and emogen_beside:
+      if name == "emogen" and background is not None and emogen_beside and background.running():
         trained = _emogen_beside(background, dirs[name], steps[name],
                                  {**common, **extra.get(name, {})}, banner,
                                  f"training {i}/{len(TRAININGS)}: {titles[name]}",
@@ -417,6 +420,8 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
       background.stop()
 
   sync, emo, gen = runs["syncnet"], runs["emotion_disc"], runs["emogen"]
+  # Whether EmoGen did train beside the expert (now, or in the run whose figures were read back).
+  emogen_beside = parallel and "validation_wall_s" in gen
   first_l1 = _first_l1(dirs["emogen"], gen)
   last_l1 = float(gen["validation"]["l1"])
   results: dict[str, Any] = {

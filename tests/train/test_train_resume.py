@@ -136,7 +136,13 @@ def test_emogen_trained_then_validated_equals_one_run(tmp_path):
   assert fb["train"] == unvalidated["train"]  # the training run's last metrics are kept
   assert fb["validation_history"][0]["l1"] != fb["validation_history"][1]["l1"]
   assert_trees_equal(checkpoints.load_models(a), checkpoints.load_models(b))
-  # Nothing to validate: a one-line error.
+  # A "none" run that would skip validations after which EmoGen changes its training (the sync
+  # weight switch) is refused, as is an "only" run with nothing to validate: one-line errors.
+  skipping = train_cli(base + ["--workdir", str(tmp_path / "d"), "--config.validation=none",
+                               "--config.eval_every_steps=2"], check=False)
+  assert skipping.returncode == 2
+  err = [l for l in skipping.stderr.splitlines() if l.startswith("error:")]
+  assert len(err) == 1 and "would skip the validations every 2 steps" in err[0], err
   empty = train_cli(base + ["--workdir", str(tmp_path / "c"), "--config.validation=only"],
                     check=False)
   assert empty.returncode == 2

@@ -134,12 +134,16 @@ def _prepare_rest(config, setup: dict[str, Any], network, log) -> dict[str, Any]
   setup["disc_width"], setup["disc_original_layout"] = info["width"], info["original_layout"]
 
   # Validation only (EmoAcc of the generated windows): never trained, never a loss term.
-  info = network("emotion_classifier", "emotion_disc", config.emotion_classifier_checkpoint, 4,
-                 config.width, "", None)
+  if config.get("validation", "during") == "none":
+    log("emotion_classifier: not loaded (config.validation='none')")
+    info = {}
+  else:
+    info = network("emotion_classifier", "emotion_disc", config.emotion_classifier_checkpoint, 4,
+                   config.width, "", None)
   if info:
     setup["classifier_width"] = info["width"]
     setup["classifier_original_layout"] = info["original_layout"]
-  else:
+  elif config.get("validation", "during") != "none":
     log("no config.emotion_classifier_checkpoint: validation reports the emotion sensitivity "
         "but no EmoAcc")
 
@@ -258,6 +262,10 @@ def make_train_step(config, setup: dict[str, Any], sync_gradient: bool | None = 
   sync term, so a positive w_sync would be ignored). None: from config.w_sync."""
   if sync_gradient is None:
     sync_gradient = float(config.w_sync) > 0
+  if sync_gradient and "syncnet" not in setup:
+    raise UserError("this EmoGen checkpoint trains with the sync loss (its sync weight switched "
+                    "on), which needs the expert, but config.validation='none' left it out; "
+                    "resume with config.validation='during'")
   gen, expert, disc, vgg = make_models(config, setup)
   txs = make_optimizers(config)
   w_pl, w_emo = float(config.w_pl), float(config.w_emo)
@@ -409,7 +417,8 @@ def after_validation(config, state: TrainState, val_metrics: dict[str, float], l
 
 def checkpoint_meta(config, setup: dict[str, Any]) -> dict[str, Any]:
   # The frozen networks are not saved with the run (the expert alone is 16M parameters per
-  # checkpoint); their fingerprints are, so that a resume refuses another expert or VGG.
+  # checkpoint); their fingerprints are, so that a resume refuses another expert or VGG. A
+  # config.validation "none" run loads no expert, so its checkpoints name none (nothing to check).
   sources = {"syncnet": config.syncnet_checkpoint or "random init", "vgg19": config.vgg_checkpoint}
   return {"width": float(config.width), "stage": "emogen",
           "widths": {"generator": float(config.width), "emotion_disc": setup["disc_width"]},
