@@ -295,7 +295,7 @@ class _Background:
   def yield_cores(self) -> int:
     """The child's threads to idle priority (``lower_priority``): from now on it trains on the
     cycles the parent leaves. Returns how many threads were lowered."""
-    return lower_priority(self._proc.pid) if self._proc.is_alive() else 0
+    return lower_priority(self._proc.pid)
 
   def stop(self) -> None:
     if self._proc.is_alive():

@@ -84,6 +84,8 @@ def test_config_errors_are_one_line(capsys, tmp_path):
   assert "num_train_steps=-5" in _main_error(capsys, smoke + w + ["--config.num_train_steps=-5"])
   assert "config.stage='gan'" in _main_error(capsys, smoke + w + ["--config.stage=gan"])
   assert "lr_schedule='linear'" in _main_error(capsys, smoke + w + ["--config.lr_schedule=linear"])
+  assert "validation='sometimes'; use one of during, none, only" in _main_error(
+      capsys, smoke + w + ["--config.validation=sometimes"])
   assert "lr_final_fraction=1.5 must be in [0, 1]" in _main_error(
       capsys, smoke + w + ["--config.lr_final_fraction=1.5"])
   assert "lr_decay_steps=-3 >= 0" in _main_error(capsys, smoke + w + ["--config.lr_decay_steps=-3"])

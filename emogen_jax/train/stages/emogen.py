@@ -106,24 +106,21 @@ def prepare(config, *, log=print) -> dict[str, Any]:
   # The expert only scores the validation windows until its weight switches on (after a
   # validation): a run that neither validates (config.validation "none") nor starts with the sync
   # term does not need it, and its expert may still be training (emogen_jax.train.recipe).
-  if float(config.w_sync) == 0 and config.get("validation", "during") == "none":
+  validates = config.get("validation", "during") != "none"
+  if float(config.w_sync) == 0 and not validates:
     log("syncnet: not loaded (config.validation='none' and w_sync=0: only validation uses the "
         "expert; validate this run with --config.validation=only)")
     setup["syncnet_width"] = None
-    return _prepare_rest(config, setup, network, log)
-  info = network("syncnet", "syncnet", config.syncnet_checkpoint, 1, config.width,
-                 "no config.syncnet_checkpoint; the frozen expert is RANDOMLY initialised (smoke "
-                 "run; its sync loss means nothing)",
-                 "config.syncnet_checkpoint is empty: EmoGen training needs a trained lip-sync "
-                 "expert; train one (python -m emogen_jax.train --config configs/syncnet.py "
-                 "--workdir W) or convert Wav2Lip's lipsync_expert.pth (python -m "
-                 "emogen_jax.convert --help), then pass --config.syncnet_checkpoint=PATH")
-  setup["syncnet_width"] = info["width"]
-  return _prepare_rest(config, setup, network, log)
+  else:
+    info = network("syncnet", "syncnet", config.syncnet_checkpoint, 1, config.width,
+                   "no config.syncnet_checkpoint; the frozen expert is RANDOMLY initialised (smoke "
+                   "run; its sync loss means nothing)",
+                   "config.syncnet_checkpoint is empty: EmoGen training needs a trained lip-sync "
+                   "expert; train one (python -m emogen_jax.train --config configs/syncnet.py "
+                   "--workdir W) or convert Wav2Lip's lipsync_expert.pth (python -m "
+                   "emogen_jax.convert --help), then pass --config.syncnet_checkpoint=PATH")
+    setup["syncnet_width"] = info["width"]
 
-
-def _prepare_rest(config, setup: dict[str, Any], network, log) -> dict[str, Any]:
-  """prepare() after the expert: the emotion disc, the judge and VGG-19."""
   info = network("emotion_disc", "emotion_disc", config.emotion_disc_checkpoint, 2, config.width,
                  "no config.emotion_disc_checkpoint; starting it from random init (smoke run)",
                  "config.emotion_disc_checkpoint is empty: EmoGen training needs a trained "
@@ -134,18 +131,17 @@ def _prepare_rest(config, setup: dict[str, Any], network, log) -> dict[str, Any]
   setup["disc_width"], setup["disc_original_layout"] = info["width"], info["original_layout"]
 
   # Validation only (EmoAcc of the generated windows): never trained, never a loss term.
-  if config.get("validation", "during") == "none":
+  if not validates:
     log("emotion_classifier: not loaded (config.validation='none')")
-    info = {}
   else:
     info = network("emotion_classifier", "emotion_disc", config.emotion_classifier_checkpoint, 4,
                    config.width, "", None)
-  if info:
-    setup["classifier_width"] = info["width"]
-    setup["classifier_original_layout"] = info["original_layout"]
-  elif config.get("validation", "during") != "none":
-    log("no config.emotion_classifier_checkpoint: validation reports the emotion sensitivity "
-        "but no EmoAcc")
+    if info:
+      setup["classifier_width"] = info["width"]
+      setup["classifier_original_layout"] = info["original_layout"]
+    else:
+      log("no config.emotion_classifier_checkpoint: validation reports the emotion sensitivity "
+          "but no EmoAcc")
 
   setup["use_vgg"] = float(config.w_pl) > 0
   if not setup["use_vgg"]:
