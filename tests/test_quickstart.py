@@ -82,19 +82,27 @@ def test_quickstart_outputs_and_summary():
 
   assert set(s["wall_s"]) == set(STAGES)
   assert all(v > 0 for v in s["wall_s"].values()) and s["skipped_stages"] == []
-  # SyncNet trains beside the two emotion classifiers and EmoGen's training (EmoGen's validations
-  # wait for it): the stages' total counts that overlap once.
-  assert s["parallel_trainings"] == {"syncnet": ["emotion_disc", "emotion_judge", "emogen"]}
+  # SyncNet trains beside the two emotion classifiers, EmoGen's training, the demo and the test
+  # evaluation (EmoGen's validations wait for it): the stages' total counts that overlap once.
+  assert s["parallel_trainings"] == {"syncnet": ["emotion_disc", "emotion_judge", "emogen", "demo",
+                                                 "emotion_eval"]}
   w = s["wall_s"]
   with open(os.path.join(o["workdirs"]["emogen"], "final_metrics.json")) as f:
     gen = json.load(f)
   assert gen["wall_s"] == pytest.approx(gen["train_wall_s"] + gen["validation_wall_s"], abs=0.11)
   assert w["emogen"] == gen["wall_s"] and gen["validation_wall_s"] > 0
-  beside = w["emotion_disc"] + w["emotion_judge"] + gen["train_wall_s"]
+  # The demo and the evaluation ran inside the recipe, right after EmoGen's training.
+  assert gen["after_training_s"] == pytest.approx(w["demo"] + w["emotion_eval"], abs=1.0)
+  beside = w["emotion_disc"] + w["emotion_judge"] + gen["train_wall_s"] + gen["after_training_s"]
   overlap = min(w["syncnet"], beside)
-  assert s["stages_wall_s"] == pytest.approx(sum(w.values()) - overlap, abs=0.3)
-  # EmoGen trained without validating (its expert still training), then was validated.
+  assert s["stages_wall_s"] == pytest.approx(
+      sum(w.values()) - w["demo"] - w["emotion_eval"] + gen["after_training_s"] - overlap, abs=0.3)
+  # EmoGen trained without validating (its expert still training); the demo and the test
+  # evaluation followed at once, and EmoGen's validations once the expert was done.
   assert "syncnet: not loaded" in run["stdout"] and "validation at step 0" in run["stdout"]
+  out = run["stdout"]
+  assert (out.index("done: emogen step") < out.index("5/6 demo video") < out.index("6/6 EmoAcc")
+          < out.index("validation at step 0"))
   assert s["total_wall_s"] >= s["stages_wall_s"] - 1.0
   with open(o["summary_md"]) as f:
     md = f.read()

@@ -188,14 +188,19 @@ def run_stage(name: str, workdir: str, *, data_dir: str, steps: int, width: floa
     times["wall_s"] = round(float(summary.get("train_wall_s", 0.0)) + wall, 1)
   summary.update(times, skipped=False)
   # Kept with the run, so that a later call that skips this stage reports its wall time too.
+  _store_fields(workdir, **times)
+  return summary
+
+
+def _store_fields(workdir: str, **fields) -> None:
+  """Adds ``fields`` to the run's W/final_metrics.json (nothing when it has none)."""
   path = os.path.join(workdir, "final_metrics.json")
   if os.path.isfile(path):
     with open(path) as f:
       stored = json.load(f)
-    stored.update(times)
+    stored.update(fields)
     with open(path, "w") as f:
       json.dump(stored, f, indent=2, sort_keys=True)
-  return summary
 
 
 # The stage trained in a child process (parallel=True), and those trained beside it. EmoGen
@@ -342,7 +347,9 @@ def _first_l1(workdir: str, summary: dict) -> float:
 def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_steps: int,
                  emogen_steps: int, width: float = 0.25, seed: int = 0, eval_every: int = 0,
                  eval_batches: int = 0, progress: bool = True, parallel: bool = True,
-                 banner: Callable[[str], None] | None = None) -> dict[str, Any]:
+                 banner: Callable[[str], None] | None = None,
+                 after_emogen_training: Callable[[dict[str, str]], Any] | None = None
+                 ) -> dict[str, Any]:
   """Runs the stages into W/{syncnet,emotion_disc,emotion_judge,emogen}; returns the figures,
   per-stage wall times, the targets and which were met (also written to W/stages.json).
 
@@ -351,6 +358,12 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
 
   eval_batches: validation batches per evaluation; 0 (the default) scores the whole validation
   split, each clip at the smoke configs' eval_windows fixed windows.
+
+  after_emogen_training: called with the workdirs once EmoGen has trained beside the expert,
+  while the expert (at idle priority) finishes: work that needs the generator, the disc and the
+  judge but not the expert (the quickstart's demo and test evaluation) fills the cores that the
+  expert's tail alone leaves. Its wall time (``results["after_emogen_training_s"]``) counts as
+  beside the expert's. Not called when EmoGen did not train beside the expert now.
   """
   if not os.path.isdir(data_dir):
     raise UserError(f"data dir {data_dir!r} not found; preprocess a corpus first "
@@ -394,6 +407,11 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
                                  {**common, **extra.get(name, {})}, banner,
                                  f"training {i}/{len(TRAININGS)}: {titles[name]}",
                                  f"training 1/{len(TRAININGS)} ({titles[BACKGROUND]})")
+      if trained is not None and after_emogen_training is not None:
+        t0 = time.time()
+        after_emogen_training(dict(dirs))
+        # Kept with EmoGen's run (its validation keeps the field), for a later call's accounting.
+        _store_fields(dirs[name], after_training_s=round(time.time() - t0, 1))
       if name == "emogen" and background is not None:  # EmoGen validates with the expert: wait
         banner(f"waiting for training 1/{len(TRAININGS)} ({titles[BACKGROUND]}) to finish")
         runs[BACKGROUND] = background.result()
@@ -422,6 +440,7 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
   sync, emo, gen = runs["syncnet"], runs["emotion_disc"], runs["emogen"]
   # Whether EmoGen did train beside the expert (now, or in the run whose figures were read back).
   emogen_beside = parallel and "validation_wall_s" in gen
+  after_s = gen.get("after_training_s")  # after_emogen_training's wall time (now or earlier)
   first_l1 = _first_l1(dirs["emogen"], gen)
   last_l1 = float(gen["validation"]["l1"])
   results: dict[str, Any] = {
@@ -449,7 +468,8 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
       # when parallel), from the per-stage times (earlier runs' for skipped stages).
       "training_wall_s": round(training_wall_s(
           {name: runs[name]["wall_s"] for name in TRAININGS}, parallel, emogen_beside,
-          float(gen.get("validation_wall_s", 0.0))), 1),
+          float(gen.get("validation_wall_s", 0.0)), after_s or 0.0), 1),
+      "after_emogen_training_s": after_s,
       "parallel_trainings": ({BACKGROUND: list(BESIDE) + (["emogen"] if emogen_beside else [])}
                              if parallel else {}),
       "skipped": {name: runs[name]["skipped"] for name in TRAININGS},
@@ -465,16 +485,17 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
 
 
 def training_wall_s(walls: dict[str, float], parallel: bool, emogen_beside: bool = False,
-                    emogen_validation_s: float = 0.0) -> float:
+                    emogen_validation_s: float = 0.0, after_training_s: float = 0.0) -> float:
   """The trainings' total wall time from the per-stage ones: with ``parallel`` SyncNet's
   overlaps the emotion classifiers' (their sum) and, with ``emogen_beside``, EmoGen's training
-  (its wall time but the ``emogen_validation_s`` of its validations, which follow SyncNet's end)."""
+  (its wall time but the ``emogen_validation_s`` of its validations, which follow SyncNet's end)
+  and the ``after_training_s`` of the work done after it while SyncNet finished."""
   if not parallel:
     return float(sum(walls.values()))
   beside = sum(walls[k] for k in BESIDE)
   after = walls["emogen"]
   if emogen_beside:
-    beside += walls["emogen"] - emogen_validation_s
+    beside += walls["emogen"] - emogen_validation_s + after_training_s
     after = emogen_validation_s
   return float(max(walls[BACKGROUND], beside) + after)
 
