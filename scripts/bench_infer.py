@@ -7,6 +7,8 @@ Our jitted ``Generator.apply`` (frame mode, BatchNorm from running statistics, a
 CLI's Renderer calls it) and the tests' PyTorch reference generator (tests/_torch_reference.py)
 with the same random weights and inputs; one call of each in turn, ``--repeats`` times, medians.
 The load average is printed beside the figures: on a shared machine only the ratio is stable.
+``--calls N`` (default 2, the inference stream's ``GENERATOR_CALLS``) also times N calls of the same
+batch in flight at once, each in its own thread, for both frameworks (frames/s over all of them).
 
 Each row also times a float32 2048x2048 matmul in the same process (``bench_train.matmul_rate``)
 and gives both generators' achieved rates as a share of it, with the frames/s the model's FLOP
@@ -26,8 +28,15 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_baseline, bench_train
 
 
+def in_flight(fn, calls: int):
+  """A callable that runs ``fn`` ``calls`` times at once in threads and returns when all are done."""
+  import concurrent.futures
+  pool = concurrent.futures.ThreadPoolExecutor(calls)
+  return lambda: [f.result() for f in [pool.submit(fn) for _ in range(calls)]]
+
+
 def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: bool,
-          peak: bool = True) -> dict:
+          peak: bool = True, calls: int = 1) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -58,7 +67,10 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
     sd = tb.state_dict("generator", jax.device_get(variables), width, device, trainable=False)
     theirs = tb.generator_forward(sd, mel, face, emotion, device)
     theirs()
-  medians = interleaved({"ours": ours, **({"torch": theirs} if theirs else {})}, repeats)
+  fns = {"ours": ours, **({"torch": theirs} if theirs else {})}
+  if calls > 1:
+    fns.update({f"{k}_in_flight": in_flight(f, calls) for k, f in list(fns.items())})
+  medians = interleaved(fns, repeats)
   step = medians["ours"]
   flops = _flops(compiled)
   row = {"batch": batch, "width": width, "dtype": dtype, "platform": jax.devices()[0].platform,
@@ -70,6 +82,11 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
     row.update(torch_call_s=round(t, 4), torch_frames_per_s=round(batch / t, 2),
                torch_device=device, speedup_vs_torch=round(t / step, 3),
                torch_achieved_gflop_per_s=round(flops / t / 1e9, 1))  # the same network's FLOPs
+  if calls > 1:
+    row.update(calls_in_flight=calls,
+               in_flight_frames_per_s=round(calls * batch / medians["ours_in_flight"], 2))
+    if theirs is not None:
+      row.update(torch_in_flight_frames_per_s=round(calls * batch / medians["torch_in_flight"], 2))
   if peak:
     rate = matmul_rate()
     row.update(matmul_gflop_per_s=round(rate, 1),
@@ -83,6 +100,8 @@ def main(argv=None) -> int:
   p.add_argument("--width", type=float, default=1.0)
   p.add_argument("--repeats", type=int, default=5)
   p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+  p.add_argument("--calls", type=int, default=2,
+                 help="also time this many calls in flight at once (1: one call only)")
   p.add_argument("--no-torch", action="store_true", help="time ours only")
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate (the ceiling line)")
@@ -92,13 +111,19 @@ def main(argv=None) -> int:
   rows = []
   for b in [int(x) for x in args.batches.split(",") if x]:
     row = bench(b, args.width, max(1, args.repeats), args.dtype, not args.no_torch,
-                not args.no_peak)
+                not args.no_peak, max(1, args.calls))
     rows.append(row)
     print(f"generator width {row['width']} batch {b:>4} {row['dtype']} on {row['platform']}: "
           f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
           + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
              f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")
           + f"; load {row['loadavg']}; {allocator.describe()}", flush=True)
+    if "calls_in_flight" in row:
+      print(f"  {row['calls_in_flight']} calls in flight at once: ours "
+            f"{row['in_flight_frames_per_s']:.1f} frames/s"
+            + (f", PyTorch {row['torch_in_flight_frames_per_s']:.1f}: ours "
+               f"{row['in_flight_frames_per_s'] / row['torch_in_flight_frames_per_s']:.2f}x"
+               if "torch_in_flight_frames_per_s" in row else ""), flush=True)
     if "matmul_gflop_per_s" in row:
       rate = row["matmul_gflop_per_s"]
       share = lambda g: f"{100 * g / rate:.0f} %"

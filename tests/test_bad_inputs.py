@@ -88,6 +88,8 @@ CASES = [
      "positive integer"),
     ("infer-detect-every-0", "infer", INFER + ["--out", "o.mp4", "--detect-every", "0"],
      "--detect-every must be a positive integer"),
+    ("infer-search-unknown", "infer", INFER + ["--out", "o.mp4", "--search", "near"],
+     "argument --search: invalid choice: 'near'"),
     ("infer-face-folder", "infer", ["--checkpoint", "gen", "--face", "folder", "--audio", "speech.wav",
                                     "--out", "o.mp4"], "is a folder"),
     ("infer-audio-folder", "infer", ["--checkpoint", "gen", "--face", "face.mp4", "--audio", "folder",

@@ -34,8 +34,6 @@ Writes ``metrics.json`` and ``metrics.md`` into ``--out``.
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import json
 import os
 import sys
@@ -52,6 +50,7 @@ from emogen_jax.data import timing
 from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.evaluation import metrics
 from emogen_jax.inference import renderer as infer
+from emogen_jax.inference.stream import ordered_map
 from emogen_jax.models import checkpoints
 
 WINDOW = timing.FRAMES_PER_WINDOW  # frames per SyncNet / emotion-classifier window
@@ -270,22 +269,6 @@ class InceptionFeatures:
 # call at a time leaves a core a third idle (the host work between calls, small kernels); two
 # calls at once generate 1.4x the frames per second, bit-identical (docs/design.md "CPU speed").
 EVAL_THREADS = 2
-
-
-def ordered_map(fn: Callable, items, workers: int) -> Iterator[tuple]:
-  """(item, fn(item)) for each item, in the items' order, with up to ``workers`` calls running at
-  once in threads; reads ``items`` only as far as it needs (a bounded window, not the whole split)."""
-  workers = max(1, workers)
-  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-    window = collections.deque()
-    for item in items:
-      window.append((item, pool.submit(fn, item)))
-      if len(window) >= workers:
-        item0, fut = window.popleft()
-        yield item0, fut.result()
-    while window:
-      item0, fut = window.popleft()
-      yield item0, fut.result()
 
 
 def evaluate(checkpoint: str, data_dir: str, split: str = "test", syncnet: str | None = None,

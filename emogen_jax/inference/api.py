@@ -97,7 +97,7 @@ class TalkingFace:
                box: Sequence[int] | None = None, static: bool = False, resize_factor: int = 1,
                crop: Sequence[int] | None = None, rotate: bool = False, rgb: bool = False,
                on_no_face: str = "keep", blend: str = "feather", detect_every: int = 1,
-               progress: bool = True) -> tuple[np.ndarray, float]:
+               search: str = "track", progress: bool = True) -> tuple[np.ndarray, float]:
     """Frames (N, H, W, 3) uint8 and their fps; ``emotion="all"`` gives six faces side by side.
 
     emotion: a code, noun or adjective ("HAP", "happiness", "happy"), a mix with weights summing
@@ -116,7 +116,7 @@ class TalkingFace:
     wav = _waveform(audio)
     opts = infer.FaceOptions(pads=tuple(pads), smooth=smooth, resize_factor=resize_factor, crop=crop,
                              box=box, rotate=rotate, static=static, on_no_face=on_no_face,
-                             blend=blend, detect_every=detect_every)
+                             blend=blend, detect_every=detect_every, search=search)
     self.last_stats = stream.StreamStats()
     out = np.stack(list(infer.render_stream(self.renderer, source, wav, emotions, opts,
                                             detector=None if box is not None else self.detector,

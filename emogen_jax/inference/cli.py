@@ -29,7 +29,7 @@ from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.inference.renderer import (BLENDS, check_frame_size, DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions,
                                            Renderer, Source, check_face_options, load_generator,
                                            parse_emotions, render_stream)
-from emogen_jax.inference.stream import ON_NO_FACE, StreamStats
+from emogen_jax.inference.stream import ON_NO_FACE, SEARCHES, StreamStats
 from emogen_jax.models import checkpoints
 
 _IMPORTS_SECONDS = time.perf_counter() - _IMPORTS_START
@@ -66,6 +66,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--detect-every", type=int, default=1, metavar="K",
                  help="run the detector on every K-th frame and the last (default 1: all); the "
                       "frames between get boxes interpolated between theirs, counted apart")
+  p.add_argument("--search", default="track", choices=SEARCHES,
+                 help="where the Haar detector looks: track (default: near the face of the frame "
+                      "before, the whole frame every 16th detection and wherever the face is not "
+                      "there; ~5x cheaper) or full (every whole frame)")
   p.add_argument("--s3fd-weights", default=None, help=f"path of {face_detection.S3FD_FILE}")
   p.add_argument("--on-no-face", default="keep", choices=ON_NO_FACE,
                  help="frames without a face: keep (default: passed through unchanged, short gaps "
@@ -88,7 +92,7 @@ def check_flags(args: argparse.Namespace) -> FaceOptions:
     raise UserError(f"--batch-size must be at least 1, got {args.batch_size}")
   opts = FaceOptions(pads=args.pads, smooth=not args.nosmooth, resize_factor=args.resize_factor,
                      crop=args.crop, box=args.box, rotate=args.rotate, static=args.static,
-                     detector=args.detector, detect_every=args.detect_every,
+                     detector=args.detector, detect_every=args.detect_every, search=args.search,
                      s3fd_weights=args.s3fd_weights,
                      on_no_face=args.on_no_face, blend=args.blend)
   check_face_options(opts)

@@ -138,6 +138,7 @@ class FaceOptions:
   static: bool = False                      # use only the first frame as a still
   detector: str = "haar"
   detect_every: int = 1                     # run the detector on every k-th frame (and the last)
+  search: str = "track"                     # track: near the face before; full: every whole frame
   s3fd_weights: str | None = None
   on_no_face: str = "keep"                  # keep: pass faceless frames through; error: stop
   blend: str = "feather"                    # feather: soft-edged paste; box: the hard rectangle
@@ -182,6 +183,8 @@ def check_face_options(opts: FaceOptions) -> None:
   if int(opts.detect_every) < 1:
     raise UserError(f"--detect-every must be a positive integer (1: every frame), got "
                     f"{opts.detect_every}")
+  if opts.search not in stream.SEARCHES:
+    raise UserError(f"--search must be one of {', '.join(stream.SEARCHES)}, got {opts.search!r}")
   if opts.on_no_face not in stream.ON_NO_FACE:
     raise UserError(f"--on-no-face must be one of {', '.join(stream.ON_NO_FACE)}, "
                     f"got {opts.on_no_face!r}")

@@ -1,7 +1,7 @@
 """Streaming inference: decode, detect, generate, paste and encode with memory bounded by a constant.
 
     source thread     decode -> prepare (resize/rotate/crop) -> detect -> track boxes -> crop
-    generator thread  fixed-size batches through the compiled generator
+    generator thread  fixed-size batches through the compiled generator, two calls at once
     caller            paste-back (+ labels) and whatever consumes the frames (the ffmpeg pipe)
 
 The stages are joined by bounded queues, so at any time only a few batches of frames are alive
@@ -18,6 +18,8 @@ in a temporary folder).
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import dataclasses
 import itertools
 import os
@@ -33,6 +35,7 @@ from emogen_jax.data import face_detection
 from emogen_jax.errors import UserError
 
 ON_NO_FACE = ("keep", "error")
+SEARCHES = ("track", "full")  # where the detector looks: near the last face, or the whole frame
 MAX_GAP_SECONDS = 0.5   # faceless runs up to this long between two faces get interpolated boxes
 
 
@@ -92,6 +95,22 @@ def prefetch(items: Iterable, size: int) -> Iterator:
   finally:
     stop.set()
     thread.join()
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int) -> Iterator[tuple]:
+  """(item, fn(item)) for each item, in the items' order, with up to ``workers`` calls running at
+  once in threads; reads ``items`` only as far as it needs (a bounded window, not all of them)."""
+  workers = max(1, workers)
+  with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+    window: collections.deque = collections.deque()
+    for item in items:
+      window.append((item, pool.submit(fn, item)))
+      if len(window) >= workers:
+        item0, fut = window.popleft()
+        yield item0, fut.result()
+    while window:
+      item0, fut = window.popleft()
+      yield item0, fut.result()
 
 
 # ---------------------------------------------------------------------------- spilled frames
@@ -168,7 +187,8 @@ class StreamStats:
                  "its header lists (a truncated or damaged file); the output uses those")
     if self.multi_face:
       out.append(f"{face}: {self.multi_face} frame(s) show several faces (first: frame "
-                 f"{self.first_multi_face}); the largest face is used (--box picks another)")
+                 f"{self.first_multi_face}); the largest face is used (--box picks another; "
+                 "frames searched only near the face are not counted: --search full counts all)")
     if self.missing:
       out.append(f"{face}: no face in {self.missing} source frame(s): passed through unchanged "
                  "(--on-no-face error stops instead)")
@@ -184,8 +204,12 @@ def pingpong_index(i: int, n: int) -> int:
   return j if j < n else period - j
 
 
-def _detected(frames: Iterable[np.ndarray], detector, pads, every: int = 1) -> Iterator[tuple]:
+def _detected(frames: Iterable[np.ndarray], detector, pads, every: int = 1,
+              track: bool = True) -> Iterator[tuple]:
   """(frame, padded box or None, faces found) per frame, the detector called on small chunks.
+
+  track: each chunk's first frame is searched whole, the others near the face before
+  (``HaarDetector.detect_faces``), so a new larger face is taken up within a chunk.
 
   every=k: only frames 0, k, 2k, ... and the last go through the detector. A frame between two
   detected ones gets the box interpolated between theirs when both found a face, and None
@@ -198,7 +222,7 @@ def _detected(frames: Iterable[np.ndarray], detector, pads, every: int = 1) -> I
   between: list = []     # entries after last_head, waiting for the next detected one
 
   def detect(heads):
-    found = detector.detect_faces([e[0] for e in heads])
+    found = detector.detect_faces([e[0] for e in heads], track=track)
     for e, (b, count) in zip(heads, found):
       e[1] = None if b is None else face_detection.pad_box(b, pads, e[0].shape)
       e[2] = count
@@ -242,7 +266,8 @@ def tracked_boxes(frames: Iterable[np.ndarray], opts, detector, fps: float) -> I
   between two faces get interpolated boxes unless ``on_no_face == "error"``.
   """
   max_gap = 0 if opts.on_no_face == "error" else int(round(MAX_GAP_SECONDS * fps))
-  dets = _detected(frames, detector, tuple(int(p) for p in opts.pads), opts.detect_every)
+  dets = _detected(frames, detector, tuple(int(p) for p in opts.pads), opts.detect_every,
+                   track=opts.search == "track")
   return face_detection.track_boxes(dets, window=5 if opts.smooth else 1, max_gap=max_gap)
 
 
@@ -315,8 +340,17 @@ def _item(i: int, j: int, frame: np.ndarray, box, mel_chunk) -> Item:
 # ---------------------------------------------------------------------------- generation
 
 
-def generated(renderer, items: Iterable[Item], emotions: Sequence[int]) -> Iterator[tuple]:
-  """(item, faces (num_emotions, 96, 96, 3) or None) in order; faces batched at the fixed size.
+# Generator calls in flight at once, each in its own thread. On a CPU one call leaves part of the
+# cores idle (host work around it, chains of small kernels): at full width two calls at once
+# generate ~1.25x the frames per second of one after the other, the same faces to the bit
+# (docs/design.md "CPU speed"). Each call keeps the compiled batch size.
+GENERATOR_CALLS = 2
+
+
+def generated(renderer, items: Iterable[Item], emotions: Sequence[int],
+              calls: int = GENERATOR_CALLS) -> Iterator[list]:
+  """Batches of (item, faces (num_emotions, 96, 96, 3) or None), in order; faces batched at the
+  fixed size, up to ``calls`` generator calls running at once.
 
   A batch holds ``batch_size // num_emotions`` output frames with a face (each once per emotion),
   as the whole-video path did; faceless items ride along in order without a generator call.
@@ -324,10 +358,23 @@ def generated(renderer, items: Iterable[Item], emotions: Sequence[int]) -> Itera
   num_emo = len(emotions)
   per_batch = max(1, renderer.batch_size // num_emo)
   emos = np.stack([np.asarray(e, np.float32) for e in emotions])  # (num_emotions, 6) weights
-  pending: list[Item] = []
-  faced: list[Item] = []
 
-  def flush():
+  def batches() -> Iterator[tuple]:
+    """(all items, the items with a face) per generator call."""
+    pending: list[Item] = []
+    faced: list[Item] = []
+    for it in items:
+      pending.append(it)
+      if it.box is not None:
+        faced.append(it)
+        if len(faced) == per_batch:
+          yield pending, faced
+          pending, faced = [], []
+    if pending:
+      yield pending, faced
+
+  def generate(batch: tuple) -> list:
+    pending, faced = batch
     faces = {}
     if faced:
       mels = np.repeat(np.stack([it.mel for it in faced]), num_emo, axis=0)
@@ -335,19 +382,10 @@ def generated(renderer, items: Iterable[Item], emotions: Sequence[int]) -> Itera
       out = renderer(mels, crops, np.tile(emos, (len(faced), 1)))
       out = out.reshape((len(faced), num_emo) + out.shape[1:])
       faces = {it.index: out[k] for k, it in enumerate(faced)}
-    batch = [(it, faces.get(it.index)) for it in pending]
-    pending.clear()
-    faced.clear()
-    return batch
+    return [(it, faces.get(it.index)) for it in pending]
 
-  for it in items:
-    pending.append(it)
-    if it.box is not None:
-      faced.append(it)
-      if len(faced) == per_batch:
-        yield flush()
-  if pending:
-    yield flush()
+  for _, done in ordered_map(generate, batches(), calls):
+    yield done
 
 
 def composed(batches: Iterable[list], emotions: Sequence[int], paste: Callable,

@@ -153,3 +153,59 @@ def test_s3fd_runs_from_a_local_weights_file(tmp_path):
     if b is not None:
       x1, y1, x2, y2 = b
       assert all(isinstance(v, int) for v in b) and 0 <= x1 < x2 <= 240 and 0 <= y1 < y2 <= 180
+
+
+def _moving_face(n: int):
+  """n 360x480 frames of the astronaut's face moving along a known path, and its offsets."""
+  img = _astronaut()
+  head = img[0:260, 94:354]  # the face at x 80..179, y 64..163 of this crop
+  frames, offsets = [], []
+  for i in range(n):
+    dx, dy = int(round(12 * np.sin(i / 3.0))), int(round(8 * np.cos(i / 4.0)))
+    frame = np.full((360, 480, 3), 90, np.uint8)
+    frame[50 + dy:310 + dy, 110 + dx:370 + dx] = head
+    frames.append(frame)
+    offsets.append((dx, dy))
+  return frames, np.asarray(offsets, np.float64)
+
+
+def test_tracking_follows_a_moving_face_as_closely_as_whole_searches():
+  """detect_faces(track=True) searches each frame near the face before; on a face moving by up
+  to 12 px per frame its boxes follow the true motion as well as whole-frame searches do."""
+  frames, offsets = _moving_face(20)
+  det = fd.HaarDetector()
+  whole, tracked = det.detect_faces(frames), det.detect_faces(frames, track=True)
+  assert all(b is not None for b, _ in whole + tracked)
+  assert tracked[0] == whole[0]  # the first frame is searched whole
+  assert min(_iou(a, b) for (a, _), (b, _) in zip(whole, tracked)) > 0.85
+
+  def motion_error(found):
+    boxes = np.asarray([b for b, _ in found], np.float64)
+    centres = (boxes[:, :2] + boxes[:, 2:]) / 2 - offsets
+    return np.abs(centres - centres.mean(axis=0)).max()
+
+  assert motion_error(tracked) <= max(4.0, motion_error(whole) + 1.0), \
+      (motion_error(tracked), motion_error(whole))
+
+
+def test_tracking_searches_whole_frames_where_the_face_is_not_near_and_at_each_call():
+  img = _astronaut()
+  close = img[24:234, 118:328]  # 210x210 around the face
+  small = cv2.resize(close, (147, 147))  # 0.7 times: outside the sizes searched near a big face
+  canvas = lambda width: np.full((360, width, 3), 90, np.uint8)
+  left, right, both = canvas(640), canvas(640), canvas(480)
+  left[20:230, 10:220] = close
+  right[100:310, 420:630] = close
+  both[20:230, 10:220] = close
+  both[150:297, 323:470] = small
+  det = fd.HaarDetector()
+  # The face jumps across the frame: not near the box before, so the frame is searched whole.
+  jump = det.detect_faces([left, right, left], track=True)
+  assert [b for b, _ in jump] == [b for b, _ in det.detect_faces([left, right, left])]
+  assert jump[1][0][0] > 400 and jump[2][0][2] < 260
+  # A second face far from the tracked one is not looked for (nor counted) until the next
+  # call, whose first frame is searched whole; a whole search counts both.
+  assert [c for _, c in det.detect_faces([both] * 3)] == [2, 2, 2]
+  tracked = det.detect_faces([both] * 3, track=True)
+  assert [c for _, c in tracked] == [2, 1, 1]
+  assert all(b[2] < 260 for b, _ in tracked)  # the larger face on the left throughout

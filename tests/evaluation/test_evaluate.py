@@ -2,8 +2,6 @@
 
 import json
 import os
-import threading
-import time
 
 import numpy as np
 import pytest
@@ -171,34 +169,6 @@ def test_batched_labels_and_classification_match_one_call_each(setup):
   judge = ev.load_emotion_classifier(setup["emo"])
   clips = [clip["frames"][:5], clip["frames"][:16], clip["frames"][3:15]] + batched
   assert ev.classify_clips(judge, clips) == [ev.classify_clip(judge, c) for c in clips]
-
-
-def test_ordered_map_keeps_order_and_reads_ahead_only_its_window():
-  """Results in the items' order although later calls finish first; two calls run at once; the
-  items are read only one ahead of what was handed out (not the whole split at the start)."""
-  read, running, peak = [], [0], [0]
-  lock = threading.Lock()
-
-  def items():
-    for i in range(7):
-      read.append(i)
-      yield i
-
-  def slow_square(i):
-    with lock:
-      running[0] += 1
-      peak[0] = max(peak[0], running[0])
-    time.sleep(0.02 * (7 - i))
-    with lock:
-      running[0] -= 1
-    return i * i
-
-  out = []
-  for item, r in ev.ordered_map(slow_square, items(), workers=2):
-    out.append((item, r))
-    assert len(read) <= len(out) + 1
-  assert out == [(i, i * i) for i in range(7)]
-  assert peak[0] == 2
 
 
 def test_clips_scored_in_threads_give_the_figures_of_one_thread(setup, monkeypatch):

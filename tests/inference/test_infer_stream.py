@@ -2,6 +2,8 @@
 stream equal frame for frame to the whole-video path it replaced (real ffmpeg, real videos)."""
 
 import os
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -65,7 +67,7 @@ class _ScriptedDetector:
   def __init__(self, faceless=()):
     self.faceless, self.seen = set(faceless), []
 
-  def detect_faces(self, frames):
+  def detect_faces(self, frames, track=False):
     out = []
     for f in frames:
       i = int(f[0, 0, 0])
@@ -145,7 +147,9 @@ def _whole_video_path(renderer, frames, wav, fps, emotion, per_batch):
   """The previous whole-video renderer: every frame decoded, detected and cropped up front."""
   chunks = timing.inference_mel_chunks(audio_lib.melspectrogram(wav), fps)
   frames = frames[:len(chunks)]
-  det = face_detection.HaarDetector().detect(frames)
+  # The stream's default detection: one detector call for these few frames, tracking.
+  assert len(frames) <= face_detection.DETECT_BATCH
+  det = [b for b, _ in face_detection.HaarDetector().detect_faces(frames, track=True)]
   boxes = face_detection.smooth_boxes([face_detection.pad_box(b, infer.DEFAULT_PADS, f.shape)
                                        for b, f in zip(det, frames)], 5)
   crops = np.stack([face_detection.crop_face(f, b, 96) for f, b in zip(frames, boxes)])
@@ -239,9 +243,14 @@ def test_largest_of_several_faces_is_used_and_reported(setup):
   (box, count), = det.detect_faces([frame])
   assert count == 2 and box[0] >= 195
   tf = setup["tf"]
-  tf.generate(face=[frame] * 3, audio=F.synth_speech(0.3), emotion="NEU", progress=False)
+  tf.generate(face=[frame] * 3, audio=F.synth_speech(0.3), emotion="NEU", progress=False,
+              search="full")
   assert tf.last_stats.multi_face == 3
   assert any("several faces" in w and "largest" in w for w in tf.last_stats.warnings())
+  # Tracking searches the first frame whole and the next two near its (large) face only.
+  tf.generate(face=[frame] * 3, audio=F.synth_speech(0.3), emotion="NEU", progress=False)
+  assert tf.last_stats.multi_face == 1
+  assert any("--search full counts all" in w for w in tf.last_stats.warnings())
 
 
 def test_feathered_paste_has_a_lower_seam_and_keeps_everything_outside_the_box():
@@ -260,3 +269,62 @@ def test_feathered_paste_has_a_lower_seam_and_keeps_everything_outside_the_box()
   seam_box, seam_soft = metrics.seam_energy(hard, box), metrics.seam_energy(soft, box)
   assert seam_soft < 0.25 * seam_box
   assert metrics.seam_energy(frame, box) < seam_soft  # the picture's own edges are lower still
+
+
+def test_ordered_map_keeps_order_and_reads_ahead_only_its_window():
+  """Results in the items' order although later calls finish first; two calls run at once; the
+  items are read only one ahead of what was handed out (not the whole split at the start)."""
+  read, running, peak = [], [0], [0]
+  lock = threading.Lock()
+
+  def items():
+    for i in range(7):
+      read.append(i)
+      yield i
+
+  def slow_square(i):
+    with lock:
+      running[0] += 1
+      peak[0] = max(peak[0], running[0])
+    time.sleep(0.02 * (7 - i))
+    with lock:
+      running[0] -= 1
+    return i * i
+
+  out = []
+  for item, r in stream.ordered_map(slow_square, items(), workers=2):
+    out.append((item, r))
+    assert len(read) <= len(out) + 1
+  assert out == [(i, i * i) for i in range(7)]
+  assert peak[0] == 2
+
+
+def test_generator_calls_run_two_at_once_and_come_back_in_order():
+  """stream.generated keeps GENERATOR_CALLS calls in flight; the batches come back in the items'
+  order with each item's own faces, the faceless items in their places."""
+  lock, running, peak = threading.Lock(), [0], [0]
+
+  class SlowRenderer:
+    batch_size = 4
+
+    def __call__(self, mels, crops, emotions):
+      with lock:
+        running[0] += 1
+        peak[0] = max(peak[0], running[0])
+      time.sleep(0.05 if crops[0, 0, 0, 0] == 0 else 0.01)  # the first call ends last
+      with lock:
+        running[0] -= 1
+      return crops + 1  # each face tells which crop it came from
+
+  items = [stream.Item(index=i, source=i, frame=None, box=None if i % 5 == 3 else (0, 0, 1, 1),
+                       crop=None if i % 5 == 3 else np.full((96, 96, 3), i, np.uint8),
+                       mel=np.zeros((80, 16), np.float32)) for i in range(18)]
+  batches = list(stream.generated(SlowRenderer(), iter(items), [np.eye(6)[3]]))
+  assert stream.GENERATOR_CALLS == 2 and peak[0] == 2
+  out = [pair for batch in batches for pair in batch]
+  assert [it.index for it, _ in out] == list(range(18))
+  for it, faces in out:
+    if it.box is None:
+      assert faces is None
+    else:
+      assert faces.shape == (1, 96, 96, 3) and (faces == it.index + 1).all()
