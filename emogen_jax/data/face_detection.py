@@ -425,7 +425,7 @@ def crop_face(frame: np.ndarray, box: Box, size: int = 96) -> np.ndarray:
 
 
 def face_boxes(frames: Iterable[np.ndarray], detector, pads=(0, 10, 0, 0), smooth: bool = True,
-               detect_every: int = 1, window: int = 5):
+               detect_every: int = 1, window: int = 5, track: bool = False):
   """Detect, pad + clamp, fill gaps, smooth: one box per frame and which were detected.
 
   Returns ``(boxes, found)``: ``boxes`` a list of boxes (``None`` for every frame when no
@@ -434,7 +434,8 @@ def face_boxes(frames: Iterable[np.ndarray], detector, pads=(0, 10, 0, 0), smoot
   k-th frame (and the last) is run through the detector and the rest are interpolated;
   they count as found when both neighbours found a face. ``frames`` may be any iterable
   (a decoder): it is read once and no frame is kept but the latest, so memory does not
-  grow with the clip's length.
+  grow with the clip's length. ``track``: the detector searches near the face before
+  (``HaarDetector.detect_faces``), each batch of DETECT_BATCH detections starting with a whole frame.
   """
   k = max(1, int(detect_every))
   raw: list = []        # padded box (or None) of each detected frame, None elsewhere
@@ -443,7 +444,8 @@ def face_boxes(frames: Iterable[np.ndarray], detector, pads=(0, 10, 0, 0), smoot
   last = None           # (index, frame) of the latest frame not run through the detector
 
   def flush():
-    for (i, frame), b in zip(pending, detector.detect([f for _, f in pending])):
+    found = detector.detect_faces([f for _, f in pending], track=track)
+    for (i, frame), (b, _) in zip(pending, found):
       raw[i] = None if b is None else pad_box(b, pads, frame.shape)
       ok[i] = b is not None
     pending.clear()

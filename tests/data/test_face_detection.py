@@ -209,3 +209,26 @@ def test_tracking_searches_whole_frames_where_the_face_is_not_near_and_at_each_c
   tracked = det.detect_faces([both] * 3, track=True)
   assert [c for _, c in tracked] == [2, 1, 1]
   assert all(b[2] < 260 for b, _ in tracked)  # the larger face on the left throughout
+
+
+def test_face_boxes_track_like_whole_searches():
+  """face_boxes(track=True), preprocessing's --search track: the padded, smoothed boxes of a
+  moving face within 3 px of those of whole-frame searches; and the frames after the first of a
+  detector call are searched near the face before (a larger face entering elsewhere is not taken
+  up until the next call), where whole searches take the larger face at once."""
+  frames, _ = _moving_face(20)
+  det = fd.HaarDetector()
+  whole, found_whole = fd.face_boxes(frames, det)
+  tracked, found_tracked = fd.face_boxes(frames, det, track=True)
+  assert found_whole.all() and found_tracked.all()
+  assert np.abs(np.subtract(whole, tracked)).max() <= 3
+  close = _astronaut()[24:234, 118:328]
+  small_only = np.full((360, 480, 3), 90, np.uint8)
+  small_only[150:297, 323:470] = cv2.resize(close, (147, 147))
+  both = small_only.copy()
+  both[20:230, 10:220] = close
+  plain = dict(pads=(0, 0, 0, 0), smooth=False)
+  whole, _ = fd.face_boxes([small_only, both, both], det, **plain)
+  tracked, _ = fd.face_boxes([small_only, both, both], det, track=True, **plain)
+  assert whole[0] == tracked[0] and whole[0][0] > 300  # the small face, alone in the frame
+  assert all(b[2] < 260 for b in whole[1:]) and all(b[0] > 300 for b in tracked[1:])

@@ -170,13 +170,13 @@ def test_random_split_reuses_the_cache(data, tmp_path):
   bad = fx.run_preprocess(["--src", data["src"], "--data-dir", str(out), "--cache-dir", data["cache_dir"],
                            "--pads", "0", "0", "0", "0"], check=False)
   assert bad.returncode == 2 and "other settings" in bad.stderr
-  # A cache made before --min-face existed was made with its default, and is reused as such;
-  # another --min-face is other settings.
+  # A cache made before --min-face and --search existed was made with their defaults, and is
+  # reused as such; another --min-face or --search is other settings.
   cache = tmp_path / "cache"
   shutil.copytree(data["cache_dir"], cache)
   with open(cache / "settings.json") as f:
     settings = json.load(f)
-  assert settings.pop("min_face") == pp.MIN_FACE
+  assert settings.pop("min_face") == pp.MIN_FACE and settings.pop("search") == "full"
   with open(cache / "settings.json", "w") as f:
     json.dump(settings, f)
   old = fx.run_preprocess(["--src", data["src"], "--data-dir", str(tmp_path / "old"), "--cache-dir",
@@ -185,6 +185,9 @@ def test_random_split_reuses_the_cache(data, tmp_path):
   coarse = fx.run_preprocess(["--src", data["src"], "--data-dir", str(tmp_path / "old"),
                               "--cache-dir", str(cache), "--min-face", "0.3"], check=False)
   assert coarse.returncode == 2 and "other settings: min_face 0.1 (now 0.3)" in coarse.stderr, coarse.stderr
+  tracked = fx.run_preprocess(["--src", data["src"], "--data-dir", str(tmp_path / "old"),
+                               "--cache-dir", str(cache), "--search", "track"], check=False)
+  assert tracked.returncode == 2 and "search 'full' (now 'track')" in tracked.stderr, tracked.stderr
 
 
 def test_killed_preprocess_resumes_without_redoing_clips(data, tmp_path):
