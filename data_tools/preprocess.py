@@ -426,6 +426,7 @@ def make_report(summaries, bad_inputs, splits, processed_now, opts) -> dict:
 
 
 def _parser() -> ArgumentParser:
+  from emogen_jax.data.face_detection import SEARCHES
   p = ArgumentParser(prog="python -m data_tools.preprocess", description=__doc__.split("\n")[0])
   p.add_argument("--src", required=True, help="folder of 25 fps videos (searched recursively)")
   p.add_argument("--data-dir", required=True, help="output: TFDS dataset, cache/ and the report")
@@ -440,7 +441,7 @@ def _parser() -> ArgumentParser:
                  help="haar: the smallest face searched for, as a fraction of the frame's shorter "
                       "side (default %(default)s; where faces fill the frame, e.g. 0.3, detection "
                       "runs ~1.7x faster)")
-  p.add_argument("--search", default="full", choices=("full", "track"),
+  p.add_argument("--search", default="full", choices=SEARCHES,
                  help="haar: full (default) searches every whole frame; track searches each frame "
                       "near the face of the one before (whole every 16th detection and where the "
                       "face is not near), ~3-5x cheaper, boxes as close to the face")

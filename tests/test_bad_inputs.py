@@ -193,6 +193,8 @@ CASES = [
      "is not a directory"),
     ("preprocess-jobs-0", "preprocess", ["--src", "videos", "--data-dir", "data", "--jobs", "0"],
      "--jobs must be >= 1"),
+    ("preprocess-search-unknown", "preprocess", ["--src", "videos", "--data-dir", "data", "--search",
+                                                 "near"], "argument --search: invalid choice: 'near'"),
     ("make-synthetic-out-file", "make_synthetic", ["--out", "notes.txt"], "is a file, not a folder"),
     ("make-synthetic-no-actors", "make_synthetic", ["--out", "corpus", "--actors", "0"],
      "at least 1 actor"),

@@ -37,6 +37,9 @@ Box = tuple  # (x1, y1, x2, y2) ints
 S3FD_FILE = "s3fd-619a316812.pth"
 S3FD_URL = "https://www.adrianbulat.com/downloads/python-fan/s3fd-619a316812.pth"
 DETECTORS = ("haar", "s3fd")
+# Where the Haar detector looks along a video: near the face of the frame before, or every whole
+# frame (detect_faces(track=...)); inference and preprocessing offer both as --search.
+SEARCHES = ("track", "full")
 DETECT_BATCH = 16  # frames per detector call when streaming (S3FD batches them)
 
 

@@ -29,7 +29,7 @@ from emogen_jax.errors import ArgumentParser, UserError, cli_main
 from emogen_jax.inference.renderer import (BLENDS, check_frame_size, DEFAULT_IMAGE_FPS, DEFAULT_PADS, FaceOptions,
                                            Renderer, Source, check_face_options, load_generator,
                                            parse_emotions, render_stream)
-from emogen_jax.inference.stream import ON_NO_FACE, SEARCHES, StreamStats
+from emogen_jax.inference.stream import ON_NO_FACE, StreamStats
 from emogen_jax.models import checkpoints
 
 _IMPORTS_SECONDS = time.perf_counter() - _IMPORTS_START
@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--detect-every", type=int, default=1, metavar="K",
                  help="run the detector on every K-th frame and the last (default 1: all); the "
                       "frames between get boxes interpolated between theirs, counted apart")
-  p.add_argument("--search", default="track", choices=SEARCHES,
+  p.add_argument("--search", default="track", choices=face_detection.SEARCHES,
                  help="where the Haar detector looks: track (default: near the face of the frame "
                       "before, the whole frame every 16th detection and wherever the face is not "
                       "there; ~5x cheaper) or full (every whole frame)")

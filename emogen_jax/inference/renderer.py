@@ -183,8 +183,8 @@ def check_face_options(opts: FaceOptions) -> None:
   if int(opts.detect_every) < 1:
     raise UserError(f"--detect-every must be a positive integer (1: every frame), got "
                     f"{opts.detect_every}")
-  if opts.search not in stream.SEARCHES:
-    raise UserError(f"--search must be one of {', '.join(stream.SEARCHES)}, got {opts.search!r}")
+  if opts.search not in face_detection.SEARCHES:
+    raise UserError(f"--search must be one of {', '.join(face_detection.SEARCHES)}, got {opts.search!r}")
   if opts.on_no_face not in stream.ON_NO_FACE:
     raise UserError(f"--on-no-face must be one of {', '.join(stream.ON_NO_FACE)}, "
                     f"got {opts.on_no_face!r}")

@@ -35,7 +35,6 @@ from emogen_jax.data import face_detection
 from emogen_jax.errors import UserError
 
 ON_NO_FACE = ("keep", "error")
-SEARCHES = ("track", "full")  # where the detector looks: near the last face, or the whole frame
 MAX_GAP_SECONDS = 0.5   # faceless runs up to this long between two faces get interpolated boxes
 
 
