@@ -143,17 +143,18 @@ def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
 # ------------------------------------------------------------------- convolution and its gradient
 
 # XLA:CPU computes a convolution's weight gradient as another convolution whose window is the
-# whole activation (96x96 in the decoder's last blocks), at 7-30 GFLOP/s where the forward runs at
-# 60-150. The same sums written as one matmul per kernel tap (activation shifted by the tap,
-# contracted with the output gradient over batch and space) run 1.4-4x faster wherever the input has
-# a few dozen channels; for the first layers' 3-15 channels under 7x7 kernels XLA's own is faster.
-# Small gradients (a few thousand output positions: SyncNet's deeper layers at the smoke width)
-# pay more in per-matmul overhead than they save: the smoke SyncNet step was 7 % slower with them.
-# Measured: 53-85 M multiply-adds even or slower; the smoke EmoGen step's 119-236 M gradients
-# (the decoder's 3x3 and 2x2 layers) gain ~10 % on the step; 3.4 G 1.4-4x per layer.
-# docs/design.md "CPU speed" has the measurements.
+# whole activation. The same sums written as one matmul per kernel tap (activation shifted by the
+# tap, contracted with the output gradient over batch and space) are faster where that window
+# convolution is weakest: strided layers (the encoders' stride-2 3x3s: 0.94-1.67x per layer) and
+# kernels of one or two taps (the 1x1 convs, the phase-split transposed convs' 1x2 and 2x1 phases:
+# 0.84-3.1x, 11 of 17 above 1.3). For stride-1 3x3 kernels XLA's current convolution library is
+# mostly the faster (per tap 0.40-0.96x on 31 of 35 layer shapes), for 2x2 it is a draw
+# (0.72-1.41x); with both on the per-tap path the full-width SyncNet step took 1.16x and the
+# EmoGen iteration 1.10x as long. Inputs of few channels (the first layers' 3-15) and small
+# gradients (per-matmul overhead) keep XLA's too. docs/design.md "CPU speed" has the measurements.
 TAP_GRAD_MIN_CHANNELS = 32
 TAP_GRAD_MAX_TAPS = 9
+TAP_GRAD_MAX_STRIDE1_TAPS = 2
 TAP_GRAD_MIN_MACS = 1 << 27
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -162,8 +163,9 @@ def _uses_tap_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
   kh, kw, cin, cout = kernel_shape
   b, h, w, _ = x_shape
   macs = b * (h // strides[0]) * (w // strides[1]) * kh * kw * cin * cout
+  max_taps = TAP_GRAD_MAX_TAPS if tuple(strides) != (1, 1) else TAP_GRAD_MAX_STRIDE1_TAPS
   return (jax.default_backend() == "cpu" and cin >= TAP_GRAD_MIN_CHANNELS
-          and kh * kw <= TAP_GRAD_MAX_TAPS and macs >= TAP_GRAD_MIN_MACS)
+          and kh * kw <= max_taps and macs >= TAP_GRAD_MIN_MACS)
 
 
 def tap_weight_grad(x, dy, kernel_shape, strides, padding, precision=None):

@@ -1,6 +1,7 @@
 """models.layers.conv2d: the same forward as lax.conv_general_dilated, bit for bit, and the
-per-tap weight gradient (used on the CPU for inputs of >= 32 channels and kernels of <= 9 taps)
-equal to autodiff of lax's convolution, and to PyTorch's, for every stride/padding the models use;
+per-tap weight gradient (used on the CPU for inputs of >= 32 channels, strided kernels of <= 9 taps
+and stride-1 kernels of <= 2 taps) equal to autodiff of lax's convolution, and to PyTorch's, for
+every stride/padding the models use (the per-tap form itself for any kernel size);
 the layers that carry it (ConvBN, the phase-split transposed conv, the emotion disc) pick it up.
 The FFT form of the large-kernel, few-output first layers (CPU only) equals lax's and PyTorch's
 convolution, forward and both gradients, to float32 rounding, and is chosen only there."""
@@ -43,8 +44,11 @@ def _grads(conv, x, w, s, pad, weights):
 
 
 @pytest.mark.parametrize("b,n,cin,cout,k,s,pad", CASES)
-def test_forward_is_lax_and_gradients_match_autodiff_of_lax(b, n, cin, cout, k, s, pad):
-  assert cin >= TAP_GRAD_MIN_CHANNELS  # every case takes the per-tap path
+def test_forward_is_lax_and_gradients_match_autodiff_of_lax(b, n, cin, cout, k, s, pad, monkeypatch):
+  # Every case takes the per-tap path: the stride-1 3x3 and 2x2 too (the rule leaves those to
+  # lax; the form itself serves any kernel).
+  monkeypatch.setattr(layers, "TAP_GRAD_MAX_STRIDE1_TAPS", 9)
+  assert cin >= TAP_GRAD_MIN_CHANNELS
   x, w = _case(b, n, cin, cout, k)
   y = jax.jit(lambda x, w: conv2d(x, w, (s, s), pad, dimension_numbers=NHWC))(x, w)
   y_lax = jax.jit(lambda x, w: jax.lax.conv_general_dilated(x, w, (s, s), pad,
@@ -72,25 +76,31 @@ def test_weight_gradient_matches_pytorch():
   np.testing.assert_allclose(ours, wt.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=1e-4)
 
 
-def test_small_channel_and_large_kernel_convolutions_keep_lax(monkeypatch):
-  """The first layers (3-15 channels, 7x7) keep XLA's own gradient (a convolution; the per-tap one
-  is made of matmuls)."""
-  def tap_grad(cin, k):
-    x, w = _case(1, 8, cin, 4, k)
-    pad = ((k // 2, k // 2),) * 2
-    jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv2d(x, w, (1, 1), pad,
+def test_which_convolutions_take_the_tap_gradient(monkeypatch):
+  """Strided kernels of <= 9 taps and stride-1 kernels of <= 2 taps (1x1, 1x2, 2x1) over >= 32
+  input channels take the per-tap gradient (matmuls); the stride-1 3x3 and 2x2 layers, the first
+  layers (3-15 channels, 7x7) and every layer on an accelerator keep XLA's own (a convolution)."""
+  def tap_grad(cin, kh, kw=None, s=1):
+    kw = kh if kw is None else kw
+    x = jnp.zeros((1, 8, 8, cin), jnp.float32)
+    w = jnp.zeros((kh, kw, cin, 4), jnp.float32)
+    pad = ((kh // 2, kh // 2), (kw // 2, kw // 2))
+    jaxpr = jax.make_jaxpr(jax.grad(lambda w: jnp.sum(conv2d(x, w, (s, s), pad,
                                                               dimension_numbers=NHWC))))(w)
     return "dot_general" in str(jaxpr)
-  assert tap_grad(32, 3)
-  assert not tap_grad(16, 3)
-  assert not tap_grad(32, 7)
-  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  assert tap_grad(32, 3, s=2)
+  assert tap_grad(32, 1) and tap_grad(32, 1, 2) and tap_grad(32, 2, 1)
   assert not tap_grad(32, 3)
+  assert not tap_grad(32, 2)
+  assert not tap_grad(16, 3, s=2)
+  assert not tap_grad(32, 7, s=2)
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  assert not tap_grad(32, 3, s=2)
 
 
 def test_small_gradients_keep_lax(monkeypatch):
   """Below TAP_GRAD_MIN_MACS multiply-adds (the smoke SyncNet's deeper layers) lax's gradient is
-  kept; the decoder's 24x24 256-channel layer over 10 frames (3.4 G) takes the per-tap one."""
+  kept; a stride-2 256-channel layer at 24x24 over 10 frames (0.85 G) takes the per-tap one."""
   monkeypatch.setattr(layers, "TAP_GRAD_MIN_MACS", 1 << 27)
 
   def tap_grad(b, n, cin, cout, s=1):
@@ -99,8 +109,8 @@ def test_small_gradients_keep_lax(monkeypatch):
     grad = jax.grad(lambda x, w: jnp.sum(conv2d(x, w, (s, s), ((1, 1), (1, 1)),
                                                   dimension_numbers=NHWC)), argnums=1)
     return "dot_general" in str(jax.make_jaxpr(grad)(x, w))
-  assert tap_grad(10, 24, 256, 256)
-  assert not tap_grad(8, 12, 64, 128)       # 85 M
+  assert not tap_grad(10, 24, 256, 256)     # stride-1 3x3 (3.4 G): lax's, whatever the size
+  assert not tap_grad(8, 24, 64, 128, s=2)  # 85 M
   assert tap_grad(10, 24, 256, 256, s=2)  # stride 2: a quarter of the positions, 0.85 G
   assert not tap_grad(10, 6, 256, 256, s=2)  # 53 M
   assert tap_grad(10, 12, 256, 256, s=2)  # 0.21 G

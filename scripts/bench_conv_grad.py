@@ -1,0 +1,129 @@
+"""Weight gradients of a stage's convolutions: XLA's own against the per-tap one, layer by layer.
+
+`models.layers` computes a convolution's weight gradient as one matmul per kernel tap wherever
+`layers._uses_tap_grad` says so (docs/design.md "CPU speed"). This benchmark checks that rule on
+the layers a training step really has: it traces the stage's step, collects every convolution
+(input shape, kernel shape, stride, padding, how many times the step uses it), and times, each on
+its own and the two in turn, XLA's weight gradient (autodiff of `lax.conv_general_dilated`)
+against `layers.tap_weight_grad` on random operands of those shapes. The ratio > 1 means the
+per-tap gradient is the faster one; the last column says which one the rule picks.
+
+    python scripts/bench_conv_grad.py --stage syncnet --size reference --batch 16
+    python scripts/bench_conv_grad.py --stage emogen --size smoke --batch 8 --all
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def collect_convs(stage: str, size: str, batch: int, every: bool) -> dict:
+  """{(x shape, kernel shape, strides, padding): uses} of the stage's traced training step: the
+  convolutions on the per-tap rule's path, or with ``every`` all plain NHWC ones it could take."""
+  import jax
+  import numpy as np
+
+  import bench_train
+  from emogen_jax.models import layers
+  from emogen_jax.train import stages
+
+  seen: dict = {}
+  uses_tap_grad = layers._uses_tap_grad
+
+  def record(x_shape, kernel_shape, strides=(1, 1)):
+    chosen = uses_tap_grad(x_shape, kernel_shape, strides)
+    if chosen or every:
+      key = (tuple(x_shape), tuple(kernel_shape), tuple(strides))
+      seen[key] = seen.get(key, 0) + 1
+    return chosen
+
+  config = bench_train._config(stage, size, batch)
+  if stage == "emogen":
+    config.w_sync = float(config.sync_weight)  # every loss term on, as bench_train times it
+  mod = stages.get(stage)
+  setup = mod.prepare(config, log=lambda *_: None)
+  state = mod.init_state(config, jax.random.PRNGKey(0), setup)
+  fake = mod.fake_batch(np.random.default_rng(0), config.batch_size)
+  step = mod.make_train_step(config, setup)
+  layers._uses_tap_grad = record
+  try:
+    jax.eval_shape(jax.vmap(step, axis_name="batch"), jax.tree.map(lambda a: a[None], state),
+                   {k: v[None] for k, v in fake.items()})
+  finally:
+    layers._uses_tap_grad = uses_tap_grad
+  return seen
+
+
+def time_layer(x_shape, kernel_shape, strides, repeats: int) -> tuple[float, float]:
+  """Median ms of XLA's weight gradient and of the per-tap one (same operands, timed in turn)."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from emogen_jax.models import layers
+
+  kh, kw = kernel_shape[:2]
+  # "Same"-size padding (the models' layers use it or a one-sided variant of the same cost).
+  padding = ((kh // 2, (kh - 1) // 2), (kw // 2, (kw - 1) // 2))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal(x_shape, np.float32))
+  k = jnp.asarray(rng.standard_normal(kernel_shape, np.float32) * 0.05)
+  conv = lambda x, k: layers._plain_conv(x, k, strides, padding, None)
+  dy = jnp.asarray(rng.standard_normal(jax.eval_shape(conv, x, k).shape, np.float32))
+  fns = {"xla": jax.jit(lambda x, k, dy: jax.vjp(lambda k_: conv(x, k_), k)[1](dy)[0]),
+         "tap": jax.jit(lambda x, k, dy: layers.tap_weight_grad(x, dy, kernel_shape, strides,
+                                                                 padding))}
+  times = {name: [] for name in fns}
+  for f in fns.values():
+    f(x, k, dy).block_until_ready()
+  for _ in range(repeats):
+    for name, f in fns.items():
+      t0 = time.perf_counter()
+      f(x, k, dy).block_until_ready()
+      times[name].append(time.perf_counter() - t0)
+  return tuple(1e3 * float(np.median(times[name])) for name in ("xla", "tap"))
+
+
+def main(argv=None) -> int:
+  p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  p.add_argument("--stage", default="syncnet", choices=("syncnet", "emotion_disc", "emogen"))
+  p.add_argument("--size", default="reference", choices=("smoke", "reference"))
+  p.add_argument("--batch", type=int, default=None,
+                 help="global batch (default: the smoke config's; 2 at the reference size, as "
+                      "bench_train.py)")
+  p.add_argument("--all", action="store_true",
+                 help="every plain NHWC convolution of the step, not only those the rule sends "
+                      "to the per-tap gradient")
+  p.add_argument("--repeats", type=int, default=7)
+  args = p.parse_args(argv)
+  if args.batch is None and args.size == "reference":
+    args.batch = 2
+  from emogen_jax.models import layers
+
+  convs = collect_convs(args.stage, args.size, args.batch, args.all)
+  print(f"{args.stage} {args.size} (batch {args.batch or 'default'}): {len(convs)} layer shapes")
+  total = {"xla": 0.0, "tap": 0.0}
+  for (x_shape, kernel_shape, strides), uses in sorted(convs.items(),
+                                                       key=lambda kv: -kv[1] * _macs(*kv[0])):
+    xla, tap = time_layer(x_shape, kernel_shape, strides, args.repeats)
+    total["xla"] += uses * xla
+    total["tap"] += uses * tap
+    picks = "tap" if layers._uses_tap_grad(x_shape, kernel_shape, strides) else "xla"
+    print(f"  x{x_shape} k{kernel_shape} s{strides} x{uses}: XLA {xla:7.2f} ms, per tap "
+          f"{tap:7.2f} ms, {xla / tap:4.2f}x  (rule: {picks})", flush=True)
+  print(f"summed over the step's uses: XLA {total['xla']:.1f} ms, per tap {total['tap']:.1f} ms")
+  return 0
+
+
+def _macs(x_shape, kernel_shape, strides) -> int:
+  kh, kw, cin, cout = kernel_shape
+  return x_shape[0] * (x_shape[1] // strides[0]) * (x_shape[2] // strides[1]) * kh * kw * cin * cout
+
+
+if __name__ == "__main__":
+  sys.exit(main())
