@@ -32,3 +32,38 @@ def test_the_loop_names_no_stage():
   source = inspect.getsource(loop)
   for name in stages.STAGE_NAMES:
     assert not re.search(rf"\b{name}\b", source), f"the training loop mentions {name!r}"
+
+
+def test_gradient_mean_over_devices_and_none_on_one():
+  """apply_gradients averages the gradients over the device axis; on one device it skips the
+  all-reduce (XLA would copy every gradient for a mean of one) with the same update."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  tx = optax.adam(0.1)
+  params = {"w": jnp.arange(6.0).reshape(2, 3), "b": jnp.ones(3)}
+  grads = [{"w": jnp.full((2, 3), 1.0), "b": jnp.asarray([1.0, -2.0, 3.0])},
+           {"w": jnp.full((2, 3), 3.0), "b": jnp.asarray([-1.0, 0.0, 5.0])}]
+
+  def update(g):
+    return base.apply_gradients(tx, g, params, tx.init(params))
+
+  # Two devices of the axis (vmapped): both get the mean gradient and the same update.
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *grads)
+  new_params, _, mean = jax.vmap(update, axis_name=base.AXIS)(stacked)
+  np.testing.assert_array_equal(mean["w"][0], np.full((2, 3), 2.0))
+  np.testing.assert_array_equal(mean["b"][1], [0.0, -1.0, 4.0])
+  ref_params = optax.apply_updates(params, tx.update(jax.tree.map(lambda g: g[0], mean),
+                                                     tx.init(params), params)[0])
+  np.testing.assert_array_equal(new_params["w"][1], ref_params["w"])
+
+  # One device: no all-reduce in the step, the update of the device's own gradient.
+  one = jax.tree.map(lambda g: g[None], grads[0])
+  lowered = jax.pmap(update, axis_name=base.AXIS, devices=jax.local_devices()[:1]).lower(one)
+  assert "all_reduce" not in lowered.as_text()
+  new_params, _, g = jax.pmap(update, axis_name=base.AXIS, devices=jax.local_devices()[:1])(one)
+  ref_params = optax.apply_updates(params, tx.update(grads[0], tx.init(params), params)[0])
+  np.testing.assert_array_equal(new_params["b"][0], ref_params["b"])
+  np.testing.assert_array_equal(g["b"][0], grads[0]["b"])
