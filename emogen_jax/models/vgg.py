@@ -25,6 +25,22 @@ IMAGENET_MEAN_RGB = (0.485, 0.456, 0.406)
 IMAGENET_STD_RGB = (0.229, 0.224, 0.225)
 
 
+def max_pool_2x2(x):
+  """2x2 max-pool, stride 2, rows and columns past an even size dropped (PyTorch's floor mode):
+  (B, H, W, C) -> (B, H // 2, W // 2, C).
+
+  The same values as ``nn.max_pool(x, (2, 2), strides=(2, 2))``, written as a max over a reshape:
+  its gradient is then an elementwise mask that XLA fuses, where the window form's gradient is a
+  select-and-scatter, which XLA:CPU expands into index arithmetic over the whole activation (VGG's
+  forward and input gradient, 10 frames at full width: 1.07x faster). A tie's gradient is split
+  evenly among the tied inputs instead of going to one of them; after VGG's ReLU the only ties
+  are zeros, whose gradient the ReLU stops either way.
+  """
+  b, h, w, c = x.shape
+  x = x[:, :h // 2 * 2, :w // 2 * 2]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
+
+
 class VGG19Features(nn.Module):
   """VGG-19 ``features`` (3x3 convs with padding 1 + ReLU, 2x2 max-pools).
 
@@ -54,7 +70,7 @@ class VGG19Features(nn.Module):
     outs = []
     for idx, ch in LAYERS:
       if ch == "M":
-        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = max_pool_2x2(x)
         outs.append(x)
       else:
         x = nn.Conv(channels(ch, self.width), (3, 3), padding=((1, 1), (1, 1)),

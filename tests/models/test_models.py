@@ -365,3 +365,22 @@ def test_quality_disc_sees_only_lower_half_and_matches_pytorch():
   with torch.no_grad():
     want = tqual(torch.from_numpy(frames.reshape(6, 96, 96, 3).transpose(0, 3, 1, 2))).numpy()
   np.testing.assert_allclose(prob[0].reshape(6), want[:, 0], atol=2e-5)
+
+
+def test_vgg_max_pool_equals_the_window_pool_with_its_gradient():
+  """vgg.max_pool_2x2 (a max over a reshape) gives nn.max_pool's values and, where no window has a
+  tie, its gradient; odd sizes drop the last row and column (3x5 -> 1x2), as PyTorch's floor mode."""
+  import flax.linen as nn
+  from emogen_jax.models.vgg import max_pool_2x2
+  rng = np.random.default_rng(0)
+  for shape in ((2, 8, 6, 3), (1, 3, 5, 4)):
+    x = jnp.asarray(rng.standard_normal(shape), jnp.float32)   # continuous: no ties
+    window = lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))
+    ours, ref = max_pool_2x2(x), window(x)
+    assert ours.shape == ref.shape == (shape[0], shape[1] // 2, shape[2] // 2, shape[3])
+    np.testing.assert_array_equal(ours, ref)
+    weights = jnp.asarray(rng.standard_normal(ref.shape), jnp.float32)
+    g = jax.grad(lambda x: jnp.sum(max_pool_2x2(x) * weights))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(window(x) * weights))(x)
+    np.testing.assert_array_equal(g, g_ref)
+    assert int(jnp.sum(g != 0)) == ref.size   # one input per window gets its output's gradient
