@@ -149,9 +149,10 @@ def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
 # kernels of one or two taps (the 1x1 convs, the phase-split transposed convs' 1x2 and 2x1 phases:
 # 0.84-3.1x, 11 of 17 above 1.3). For stride-1 3x3 kernels XLA's current convolution library is
 # mostly the faster (per tap 0.40-0.96x on 31 of 35 layer shapes), for 2x2 it is a draw
-# (0.72-1.41x); with both on the per-tap path the full-width SyncNet step took 1.16x and the
-# EmoGen iteration 1.10x as long. Inputs of few channels (the first layers' 3-15) and small
-# gradients (per-matmul overhead) keep XLA's too. docs/design.md "CPU speed" has the measurements.
+# (0.72-1.41x); with both on the per-tap path the full-width SyncNet step took 1.16x as long
+# (the EmoGen iteration 0.97-1.10x in three runs). Inputs of few channels (the first layers'
+# 3-15) and small gradients (per-matmul overhead) keep XLA's too. docs/design.md "CPU speed" has
+# the measurements.
 TAP_GRAD_MIN_CHANNELS = 32
 TAP_GRAD_MAX_TAPS = 9
 TAP_GRAD_MAX_STRIDE1_TAPS = 2
