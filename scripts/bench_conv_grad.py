@@ -3,7 +3,7 @@
 `models.layers` computes a convolution's weight gradient as one matmul per kernel tap wherever
 `layers._uses_tap_grad` says so (docs/design.md "CPU speed"). This benchmark checks that rule on
 the layers a training step really has: it traces the stage's step, collects every convolution
-(input shape, kernel shape, stride, padding, how many times the step uses it), and times, each on
+(input shape, kernel shape, stride, how many times the step uses it), and times, each on
 its own and the two in turn, XLA's weight gradient (autodiff of `lax.conv_general_dilated`)
 against `layers.tap_weight_grad` on random operands of those shapes. The ratio > 1 means the
 per-tap gradient is the faster one; the last column says which one the rule picks.
@@ -23,14 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def collect_convs(stage: str, size: str, batch: int, every: bool) -> dict:
-  """{(x shape, kernel shape, strides, padding): uses} of the stage's traced training step: the
+  """{(x shape, kernel shape, strides): uses} of the stage's traced training step: the
   convolutions on the per-tap rule's path, or with ``every`` all plain NHWC ones it could take."""
   import jax
-  import numpy as np
 
   import bench_train
   from emogen_jax.models import layers
-  from emogen_jax.train import stages
 
   seen: dict = {}
   uses_tap_grad = layers._uses_tap_grad
@@ -42,13 +40,8 @@ def collect_convs(stage: str, size: str, batch: int, every: bool) -> dict:
       seen[key] = seen.get(key, 0) + 1
     return chosen
 
-  config = bench_train._config(stage, size, batch)
-  if stage == "emogen":
-    config.w_sync = float(config.sync_weight)  # every loss term on, as bench_train times it
-  mod = stages.get(stage)
-  setup = mod.prepare(config, log=lambda *_: None)
-  state = mod.init_state(config, jax.random.PRNGKey(0), setup)
-  fake = mod.fake_batch(np.random.default_rng(0), config.batch_size)
+  # The step that bench_train.py times (every EmoGen loss term on).
+  mod, config, setup, state, fake = bench_train.stage_inputs(stage, size, batch=batch)
   step = mod.make_train_step(config, setup)
   layers._uses_tap_grad = record
   try:
@@ -108,8 +101,8 @@ def main(argv=None) -> int:
   convs = collect_convs(args.stage, args.size, args.batch, args.all)
   print(f"{args.stage} {args.size} (batch {args.batch or 'default'}): {len(convs)} layer shapes")
   total = {"xla": 0.0, "tap": 0.0}
-  for (x_shape, kernel_shape, strides), uses in sorted(convs.items(),
-                                                       key=lambda kv: -kv[1] * _macs(*kv[0])):
+  for (x_shape, kernel_shape, strides), uses in sorted(
+      convs.items(), key=lambda kv: -kv[1] * layers.conv_macs(*kv[0])):
     xla, tap = time_layer(x_shape, kernel_shape, strides, args.repeats)
     total["xla"] += uses * xla
     total["tap"] += uses * tap
@@ -118,11 +111,6 @@ def main(argv=None) -> int:
           f"{tap:7.2f} ms, {xla / tap:4.2f}x  (rule: {picks})", flush=True)
   print(f"summed over the step's uses: XLA {total['xla']:.1f} ms, per tap {total['tap']:.1f} ms")
   return 0
-
-
-def _macs(x_shape, kernel_shape, strides) -> int:
-  kh, kw, cin, cout = kernel_shape
-  return x_shape[0] * (x_shape[1] // strides[0]) * (x_shape[2] // strides[1]) * kh * kw * cin * cout
 
 
 if __name__ == "__main__":

@@ -106,15 +106,16 @@ def _load() -> str:
     return "n/a"
 
 
-def build(stage: str, size: str, *, batch: int | None, dtype: str, sync_on: bool = True) -> dict:
-  """Our pmapped step for one stage/size on a random batch: {"run": one step, blocking,
-  "compiled", "config", "setup", "host_state", "batch"}."""
+def stage_inputs(stage: str, size: str, *, batch: int | None, dtype: str = "float32",
+                 sync_on: bool = True):
+  """One stage/size as the benchmarks run it: (stage module, config, setup, host state, random
+  batch); the global batch a multiple of the local devices, random VGG-19 weights for the
+  full-width perceptual term, EmoGen's sync term on unless ``sync_on`` is False."""
   import jax
   import jax.numpy as jnp
   import numpy as np
   from emogen_jax.models import VGG19Features
   from emogen_jax.train import stages
-  from emogen_jax.train.state import replicate
 
   config = _config(stage, size, batch)
   config.compute_dtype = dtype
@@ -125,16 +126,28 @@ def build(stage: str, size: str, *, batch: int | None, dtype: str, sync_on: bool
   n = jax.local_device_count()
   if config.batch_size % n:
     config.batch_size = n * max(1, config.batch_size // n)
-  per_device = config.batch_size // n
   setup = mod.prepare(config, log=lambda *_: None)
   if stage == "emogen" and setup.get("use_vgg") and size == "reference":
     setup["vgg_width"] = 1.0
     setup["vgg19"] = VGG19Features().init(jax.random.PRNGKey(1), jnp.zeros((1, 96, 96, 3)))
     setup["random_init"].append("vgg19")
   host_state = mod.init_state(config, jax.random.PRNGKey(0), setup)
+  batch_np = mod.fake_batch(np.random.default_rng(0), config.batch_size)
+  return mod, config, setup, host_state, batch_np
+
+
+def build(stage: str, size: str, *, batch: int | None, dtype: str, sync_on: bool = True) -> dict:
+  """Our pmapped step for one stage/size on a random batch: {"run": one step, blocking,
+  "compiled", "config", "setup", "host_state", "batch"}."""
+  import jax
+  import numpy as np
+  from emogen_jax.train.state import replicate
+
+  mod, config, setup, host_state, batch_np = stage_inputs(stage, size, batch=batch, dtype=dtype,
+                                                          sync_on=sync_on)
+  n = jax.local_device_count()
+  per_device = config.batch_size // n
   holder = {"state": replicate(host_state)}
-  rng = np.random.default_rng(0)
-  batch_np = mod.fake_batch(rng, config.batch_size)
   sharded = {k: v.reshape((n, per_device) + v.shape[1:]) for k, v in batch_np.items()}
 
   # Donated state, as the training loop does (the step's outputs reuse the state's buffers).

@@ -160,10 +160,17 @@ TAP_GRAD_MIN_MACS = 1 << 27
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
 
-def _uses_tap_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
+def conv_macs(x_shape, kernel_shape, strides=(1, 1)) -> int:
+  """Multiply-adds of an NHWC/HWIO convolution (and of its weight gradient), output positions
+  counted as the input's size over the stride."""
   kh, kw, cin, cout = kernel_shape
   b, h, w, _ = x_shape
-  macs = b * (h // strides[0]) * (w // strides[1]) * kh * kw * cin * cout
+  return b * (h // strides[0]) * (w // strides[1]) * kh * kw * cin * cout
+
+
+def _uses_tap_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
+  kh, kw, cin, _ = kernel_shape
+  macs = conv_macs(x_shape, kernel_shape, strides)
   max_taps = TAP_GRAD_MAX_TAPS if tuple(strides) != (1, 1) else TAP_GRAD_MAX_STRIDE1_TAPS
   return (jax.default_backend() == "cpu" and cin >= TAP_GRAD_MIN_CHANNELS
           and kh * kw <= max_taps and macs >= TAP_GRAD_MIN_MACS)
