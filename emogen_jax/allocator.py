@@ -20,6 +20,8 @@ import ctypes.util
 import os
 import sys
 
+from emogen_jax import xla_cpu
+
 ENV = "EMOGEN_ALLOCATOR"
 # Libraries tried in order (names as ``ctypes.util.find_library`` takes them). jemalloc only
 # helps with page reuse switched on (its default decays freed pages back to the kernel).
@@ -65,6 +67,9 @@ def find() -> str | None:
 def use_fast_allocator() -> None:
   """Re-executes this command with a faster malloc preloaded, when one is installed and not yet
   in use; otherwise returns (nothing changes). Call it before anything else in ``__main__``."""
+  # Every entry point calls this first, before JAX starts: the one place that also picks XLA:CPU's
+  # convolution path (emogen_jax/xla_cpu.py); the re-executed process inherits it.
+  xla_cpu.use_direct_convolutions()
   if os.environ.get(_DONE) or preloaded():
     return
   lib = find()
