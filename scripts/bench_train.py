@@ -156,8 +156,9 @@ def build(stage: str, size: str, *, batch: int | None, dtype: str, sync_on: bool
   compiled = p_step.lower(holder["state"], sharded).compile()
   compile_s = time.perf_counter() - t0
 
+  # The step runs the executable compiled above: calling p_step would compile it a second time.
   def run():
-    holder["state"], m = p_step(holder["state"], sharded)
+    holder["state"], m = compiled(holder["state"], sharded)
     jax.block_until_ready(m)
     return float(np.asarray(m["loss"])[0])
 

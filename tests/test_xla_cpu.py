@@ -17,7 +17,7 @@ from tests import subprocess_env
 _PROBE = """
 from emogen_jax import allocator
 allocator.use_fast_allocator()
-import re, jax, numpy as np
+import jax, numpy as np
 from jax import lax
 rng = np.random.default_rng(0)
 x = rng.standard_normal((2, 12, 12, 32)).astype(np.float32)
