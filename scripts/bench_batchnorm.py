@@ -38,6 +38,8 @@ def main(argv=None) -> int:
   p.add_argument("--reference-batch", type=int, default=16)
   p.add_argument("--steps", type=int, default=5)
   args = p.parse_args(argv)
+  from emogen_jax.allocator import use_fast_allocator
+  use_fast_allocator()  # may re-execute this command with tcmalloc preloaded
   custom = layers.batch_norm_train
   for stage in args.stages.split(","):
     for size in args.sizes.split(","):

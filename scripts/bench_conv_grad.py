@@ -94,6 +94,8 @@ def main(argv=None) -> int:
                       "to the per-tap gradient")
   p.add_argument("--repeats", type=int, default=7)
   args = p.parse_args(argv)
+  from emogen_jax.allocator import use_fast_allocator
+  use_fast_allocator()  # may re-execute this command with tcmalloc preloaded
   if args.batch is None and args.size == "reference":
     args.batch = 2
   from emogen_jax.models import layers

@@ -12,9 +12,13 @@ XLA:CPU kernel). Each kernel's time is attributed from the compiled HLO:
   - a kernel that contains a dot: "matmul" (the dense layers, the LSTM);
   - otherwise by the source of the operation (the HLO's stack frames): BatchNorm, LSTM, the
     optimizer (optax), the losses, VGG-19; what is left is "other elementwise / copies";
-  - "outside kernels": the untraced step's wall time minus the kernels' (dispatch, argument
-    handling, host<->device transfers, waits between kernels; on a loaded machine, waits for a
-    core).
+  - "outside traced kernels": the untraced step's wall time minus the kernels' (dispatch,
+    argument handling, host<->device transfers, waits between kernels; on a loaded machine,
+    waits for a core). It also holds XLA:CPU's own (Eigen) convolutions, every convolution
+    outside a YNNPACK fusion once ``emogen_jax.xla_cpu`` leaves them out of those: such a
+    kernel hands its work to the thread pool and its trace event ends at the hand-over (the
+    whole full-width SyncNet step's 47 convolution events sum to ~26 ms), so their time is
+    not in the kernels' sum; where the step is mostly convolutions this row is mostly them.
 On more than one thread kernels can overlap; the shares are of the summed kernel time.
 """
 
@@ -263,8 +267,8 @@ def profile(stage: str, size: str, *, batch, steps: int, dtype: str, top: int = 
         per_kernel[name.split(":")[0]] += ev.duration_ns / 1e9 / steps
   busy = sum(totals.values())
   # The tracer slows the step down; the gaps are taken against the untraced step's time.
-  totals["outside kernels"] = (max(0.0, untraced - busy) if jax.devices()[0].platform == "cpu"
-                               else 0.0)
+  on_cpu = jax.devices()[0].platform == "cpu"
+  totals["outside traced kernels"] = max(0.0, untraced - busy) if on_cpu else 0.0
   return {"stage": stage, "size": size, "batch": ours["config"].batch_size,
           "width": float(ours["config"].width), "step_s": untraced, "traced_step_s": wall,
           "kernel_s": busy,

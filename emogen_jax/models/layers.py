@@ -151,8 +151,11 @@ def _batch_norm(train: bool, axis_name: str | None, dtype: Any) -> BatchNorm:
 # mostly the faster (per tap 0.40-0.96x on 31 of 35 layer shapes), for 2x2 it is a draw
 # (0.72-1.41x); with both on the per-tap path the full-width SyncNet step took 1.16x as long
 # (the EmoGen iteration 0.97-1.10x in three runs). Inputs of few channels (the first layers'
-# 3-15) and small gradients (per-matmul overhead) keep XLA's too. docs/design.md "CPU speed" has
-# the measurements.
+# 3-15) and small gradients (per-matmul overhead) keep XLA's too. Under XLA's own (Eigen)
+# convolution kernels (xla_cpu.py) the per-layer balance moved (strided 3x3s 0.69-1.31x, large
+# 1x1s 1.37-1.51x, the phases 0.77-1.08x), but keeping the per-tap gradient for the 1x1s alone
+# changed the whole steps within their spread (0.98-1.04x): the rule stays. docs/design.md "CPU
+# speed" has the measurements.
 TAP_GRAD_MIN_CHANNELS = 32
 TAP_GRAD_MAX_TAPS = 9
 TAP_GRAD_MAX_STRIDE1_TAPS = 2
@@ -174,6 +177,23 @@ def _uses_tap_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
   max_taps = TAP_GRAD_MAX_TAPS if tuple(strides) != (1, 1) else TAP_GRAD_MAX_STRIDE1_TAPS
   return (jax.default_backend() == "cpu" and cin >= TAP_GRAD_MIN_CHANNELS
           and kh * kw <= max_taps and macs >= TAP_GRAD_MIN_MACS)
+
+
+# XLA computes a strided convolution's input gradient as an lhs-dilated convolution: the output
+# gradient spread over a zero-filled grid of the input's size, most of whose products are zeros.
+# With XLA's own (Eigen) convolution kernels (xla_cpu.py) the same gradient as one stride-1 conv
+# per input phase (``phase_input_grad``) is 1.06-2.2x faster per layer wherever the output has
+# >= 64 positions per image (SyncNet's 5x5 stride-(1, 2) layer 38.8 -> 23.4 ms, the encoders'
+# 3x3 stride-2 layers down to 12x12 outputs, the audio encoders' stride (3, 1)), 0.79-0.95x on the
+# 6x6, 3x3 and 9x5 outputs. Whole full-width steps 1.02-1.03x (SyncNet, emotion disc), smoke
+# steps 1.04-1.11x, EmoGen's unchanged. docs/design.md "CPU speed" has the measurements.
+PHASE_INPUT_MIN_POSITIONS = 64
+
+
+def _uses_phase_input_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
+  _, h, w, _ = x_shape
+  return (jax.default_backend() == "cpu" and tuple(strides) != (1, 1)
+          and (h // strides[0]) * (w // strides[1]) >= PHASE_INPUT_MIN_POSITIONS)
 
 
 def tap_weight_grad(x, dy, kernel_shape, strides, padding, precision=None):
@@ -269,45 +289,73 @@ def _plain_conv(x, kernel, strides, padding, precision):
                                       precision=precision)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _conv_tap_grad(x, kernel, strides, padding, precision):
+def phase_input_grad(dy, kernel, x_shape, strides, padding, precision=None):
+  """dL/dx of ``conv2d(x, kernel, strides, padding)`` from its output gradient ``dy``, as the
+  stride-s transposed conv of ``dy`` (one stride-1 conv per output phase, ``conv_transpose``).
+
+  dy (B, H', W', Cout), kernel (kh, kw, Cin, Cout) -> (B, H, W, Cin). Input row y collects
+  dy[i] * kernel[a] for every y = i * s - top + a: a transposed conv padded by ``top`` (``left``),
+  its output padding whatever makes it H (W) rows long.
+  """
+  _, h, w, _ = x_shape
+  kh, kw = kernel.shape[:2]
+  _, ho, wo, _ = dy.shape
+  (sh, sw), ((top, _), (left, _)) = strides, padding
+  out_pad = (h - ((ho - 1) * sh - 2 * top + kh), w - ((wo - 1) * sw - 2 * left + kw))
+  return conv_transpose(dy, jnp.swapaxes(kernel, 2, 3), (sh, sw), (top, left), out_pad,
+                        precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
+def _conv_own_grad(x, kernel, strides, padding, precision, tap_weight: bool, phase_input: bool):
+  """lax's convolution whose backward pass takes the per-tap weight gradient (``tap_weight``)
+  and / or the per-phase input gradient (``phase_input``) instead of XLA's."""
   return _plain_conv(x, kernel, strides, padding, precision)
 
 
-def _conv_tap_grad_fwd(x, kernel, strides, padding, precision):
+def _conv_own_grad_fwd(x, kernel, strides, padding, precision, tap_weight, phase_input):
   return _plain_conv(x, kernel, strides, padding, precision), (x, kernel)
 
 
-def _conv_tap_grad_bwd(strides, padding, precision, res, dy):
+def _conv_own_grad_bwd(strides, padding, precision, tap_weight, phase_input, res, dy):
   x, kernel = res
-  dx = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding, precision), x)[1](dy)[0]
-  dk = tap_weight_grad(x, dy, kernel.shape, strides, padding, precision).astype(kernel.dtype)
+  if phase_input:
+    dx = phase_input_grad(dy, kernel, x.shape, strides, padding, precision).astype(x.dtype)
+  else:
+    dx = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding, precision), x)[1](dy)[0]
+  if tap_weight:
+    dk = tap_weight_grad(x, dy, kernel.shape, strides, padding, precision).astype(kernel.dtype)
+  else:
+    dk = jax.vjp(lambda k_: _plain_conv(x, k_, strides, padding, precision), kernel)[1](dy)[0]
   return dx, dk
 
 
-_conv_tap_grad.defvjp(_conv_tap_grad_fwd, _conv_tap_grad_bwd)
+_conv_own_grad.defvjp(_conv_own_grad_fwd, _conv_own_grad_bwd)
 
 
 def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
            dimension_numbers=None, feature_group_count=1, precision=None):
   """``jax.lax.conv_general_dilated`` for NHWC/HWIO convolutions: on the CPU, the FFT form above
   for large kernels with few outputs (``_uses_fft``; equal to lax's to float32 rounding), else
-  lax's forward bit for bit, with the per-tap weight gradient above where it is the faster one
-  (``_uses_tap_grad``). Signature of ``lax.conv_general_dilated``, so that
-  ``nn.Conv(conv_general_dilated=conv2d)`` uses it; dilated, grouped and other layouts go to lax
-  unchanged."""
+  lax's forward bit for bit, with the per-tap weight gradient (``_uses_tap_grad``) and the
+  per-phase input gradient (``_uses_phase_input_grad``) where they are the faster ones. Signature
+  of ``lax.conv_general_dilated``, so that ``nn.Conv(conv_general_dilated=conv2d)`` uses it;
+  dilated, grouped and other layouts go to lax unchanged."""
   plain = ((lhs_dilation is None or all(d == 1 for d in lhs_dilation))
            and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
            and feature_group_count == 1 and not isinstance(padding, str)
            and _is_nhwc(dimension_numbers, lhs.ndim))
   if plain and _uses_fft(rhs.shape, tuple(window_strides)):
     return fft_conv2d(lhs, rhs, tuple((int(lo), int(hi)) for lo, hi in padding))
-  if not (plain and _uses_tap_grad(lhs.shape, rhs.shape, tuple(window_strides))):
+  strides = tuple(int(s) for s in window_strides)
+  tap_weight = plain and _uses_tap_grad(lhs.shape, rhs.shape, strides)
+  phase_input = plain and _uses_phase_input_grad(lhs.shape, rhs.shape, strides)
+  if not (tap_weight or phase_input):
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv_tap_grad(lhs, rhs, tuple(int(s) for s in window_strides), pads, precision)
+  return _conv_own_grad(lhs, rhs, strides, pads, precision, tap_weight, phase_input)
 
 
 def _is_nhwc(dimension_numbers, ndim: int) -> bool:

@@ -3,10 +3,15 @@ per-tap weight gradient (used on the CPU for inputs of >= 32 channels, strided k
 and stride-1 kernels of <= 2 taps) equal to autodiff of lax's convolution, and to PyTorch's, for
 every stride/padding the models use (the per-tap form itself for any kernel size);
 the layers that carry it (ConvBN, the phase-split transposed conv, the emotion disc) pick it up.
-The FFT form of the large-kernel, few-output first layers (CPU only) equals lax's and PyTorch's
-convolution, forward and both gradients, to float32 rounding, and is chosen only there."""
+The per-phase input gradient of strided convolutions (CPU, outputs of >= 64 positions) equals
+autodiff of lax's and PyTorch's input gradient to float32 rounding for every stride/padding the
+models use, one-sided paddings included. The FFT form of the large-kernel, few-output first
+layers (CPU only) equals lax's and PyTorch's convolution, forward and both gradients, to float32
+rounding, and is chosen only there."""
 
 from __future__ import annotations
+
+import re
 
 import jax
 import jax.numpy as jnp
@@ -115,6 +120,74 @@ def test_small_gradients_keep_lax(monkeypatch):
   assert not tap_grad(10, 6, 256, 256, s=2)  # 53 M
   assert tap_grad(10, 12, 256, 256, s=2)  # 0.21 G
   # cuDNN's weight gradient is left alone on accelerators
+
+
+# (batch, H, W, Cin, Cout, kernel, stride, padding): SyncNet's 5x5 stride-(1, 2) face layer, the
+# encoders' 3x3 stride 2, the audio encoders' stride (3, 1) / (3, 3) / (3, 2), one-sided and
+# uneven paddings, an even kernel.
+PHASE_CASES = [(2, 16, 24, 5, 7, (5, 5), (1, 2), ((2, 2), (2, 2))),
+               (2, 17, 18, 6, 8, (3, 3), (2, 2), ((1, 1), (1, 1))),
+               (2, 23, 24, 4, 8, (3, 3), (2, 2), ((0, 1), (1, 0))),
+               (3, 40, 16, 3, 5, (3, 3), (3, 1), ((1, 1), (1, 1))),
+               (2, 27, 24, 3, 4, (3, 3), (3, 3), ((1, 1), (1, 1))),
+               (1, 27, 18, 3, 4, (3, 3), (3, 2), ((1, 1), (1, 1))),
+               (2, 20, 20, 3, 2, (4, 4), (2, 2), ((1, 2), (2, 1)))]
+
+
+@pytest.mark.parametrize("b,h,w,cin,cout,k,s,pad", PHASE_CASES)
+def test_phase_input_gradient_matches_autodiff_of_lax(b, h, w, cin, cout, k, s, pad):
+  assert layers._uses_phase_input_grad((b, h, w, cin), k + (cin, cout), s)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.standard_normal((b, h, w, cin)), jnp.float32)
+  kern = jnp.asarray(rng.standard_normal(k + (cin, cout)) / np.sqrt(k[0] * k[1] * cin), jnp.float32)
+  conv = lambda x, k_: conv2d(x, k_, s, pad, dimension_numbers=NHWC)
+  lax_conv = lambda x, k_: jax.lax.conv_general_dilated(x, k_, s, pad, dimension_numbers=NHWC)
+  y, vjp = jax.vjp(conv, x, kern)
+  y_lax, vjp_lax = jax.vjp(lax_conv, x, kern)
+  np.testing.assert_array_equal(y, y_lax)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  (dx, dk), (dx_lax, dk_lax) = vjp(dy), vjp_lax(dy)
+  _close(dx, dx_lax)
+  np.testing.assert_array_equal(dk, dk_lax)  # few channels: the weight gradient is lax's own
+  np.testing.assert_array_equal(dx, layers.phase_input_grad(dy, kern, x.shape, s, pad))
+
+
+def test_phase_input_gradient_matches_pytorch():
+  torch = pytest.importorskip("torch")
+  b, h, w, cin, cout, k, s, pad = PHASE_CASES[0]
+  rng = np.random.default_rng(5)
+  x = rng.standard_normal((b, h, w, cin)).astype(np.float32)
+  kern = (rng.standard_normal(k + (cin, cout)) / 10).astype(np.float32)
+  y, vjp = jax.vjp(lambda x_: conv2d(x_, jnp.asarray(kern), s, pad, dimension_numbers=NHWC),
+                   jnp.asarray(x))
+  dy = rng.standard_normal(y.shape).astype(np.float32)
+  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
+  yt = torch.nn.functional.conv2d(xt, torch.tensor(kern).permute(3, 2, 0, 1), stride=s,
+                                  padding=(pad[0][0], pad[1][0]))
+  yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+  _close(vjp(jnp.asarray(dy))[0], xt.grad.permute(0, 2, 3, 1).numpy())
+
+
+def test_which_convolutions_take_the_phase_input_gradient(monkeypatch):
+  """Strided convolutions with >= PHASE_INPUT_MIN_POSITIONS output positions per image (the
+  encoders' layers down to 12x12 -> 6x6 no longer; SyncNet's 5x5 (1, 2) and audio (3, 1)
+  layers); stride 1 never; no accelerator."""
+  def phase(h, w, s, k=(3, 3)):
+    x = jax.ShapeDtypeStruct((2, h, w, 8), jnp.float32)
+    kern = jax.ShapeDtypeStruct(k + (8, 8), jnp.float32)
+    pad = tuple((kk // 2, kk // 2) for kk in k)
+    grad = jax.grad(lambda x, k_: jnp.sum(conv2d(x, k_, s, pad, dimension_numbers=NHWC)))
+    jaxpr = str(jax.make_jaxpr(grad)(x, kern))
+    dilations = set(re.findall(r"lhs_dilation=\((\d+), (\d+)\)", jaxpr))
+    assert dilations, "no convolution in the gradient"
+    return dilations == {("1", "1")}  # XLA's own input gradient is an lhs-dilated convolution
+  assert phase(48, 96, (1, 2), (5, 5)) and phase(46, 47, (2, 2)) and phase(80, 16, (3, 1))
+  assert phase(23, 24, (2, 2))                      # 12 x 12 outputs
+  assert not phase(12, 12, (2, 2))                  # 6 x 6
+  assert not phase(27, 16, (3, 3))                  # 9 x 5
+  assert not layers._uses_phase_input_grad((2, 48, 48, 8), (3, 3, 8, 8), (1, 1))
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  assert not phase(46, 47, (2, 2))
 
 
 def test_transposed_conv_layer_uses_it_and_matches_lax(monkeypatch):
