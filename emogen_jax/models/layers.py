@@ -190,10 +190,31 @@ def _uses_tap_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
 PHASE_INPUT_MIN_POSITIONS = 64
 
 
-def _uses_phase_input_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
+# The input gradient of a stride-1 convolution starts with a reversed, in/out-swapped copy of the
+# kernel, slow for the large kernels of the small images (3x3 512 -> 512: ~5.7 ms inside a step).
+# ``gemm_input_grad`` reads the kernel as stored instead: per layer 1.28-2.9x faster on 6x6 and
+# smaller images of >= 256 channels (4.5-9.6x on 3x3 and 1x1 images, where XLA's convolution is
+# weakest), 0.53-0.97x from 9x6 / 12x12 up. docs/design.md "CPU speed" has the measurements.
+GEMM_INPUT_MAX_POSITIONS = 36
+GEMM_INPUT_MIN_CHANNELS = 256
+
+
+def _input_grad_kind(x_shape, kernel_shape, strides=(1, 1)) -> str:
+  """Which input gradient ``conv2d`` takes: "phase", "gemm" or "xla" (XLA's own)."""
   _, h, w, _ = x_shape
-  return (jax.default_backend() == "cpu" and tuple(strides) != (1, 1)
-          and (h // strides[0]) * (w // strides[1]) >= PHASE_INPUT_MIN_POSITIONS)
+  kh, kw, cin, _ = kernel_shape
+  if jax.default_backend() != "cpu":
+    return "xla"
+  if tuple(strides) != (1, 1):
+    positions = (h // strides[0]) * (w // strides[1])
+    return "phase" if positions >= PHASE_INPUT_MIN_POSITIONS else "xla"
+  if kh * kw > 1 and h * w <= GEMM_INPUT_MAX_POSITIONS and cin >= GEMM_INPUT_MIN_CHANNELS:
+    return "gemm"
+  return "xla"
+
+
+def _uses_phase_input_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
+  return _input_grad_kind(x_shape, kernel_shape, strides) == "phase"
 
 
 def tap_weight_grad(x, dy, kernel_shape, strides, padding, precision=None):
@@ -306,21 +327,49 @@ def phase_input_grad(dy, kernel, x_shape, strides, padding, precision=None):
                         precision=precision)
 
 
+def gemm_input_grad(dy, kernel, x_shape, padding, precision=None):
+  """dL/dx of a stride-1 ``conv2d(x, kernel, (1, 1), padding)`` from its output gradient ``dy``,
+  as ONE matmul of dy with the kernel as stored, then a sum of shifted slices (col2im).
+
+  dy (B, H', W', Cout) @ kernel (kh*kw*Cin, Cout)^T -> (B, H', W', kh, kw, Cin); input row
+  y + i, column x + j collects tap (i, j)'s slice at (y, x). No reversed, transposed copy of the
+  kernel (which is what XLA's input gradient starts with), at kh*kw times the output gradient's
+  size in between: for small images with many channels.
+  """
+  kh, kw, cin, cout = kernel.shape
+  b, ho, wo, _ = dy.shape
+  _, h, w, _ = x_shape
+  (pt, pb), (pl, pr) = padding
+  hp, wp = h + pt + pb, w + pl + pr
+  g = jax.lax.dot_general(dy.reshape(-1, cout), kernel.reshape(kh * kw * cin, cout),
+                          (((1,), (1,)), ((), ())), precision=precision,
+                          preferred_element_type=jnp.float32)
+  g = g.reshape(b, ho, wo, kh, kw, cin)
+  dxp = sum(jnp.pad(g[:, :, :, i, j], ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
+            for i in range(kh) for j in range(kw))
+  return dxp[:, pt:pt + h, pl:pl + w].astype(dy.dtype)
+
+
+_INPUT_GRADS = {"phase": phase_input_grad, "gemm": lambda dy, k, xs, s, pad, prec:
+                gemm_input_grad(dy, k, xs, pad, prec)}
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
-def _conv_own_grad(x, kernel, strides, padding, precision, tap_weight: bool, phase_input: bool):
+def _conv_own_grad(x, kernel, strides, padding, precision, tap_weight: bool, input_grad: str):
   """lax's convolution whose backward pass takes the per-tap weight gradient (``tap_weight``)
-  and / or the per-phase input gradient (``phase_input``) instead of XLA's."""
+  and / or another input gradient (``input_grad``: "phase", "gemm"; "xla" for XLA's own)."""
   return _plain_conv(x, kernel, strides, padding, precision)
 
 
-def _conv_own_grad_fwd(x, kernel, strides, padding, precision, tap_weight, phase_input):
+def _conv_own_grad_fwd(x, kernel, strides, padding, precision, tap_weight, input_grad):
   return _plain_conv(x, kernel, strides, padding, precision), (x, kernel)
 
 
-def _conv_own_grad_bwd(strides, padding, precision, tap_weight, phase_input, res, dy):
+def _conv_own_grad_bwd(strides, padding, precision, tap_weight, input_grad, res, dy):
   x, kernel = res
-  if phase_input:
-    dx = phase_input_grad(dy, kernel, x.shape, strides, padding, precision).astype(x.dtype)
+  if input_grad in _INPUT_GRADS:
+    dx = _INPUT_GRADS[input_grad](dy, kernel, x.shape, strides, padding, precision)
+    dx = dx.astype(x.dtype)
   else:
     dx = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding, precision), x)[1](dy)[0]
   if tap_weight:
@@ -349,13 +398,13 @@ def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=No
     return fft_conv2d(lhs, rhs, tuple((int(lo), int(hi)) for lo, hi in padding))
   strides = tuple(int(s) for s in window_strides)
   tap_weight = plain and _uses_tap_grad(lhs.shape, rhs.shape, strides)
-  phase_input = plain and _uses_phase_input_grad(lhs.shape, rhs.shape, strides)
-  if not (tap_weight or phase_input):
+  input_grad = _input_grad_kind(lhs.shape, rhs.shape, strides) if plain else "xla"
+  if not tap_weight and input_grad == "xla":
     return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         precision=precision)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
-  return _conv_own_grad(lhs, rhs, strides, pads, precision, tap_weight, phase_input)
+  return _conv_own_grad(lhs, rhs, strides, pads, precision, tap_weight, input_grad)
 
 
 def _is_nhwc(dimension_numbers, ndim: int) -> bool:

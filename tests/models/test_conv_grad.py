@@ -5,7 +5,8 @@ every stride/padding the models use (the per-tap form itself for any kernel size
 the layers that carry it (ConvBN, the phase-split transposed conv, the emotion disc) pick it up.
 The per-phase input gradient of strided convolutions (CPU, outputs of >= 64 positions) equals
 autodiff of lax's and PyTorch's input gradient to float32 rounding for every stride/padding the
-models use, one-sided paddings included. The FFT form of the large-kernel, few-output first
+models use, one-sided paddings included; so does the one-matmul input gradient of the stride-1
+layers on small images of many channels. The FFT form of the large-kernel, few-output first
 layers (CPU only) equals lax's and PyTorch's convolution, forward and both gradients, to float32
 rounding, and is chosen only there."""
 
@@ -188,6 +189,74 @@ def test_which_convolutions_take_the_phase_input_gradient(monkeypatch):
   assert not layers._uses_phase_input_grad((2, 48, 48, 8), (3, 3, 8, 8), (1, 1))
   monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
   assert not phase(46, 47, (2, 2))
+
+
+# (batch, H, W, Cin, Cout, kernel, padding): the small images of the deep layers, 3x3 and the
+# decoder phases' 2x2 with one-sided padding, a 1x1 image under a 3x3 kernel, uneven padding.
+GEMM_CASES = [(2, 6, 6, 256, 8, (3, 3), ((1, 1), (1, 1))),
+              (3, 3, 3, 256, 6, (2, 2), ((0, 1), (0, 1))),
+              (2, 1, 1, 300, 5, (3, 3), ((1, 1), (1, 1))),
+              (2, 5, 6, 256, 4, (3, 3), ((0, 2), (1, 0)))]
+
+
+@pytest.mark.parametrize("b,h,w,cin,cout,k,pad", GEMM_CASES)
+def test_gemm_input_gradient_matches_autodiff_of_lax(b, h, w, cin, cout, k, pad):
+  assert layers._input_grad_kind((b, h, w, cin), k + (cin, cout)) == "gemm"
+  rng = np.random.default_rng(6)
+  x = jnp.asarray(rng.standard_normal((b, h, w, cin)), jnp.float32)
+  kern = jnp.asarray(rng.standard_normal(k + (cin, cout)) / np.sqrt(k[0] * k[1] * cin), jnp.float32)
+  conv = lambda x, k_: conv2d(x, k_, (1, 1), pad, dimension_numbers=NHWC)
+  lax_conv = lambda x, k_: jax.lax.conv_general_dilated(x, k_, (1, 1), pad, dimension_numbers=NHWC)
+  y, vjp = jax.vjp(conv, x, kern)
+  y_lax, vjp_lax = jax.vjp(lax_conv, x, kern)
+  np.testing.assert_array_equal(y, y_lax)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  (dx, dk), (dx_lax, dk_lax) = vjp(dy), vjp_lax(dy)
+  _close(dx, dx_lax)
+  np.testing.assert_array_equal(dk, dk_lax)  # stride-1 3x3 / 2x2: the weight gradient is lax's
+  np.testing.assert_array_equal(dx, layers.gemm_input_grad(dy, kern, x.shape, pad))
+
+
+def test_gemm_input_gradient_matches_pytorch():
+  torch = pytest.importorskip("torch")
+  b, h, w, cin, cout, k, pad = GEMM_CASES[0]
+  rng = np.random.default_rng(7)
+  x = rng.standard_normal((b, h, w, cin)).astype(np.float32)
+  kern = (rng.standard_normal(k + (cin, cout)) / 30).astype(np.float32)
+  y, vjp = jax.vjp(lambda x_: conv2d(x_, jnp.asarray(kern), (1, 1), pad, dimension_numbers=NHWC),
+                   jnp.asarray(x))
+  dy = rng.standard_normal(y.shape).astype(np.float32)
+  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
+  yt = torch.nn.functional.conv2d(xt, torch.tensor(kern).permute(3, 2, 0, 1), padding=1)
+  yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
+  _close(vjp(jnp.asarray(dy))[0], xt.grad.permute(0, 2, 3, 1).numpy())
+
+
+def test_which_convolutions_take_the_gemm_input_gradient(monkeypatch):
+  """Stride-1 kernels of >= 2 taps over >= 256 input channels on images of <= 36 positions (the
+  6x6, 3x3 and 1x1 layers of the full-width encoders, VGG-19's last block, the decoder's first
+  phases); larger images, fewer channels, 1x1 kernels, strided layers and accelerators keep
+  their own. The gradient itself: a matmul in the jaxpr, and no reversed kernel."""
+  kind = layers._input_grad_kind
+  assert kind((16, 6, 6, 512), (3, 3, 512, 512)) == "gemm"
+  assert kind((10, 3, 3, 1024), (2, 2, 1024, 512)) == "gemm"
+  assert kind((10, 1, 1, 1024), (3, 3, 1024, 512)) == "gemm"
+  assert kind((16, 9, 6, 128), (3, 3, 128, 128)) == "xla"       # 54 positions, 128 channels
+  assert kind((10, 12, 12, 512), (3, 3, 512, 512)) == "xla"     # 144 positions
+  assert kind((10, 6, 6, 128), (3, 3, 128, 128)) == "xla"       # 128 channels
+  assert kind((10, 6, 6, 512), (1, 1, 512, 512)) == "xla"       # one tap: no kernel reversal
+  assert kind((10, 24, 24, 256), (3, 3, 256, 512), (2, 2)) == "phase"
+  assert kind((10, 6, 6, 512), (3, 3, 512, 512), (2, 2)) == "xla"
+  def input_grad_jaxpr():  # a new function each time: jax caches traces per function
+    x = jax.ShapeDtypeStruct((2, 6, 6, 256), jnp.float32)
+    k = jax.ShapeDtypeStruct((3, 3, 256, 8), jnp.float32)
+    grad = jax.grad(lambda x, k_: jnp.sum(conv2d(x, k_, (1, 1), ((1, 1), (1, 1)),
+                                                  dimension_numbers=NHWC)))
+    return str(jax.make_jaxpr(grad)(x, k))
+  assert "dot_general" in input_grad_jaxpr() and " rev[" not in input_grad_jaxpr()
+  monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
+  assert kind((16, 6, 6, 512), (3, 3, 512, 512)) == "xla"
+  assert "dot_general" not in input_grad_jaxpr() and " rev[" in input_grad_jaxpr()
 
 
 def test_transposed_conv_layer_uses_it_and_matches_lax(monkeypatch):
