@@ -135,12 +135,33 @@ PHASE_CASES = [(2, 16, 24, 5, 7, (5, 5), (1, 2), ((2, 2), (2, 2))),
                (2, 20, 20, 3, 2, (4, 4), (2, 2), ((1, 2), (2, 1)))]
 
 
-@pytest.mark.parametrize("b,h,w,cin,cout,k,s,pad", PHASE_CASES)
-def test_phase_input_gradient_matches_autodiff_of_lax(b, h, w, cin, cout, k, s, pad):
-  assert layers._uses_phase_input_grad((b, h, w, cin), k + (cin, cout), s)
-  rng = np.random.default_rng(4)
+# (batch, H, W, Cin, Cout, kernel, padding): the small images of the deep layers, 3x3 and the
+# decoder phases' 2x2 with one-sided padding, a 1x1 image under a 3x3 kernel, uneven padding.
+GEMM_CASES = [(2, 6, 6, 256, 8, (3, 3), ((1, 1), (1, 1))),
+              (3, 3, 3, 256, 6, (2, 2), ((0, 1), (0, 1))),
+              (2, 1, 1, 300, 5, (3, 3), ((1, 1), (1, 1))),
+              (2, 5, 6, 256, 4, (3, 3), ((0, 2), (1, 0)))]
+
+
+# Every input-gradient case as (kind, batch, H, W, Cin, Cout, kernel, stride, padding).
+INPUT_GRAD_CASES = ([("phase",) + c for c in PHASE_CASES]
+                    + [("gemm", b, h, w, cin, cout, k, (1, 1), pad)
+                       for b, h, w, cin, cout, k, pad in GEMM_CASES])
+
+
+def _input_grad_case(b, h, w, cin, cout, k, seed):
+  rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((b, h, w, cin)), jnp.float32)
   kern = jnp.asarray(rng.standard_normal(k + (cin, cout)) / np.sqrt(k[0] * k[1] * cin), jnp.float32)
+  return rng, x, kern
+
+
+@pytest.mark.parametrize("kind,b,h,w,cin,cout,k,s,pad", INPUT_GRAD_CASES)
+def test_input_gradient_matches_autodiff_of_lax(kind, b, h, w, cin, cout, k, s, pad):
+  """The forward is lax's, bit for bit; the weight gradient lax's own (these layers' channels
+  and kernels keep it); the input gradient the chosen form's, equal to lax's to rounding."""
+  assert layers._input_grad_kind((b, h, w, cin), k + (cin, cout), s) == kind
+  rng, x, kern = _input_grad_case(b, h, w, cin, cout, k, seed=4)
   conv = lambda x, k_: conv2d(x, k_, s, pad, dimension_numbers=NHWC)
   lax_conv = lambda x, k_: jax.lax.conv_general_dilated(x, k_, s, pad, dimension_numbers=NHWC)
   y, vjp = jax.vjp(conv, x, kern)
@@ -149,22 +170,23 @@ def test_phase_input_gradient_matches_autodiff_of_lax(b, h, w, cin, cout, k, s, 
   dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   (dx, dk), (dx_lax, dk_lax) = vjp(dy), vjp_lax(dy)
   _close(dx, dx_lax)
-  np.testing.assert_array_equal(dk, dk_lax)  # few channels: the weight gradient is lax's own
-  np.testing.assert_array_equal(dx, layers.phase_input_grad(dy, kern, x.shape, s, pad))
+  np.testing.assert_array_equal(dk, dk_lax)
+  own = (layers.phase_input_grad(dy, kern, x.shape, s, pad) if kind == "phase"
+         else layers.gemm_input_grad(dy, kern, x.shape, pad))
+  np.testing.assert_array_equal(dx, own)
 
 
-def test_phase_input_gradient_matches_pytorch():
+@pytest.mark.parametrize("case", [INPUT_GRAD_CASES[0], INPUT_GRAD_CASES[len(PHASE_CASES)]],
+                         ids=["phase", "gemm"])
+def test_input_gradient_matches_pytorch(case):
   torch = pytest.importorskip("torch")
-  b, h, w, cin, cout, k, s, pad = PHASE_CASES[0]
-  rng = np.random.default_rng(5)
-  x = rng.standard_normal((b, h, w, cin)).astype(np.float32)
-  kern = (rng.standard_normal(k + (cin, cout)) / 10).astype(np.float32)
-  y, vjp = jax.vjp(lambda x_: conv2d(x_, jnp.asarray(kern), s, pad, dimension_numbers=NHWC),
-                   jnp.asarray(x))
+  _, b, h, w, cin, cout, k, s, pad = case
+  rng, x, kern = _input_grad_case(b, h, w, cin, cout, k, seed=5)
+  y, vjp = jax.vjp(lambda x_: conv2d(x_, kern, s, pad, dimension_numbers=NHWC), x)
   dy = rng.standard_normal(y.shape).astype(np.float32)
-  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
-  yt = torch.nn.functional.conv2d(xt, torch.tensor(kern).permute(3, 2, 0, 1), stride=s,
-                                  padding=(pad[0][0], pad[1][0]))
+  xt = torch.tensor(np.asarray(x)).permute(0, 3, 1, 2).requires_grad_(True)
+  yt = torch.nn.functional.conv2d(xt, torch.tensor(np.asarray(kern)).permute(3, 2, 0, 1),
+                                  stride=s, padding=(pad[0][0], pad[1][0]))
   yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
   _close(vjp(jnp.asarray(dy))[0], xt.grad.permute(0, 2, 3, 1).numpy())
 
@@ -189,47 +211,6 @@ def test_which_convolutions_take_the_phase_input_gradient(monkeypatch):
   assert not layers._uses_phase_input_grad((2, 48, 48, 8), (3, 3, 8, 8), (1, 1))
   monkeypatch.setattr(layers.jax, "default_backend", lambda: "gpu")
   assert not phase(46, 47, (2, 2))
-
-
-# (batch, H, W, Cin, Cout, kernel, padding): the small images of the deep layers, 3x3 and the
-# decoder phases' 2x2 with one-sided padding, a 1x1 image under a 3x3 kernel, uneven padding.
-GEMM_CASES = [(2, 6, 6, 256, 8, (3, 3), ((1, 1), (1, 1))),
-              (3, 3, 3, 256, 6, (2, 2), ((0, 1), (0, 1))),
-              (2, 1, 1, 300, 5, (3, 3), ((1, 1), (1, 1))),
-              (2, 5, 6, 256, 4, (3, 3), ((0, 2), (1, 0)))]
-
-
-@pytest.mark.parametrize("b,h,w,cin,cout,k,pad", GEMM_CASES)
-def test_gemm_input_gradient_matches_autodiff_of_lax(b, h, w, cin, cout, k, pad):
-  assert layers._input_grad_kind((b, h, w, cin), k + (cin, cout)) == "gemm"
-  rng = np.random.default_rng(6)
-  x = jnp.asarray(rng.standard_normal((b, h, w, cin)), jnp.float32)
-  kern = jnp.asarray(rng.standard_normal(k + (cin, cout)) / np.sqrt(k[0] * k[1] * cin), jnp.float32)
-  conv = lambda x, k_: conv2d(x, k_, (1, 1), pad, dimension_numbers=NHWC)
-  lax_conv = lambda x, k_: jax.lax.conv_general_dilated(x, k_, (1, 1), pad, dimension_numbers=NHWC)
-  y, vjp = jax.vjp(conv, x, kern)
-  y_lax, vjp_lax = jax.vjp(lax_conv, x, kern)
-  np.testing.assert_array_equal(y, y_lax)
-  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
-  (dx, dk), (dx_lax, dk_lax) = vjp(dy), vjp_lax(dy)
-  _close(dx, dx_lax)
-  np.testing.assert_array_equal(dk, dk_lax)  # stride-1 3x3 / 2x2: the weight gradient is lax's
-  np.testing.assert_array_equal(dx, layers.gemm_input_grad(dy, kern, x.shape, pad))
-
-
-def test_gemm_input_gradient_matches_pytorch():
-  torch = pytest.importorskip("torch")
-  b, h, w, cin, cout, k, pad = GEMM_CASES[0]
-  rng = np.random.default_rng(7)
-  x = rng.standard_normal((b, h, w, cin)).astype(np.float32)
-  kern = (rng.standard_normal(k + (cin, cout)) / 30).astype(np.float32)
-  y, vjp = jax.vjp(lambda x_: conv2d(x_, jnp.asarray(kern), (1, 1), pad, dimension_numbers=NHWC),
-                   jnp.asarray(x))
-  dy = rng.standard_normal(y.shape).astype(np.float32)
-  xt = torch.tensor(x).permute(0, 3, 1, 2).requires_grad_(True)
-  yt = torch.nn.functional.conv2d(xt, torch.tensor(kern).permute(3, 2, 0, 1), padding=1)
-  yt.backward(torch.tensor(dy).permute(0, 3, 1, 2))
-  _close(vjp(jnp.asarray(dy))[0], xt.grad.permute(0, 2, 3, 1).numpy())
 
 
 def test_which_convolutions_take_the_gemm_input_gradient(monkeypatch):
