@@ -37,13 +37,16 @@ def test_variants_are_built_and_timed_in_turn():
   assert proc.stdout.count("round ") == 2
 
 
-@pytest.mark.parametrize("variant, words", [
-    ("no colon", "write it as 'NAME: CONST=VALUE"),
-    ("x: NOT_A_RULE=1", "'NOT_A_RULE=1' is not CONST=VALUE"),
-    ("x: PHASE_INPUT_MIN_POSITIONS=many", "'many' is not an integer expression"),
+@pytest.mark.parametrize("args, words", [
+    (["--variant", "no colon"], "write it as 'NAME: CONST=VALUE"),
+    (["--variant", "x: NOT_A_RULE=1"], "'NOT_A_RULE=1' is not CONST=VALUE"),
+    (["--variant", "x: PHASE_INPUT_MIN_POSITIONS=many"], "'many' is not an integer expression"),
+    (["--variant", "x:", "--variant", "x: GEMM_INPUT_MIN_CHANNELS=1"], "its own name"),
+    (["--variant", "x:", "--rounds", "0"], "--rounds and --steps must be at least 1"),
+    (["--variant", "x:", "--stage", "syncnet", "--sync-off"], "--sync-off only changes the emogen"),
 ])
-def test_bad_variants_are_one_line_errors(variant, words):
-  proc = _run("--variant", variant, timeout=120)
+def test_bad_settings_are_one_line_errors(args, words):
+  proc = _run(*args, timeout=120)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
   assert "error: " in lines[-1] and words in lines[-1], lines[-3:]

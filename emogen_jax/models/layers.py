@@ -213,10 +213,6 @@ def _input_grad_kind(x_shape, kernel_shape, strides=(1, 1)) -> str:
   return "xla"
 
 
-def _uses_phase_input_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
-  return _input_grad_kind(x_shape, kernel_shape, strides) == "phase"
-
-
 def tap_weight_grad(x, dy, kernel_shape, strides, padding, precision=None):
   """dL/dkernel of ``conv2d(x, kernel, strides, padding)`` from its output gradient ``dy``.
 
@@ -350,10 +346,6 @@ def gemm_input_grad(dy, kernel, x_shape, padding, precision=None):
   return dxp[:, pt:pt + h, pl:pl + w].astype(dy.dtype)
 
 
-_INPUT_GRADS = {"phase": phase_input_grad, "gemm": lambda dy, k, xs, s, pad, prec:
-                gemm_input_grad(dy, k, xs, pad, prec)}
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv_own_grad(x, kernel, strides, padding, precision, tap_weight: bool, input_grad: str):
   """lax's convolution whose backward pass takes the per-tap weight gradient (``tap_weight``)
@@ -367,9 +359,10 @@ def _conv_own_grad_fwd(x, kernel, strides, padding, precision, tap_weight, input
 
 def _conv_own_grad_bwd(strides, padding, precision, tap_weight, input_grad, res, dy):
   x, kernel = res
-  if input_grad in _INPUT_GRADS:
-    dx = _INPUT_GRADS[input_grad](dy, kernel, x.shape, strides, padding, precision)
-    dx = dx.astype(x.dtype)
+  if input_grad == "phase":
+    dx = phase_input_grad(dy, kernel, x.shape, strides, padding, precision).astype(x.dtype)
+  elif input_grad == "gemm":
+    dx = gemm_input_grad(dy, kernel, x.shape, padding, precision).astype(x.dtype)
   else:
     dx = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding, precision), x)[1](dy)[0]
   if tap_weight:
@@ -387,9 +380,9 @@ def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=No
   """``jax.lax.conv_general_dilated`` for NHWC/HWIO convolutions: on the CPU, the FFT form above
   for large kernels with few outputs (``_uses_fft``; equal to lax's to float32 rounding), else
   lax's forward bit for bit, with the per-tap weight gradient (``_uses_tap_grad``) and the
-  per-phase input gradient (``_uses_phase_input_grad``) where they are the faster ones. Signature
-  of ``lax.conv_general_dilated``, so that ``nn.Conv(conv_general_dilated=conv2d)`` uses it;
-  dilated, grouped and other layouts go to lax unchanged."""
+  per-phase or one-matmul input gradient (``_input_grad_kind``) where they are the faster ones.
+  Signature of ``lax.conv_general_dilated``, so that ``nn.Conv(conv_general_dilated=conv2d)``
+  uses it; dilated, grouped and other layouts go to lax unchanged."""
   plain = ((lhs_dilation is None or all(d == 1 for d in lhs_dilation))
            and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
            and feature_group_count == 1 and not isinstance(padding, str)
