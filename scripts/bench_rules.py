@@ -1,13 +1,16 @@
-"""A training step under different settings of `models.layers`' convolution rules, timed in turn.
+"""A training step under different settings of its speed rules, timed in turn.
 
   python scripts/bench_rules.py --stage syncnet --size reference --batch 16 \
       --variant "before: PHASE_INPUT_MIN_POSITIONS=10**9" --variant "now:"
   python scripts/bench_rules.py --stage emogen --size smoke --batch 8 --sync-off \
       --variant "xla weight grads: TAP_GRAD_MIN_CHANNELS=10**9" --variant "now:" --rounds 6
+  python scripts/bench_rules.py --stage emotion_disc --size reference --batch 4 \
+      --variant "donated: DONATE_STATE_ON_CPU=1" --variant "now:" --rounds 20
 
 `models.layers` picks, per convolution and at trace time, which gradient form it uses (the
 per-tap weight gradient, the per-phase and one-matmul input gradients, the FFT first layers) by
-module constants. Each ``--variant "NAME: CONST=VALUE, ..."`` sets some of them (the others keep
+module constants; `train.stages.base.DONATE_STATE_ON_CPU` says whether the CPU step donates its
+state. Each ``--variant "NAME: CONST=VALUE, ..."`` sets some of them (the others keep
 their defaults; an integer expression such as ``10**9`` switches a rule off), then builds the
 stage's step exactly as `scripts/bench_train.py` does, from the same initial state and batch.
 All variants are compiled side by side in this one process and run round after round, each
@@ -15,7 +18,7 @@ round one step of each variant in turn, ``--steps`` times, so that every variant
 machine load; the result is the median over the rounds of each variant's median per round, and how far each
 variant's parameters ended from the first variant's (rounding only, where the variants compute
 the same step). Whole runs on a shared CPU drift by 10-20 % within an hour; this is the
-measure the rules in `models.layers` were chosen by.
+measure these rules were chosen by.
 """
 
 from __future__ import annotations
@@ -29,10 +32,24 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
+def rule_modules():
+  """The modules whose integer UPPER_CASE constants a variant may set: `models.layers`' gradient
+  rules and `train.stages.base`'s state donation on the CPU."""
+  from emogen_jax.models import layers
+  from emogen_jax.train.stages import base
+  return (layers, base)
+
+
+def _owner(const: str):
+  """The rule module defining integer constant ``const`` (None if none does)."""
+  for module in rule_modules():
+    if const.isupper() and isinstance(getattr(module, const, None), int):
+      return module
+  return None
+
+
 def parse_variant(text: str) -> tuple[str, dict[str, int]]:
   """'NAME: A=1, B=10**9' -> ('NAME', {'A': 1, 'B': 1000000000}); every constant must exist."""
-  from emogen_jax.models import layers
-
   name, sep, assigns = text.partition(":")
   if not sep or not name.strip():
     raise ValueError(f"--variant {text!r}: write it as 'NAME: CONST=VALUE, ...' (the part after "
@@ -41,11 +58,10 @@ def parse_variant(text: str) -> tuple[str, dict[str, int]]:
   for item in filter(None, (a.strip() for a in assigns.split(","))):
     const, eq, expr = item.partition("=")
     const = const.strip()
-    if not eq or not const.isupper() or not isinstance(getattr(layers, const, None), int):
-      rules = ", ".join(k for k in sorted(vars(layers)) if k.isupper()
-                        and isinstance(getattr(layers, k), int))
-      raise ValueError(f"--variant {text!r}: {item!r} is not CONST=VALUE for one of "
-                       f"models.layers' integer rule constants ({rules})")
+    if not eq or _owner(const) is None:
+      rules = ", ".join(k for m in rule_modules() for k in sorted(vars(m)) if _owner(k) is m)
+      raise ValueError(f"--variant {text!r}: {item!r} is not CONST=VALUE for one of the integer "
+                       f"rule constants ({rules})")
     try:
       values[const] = int(eval(compile(ast.parse(expr.strip(), mode="eval"), "<variant>", "eval"),
                                {"__builtins__": {}}))
@@ -86,20 +102,19 @@ def main(argv=None) -> int:
   import numpy as np
 
   import bench_train
-  from emogen_jax.models import layers
 
-  defaults = {c: getattr(layers, c) for c in sorted({c for _, v in variants for c in v})}
+  defaults = {c: getattr(_owner(c), c) for c in sorted({c for _, v in variants for c in v})}
   built = {}
   for name, values in variants:
     for const, value in {**defaults, **values}.items():
-      setattr(layers, const, value)
+      setattr(_owner(const), const, value)
     t0 = time.perf_counter()
     try:
       b = bench_train.build(args.stage, args.size, batch=args.batch, dtype="float32",
                             sync_on=not args.sync_off)
     finally:
       for const, value in defaults.items():
-        setattr(layers, const, value)
+        setattr(_owner(const), const, value)
     b["run"]()  # warm-up
     built[name] = b
     print(f"{name}: built in {time.perf_counter() - t0:.1f} s "

@@ -14,7 +14,7 @@ the achieved rates (ours, PyTorch's with the same FLOP count) as a share of it: 
 faster kernel could still find (``--no-peak`` skips it).
 
 Each stage's real pmapped train step (emogen_jax/train/stages/) on random in-memory batches over all
-local devices, state donated as in the training loop: compile time, then the median time of
+local devices, the state donated or not as in the training loop (``stages.base.pmap_train_step``): compile time, then the median time of
 --steps steps after one warm-up step. FLOPs per
 step come from ``jax.pmap(step).lower(...).compile().cost_analysis()`` (per device, times the
 device count). "smoke" = the configs' :smoke variant (width 0.25, its batch); "reference" =
@@ -141,6 +141,7 @@ def build(stage: str, size: str, *, batch: int | None, dtype: str, sync_on: bool
   "compiled", "config", "setup", "host_state", "batch"}."""
   import jax
   import numpy as np
+  from emogen_jax.train.stages.base import pmap_train_step
   from emogen_jax.train.state import replicate
 
   mod, config, setup, host_state, batch_np = stage_inputs(stage, size, batch=batch, dtype=dtype,
@@ -150,8 +151,8 @@ def build(stage: str, size: str, *, batch: int | None, dtype: str, sync_on: bool
   holder = {"state": replicate(host_state)}
   sharded = {k: v.reshape((n, per_device) + v.shape[1:]) for k, v in batch_np.items()}
 
-  # Donated state, as the training loop does (the step's outputs reuse the state's buffers).
-  p_step = jax.pmap(mod.make_train_step(config, setup), axis_name="batch", donate_argnums=(0,))
+  # The step as the training loop compiles it (state donated on accelerators).
+  p_step = pmap_train_step(mod.make_train_step(config, setup))
   t0 = time.perf_counter()
   compiled = p_step.lower(holder["state"], sharded).compile()
   compile_s = time.perf_counter() - t0

@@ -21,17 +21,19 @@ def _run(*args, timeout=600):
 
 
 def test_variants_are_built_and_timed_in_turn():
-  """The smoke emotion disc under its rules as they are, the same again under another name, and
-  with XLA's own input gradients: the identical pair ends on identical parameters, the third
-  (other rounding in the strided layers' input gradients) on different ones."""
+  """The smoke emotion disc under its rules as they are, the same again under another name, with
+  the state donated (a `train.stages.base` constant), and with XLA's own input gradients: the
+  first three end on identical parameters, the last (other rounding in the strided layers' input
+  gradients) on different ones."""
   proc = _run("--stage", "emotion_disc", "--size", "smoke", "--rounds", "2", "--steps", "2",
               "--variant", "now:", "--variant", "again: TAP_GRAD_MIN_MACS=134217728",
+              "--variant", "donated: DONATE_STATE_ON_CPU=1",
               "--variant", "xla input: PHASE_INPUT_MIN_POSITIONS=10**9")
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = dict(re.findall(r"^  (\w[\w ]*?)\s+(\d+\.\d+ s .*)$", proc.stdout, re.M))
-  assert set(rows) == {"now", "again", "xla input"}, proc.stdout
-  assert rows["now"].endswith("max |param - now's| 0")
-  assert rows["again"].endswith("max |param - now's| 0")
+  assert set(rows) == {"now", "again", "donated", "xla input"}, proc.stdout
+  for same in ("now", "again", "donated"):
+    assert rows[same].endswith("max |param - now's| 0"), rows[same]
   diff = float(rows["xla input"].rsplit(" ", 1)[1])
   assert 0 < diff < 0.05
   assert proc.stdout.count("round ") == 2

@@ -34,7 +34,7 @@ from emogen_jax.models import checkpoints
 from emogen_jax.train import checkpoints as train_checkpoints
 from emogen_jax.train import config as train_config
 from emogen_jax.train import stages
-from emogen_jax.train.stages.base import AXIS
+from emogen_jax.train.stages.base import AXIS, pmap_train_step
 from emogen_jax.train.state import TrainState, replicate, unreplicate_to_host
 
 _SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
@@ -360,8 +360,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
     options = step_options(config, state) if step_options is not None else {}
     key = tuple(sorted(options.items()))
     if key not in compiled_steps:
-      compiled_steps[key] = jax.pmap(stage.make_train_step(config, setup, **options),
-                                     axis_name=AXIS, donate_argnums=(0,))
+      compiled_steps[key] = pmap_train_step(stage.make_train_step(config, setup, **options))
     return compiled_steps[key]
 
   p_train = train_step_for(state)

@@ -67,3 +67,49 @@ def test_gradient_mean_over_devices_and_none_on_one():
   ref_params = optax.apply_updates(params, tx.update(grads[0], tx.init(params), params)[0])
   np.testing.assert_array_equal(new_params["b"][0], ref_params["b"])
   np.testing.assert_array_equal(g["b"][0], grads[0]["b"])
+
+
+def test_cpu_steps_do_not_donate_their_state(monkeypatch):
+  """On the CPU the pmapped step keeps the old state (it is not donated) and computes the same
+  new state as a donated one. The reason, checked on the compiled step: donated, XLA's pmap
+  copies the donated parameter and Adam moments before the update reads them; if a jaxlib stops
+  doing that, this test fails and the rule wants measuring again (docs/design.md "State
+  donation on the CPU")."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  import optax
+
+  assert jax.default_backend() == "cpu"
+  tx = optax.adam(0.1)
+  rng = np.random.default_rng(0)
+  params = {"w": jnp.asarray(rng.normal(size=(64, 32)), jnp.float32)}
+  x = jnp.asarray(rng.normal(size=(1, 8, 64)), jnp.float32)
+
+  def step(state, x):
+    p, opt = state
+    grads = jax.grad(lambda p: jnp.sum(jnp.tanh(x @ p["w"]) ** 2))(p)
+    new_p, new_opt, _ = base.apply_gradients(tx, grads, p, opt)
+    return new_p, new_opt
+
+  def fresh():
+    return jax.tree.map(lambda a: jnp.asarray(a)[None], (params, tx.init(params)))
+
+  def entry_copies(hlo: str) -> int:  # copies of the step's own arguments
+    return len(re.findall(r"= f32\[1,64,32\]\S* copy\(%\w*arg", hlo))
+
+  kept = fresh()
+  p_step = base.pmap_train_step(step)
+  new_kept = p_step(kept, x)
+  assert not kept[0]["w"].is_deleted()
+  assert entry_copies(p_step.lower(kept, x).compile().as_text()) == 0
+
+  monkeypatch.setattr(base, "DONATE_STATE_ON_CPU", 1)
+  donated = fresh()
+  d_step = base.pmap_train_step(step)
+  assert entry_copies(d_step.lower(donated, x).compile().as_text()) >= 2  # mu and nu
+  new_donated = d_step(donated, x)
+  assert donated[0]["w"].is_deleted()
+  for a, b in zip(jax.tree.leaves(new_kept), jax.tree.leaves(new_donated)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert float(np.max(np.abs(np.asarray(new_kept[0]["w"]) - np.asarray(params["w"])[None]))) > 0.05

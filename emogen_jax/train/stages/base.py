@@ -22,6 +22,12 @@ from emogen_jax.train.state import TrainState
 
 AXIS = "batch"  # the pmap axis of every step
 
+# Whether a CPU run donates the state to its step as accelerators do (1) or not (0). Under pmap,
+# XLA:CPU copies every donated parameter and Adam moment before the update that reads it, and
+# recomputes the new moments inside the parameter update: the donation saves no memory there and
+# costs a copy of the whole state per step (docs/design.md "State donation on the CPU").
+DONATE_STATE_ON_CPU = 0
+
 Batch = Mapping[str, Any]
 Setup = dict[str, Any]
 Step = Callable[[TrainState, Batch], Any]
@@ -66,6 +72,14 @@ class Stage(Protocol):
 #       arguments of make_train_step that suit this state; the loop asks at the start and after
 #       every validation, and compiles a step per distinct answer
 OPTIONAL_HOOKS = ("after_validation", "make_sampler", "train_step_options")
+
+
+def pmap_train_step(step: Step):
+  """``step`` under ``jax.pmap`` over AXIS, as the loop and the benchmarks run it: the state
+  argument donated (the new state reuses its buffers) on accelerators, and on the CPU only with
+  DONATE_STATE_ON_CPU, where it is slower and saves nothing."""
+  donate = jax.default_backend() != "cpu" or bool(DONATE_STATE_ON_CPU)
+  return jax.pmap(step, axis_name=AXIS, donate_argnums=(0,) if donate else ())
 
 
 def compute_dtype(config):
