@@ -190,11 +190,13 @@ def _uses_tap_grad(x_shape, kernel_shape, strides=(1, 1)) -> bool:
 PHASE_INPUT_MIN_POSITIONS = 64
 
 
-# The input gradient of a stride-1 convolution starts with a reversed, in/out-swapped copy of the
+# XLA's input gradient of a convolution starts with a reversed, in/out-swapped copy of the
 # kernel, slow for the large kernels of the small images (3x3 512 -> 512: ~5.7 ms inside a step).
-# ``gemm_input_grad`` reads the kernel as stored instead: per layer 1.28-2.9x faster on 6x6 and
-# smaller images of >= 256 channels (4.5-9.6x on 3x3 and 1x1 images, where XLA's convolution is
-# weakest), 0.53-0.97x from 9x6 / 12x12 up. docs/design.md "CPU speed" has the measurements.
+# ``gemm_input_grad`` reads the kernel as stored instead: per layer, on outputs of <= 36
+# positions and >= 256 input channels, 1.28-2.9x faster at stride 1 (4.5-9.6x on 3x3 and 1x1
+# images, where XLA's convolution is weakest) and 1.3-5.3x at stride 2 (the encoders' 12x12 -> 6x6
+# and 6x6 -> 3x3 layers); 0.53-0.97x from 9x6 / 12x12 outputs up, and even to 0.8x on fewer
+# channels. docs/design.md "CPU speed" has the measurements.
 GEMM_INPUT_MAX_POSITIONS = 36
 GEMM_INPUT_MIN_CHANNELS = 256
 
@@ -205,10 +207,10 @@ def _input_grad_kind(x_shape, kernel_shape, strides=(1, 1)) -> str:
   kh, kw, cin, _ = kernel_shape
   if jax.default_backend() != "cpu":
     return "xla"
-  if tuple(strides) != (1, 1):
-    positions = (h // strides[0]) * (w // strides[1])
-    return "phase" if positions >= PHASE_INPUT_MIN_POSITIONS else "xla"
-  if kh * kw > 1 and h * w <= GEMM_INPUT_MAX_POSITIONS and cin >= GEMM_INPUT_MIN_CHANNELS:
+  positions = (h // strides[0]) * (w // strides[1])  # the output's, per image
+  if tuple(strides) != (1, 1) and positions >= PHASE_INPUT_MIN_POSITIONS:
+    return "phase"
+  if kh * kw > 1 and positions <= GEMM_INPUT_MAX_POSITIONS and cin >= GEMM_INPUT_MIN_CHANNELS:
     return "gemm"
   return "xla"
 
@@ -323,12 +325,13 @@ def phase_input_grad(dy, kernel, x_shape, strides, padding, precision=None):
                         precision=precision)
 
 
-def gemm_input_grad(dy, kernel, x_shape, padding, precision=None):
-  """dL/dx of a stride-1 ``conv2d(x, kernel, (1, 1), padding)`` from its output gradient ``dy``,
-  as ONE matmul of dy with the kernel as stored, then a sum of shifted slices (col2im).
+def gemm_input_grad(dy, kernel, x_shape, strides, padding, precision=None):
+  """dL/dx of ``conv2d(x, kernel, strides, padding)`` from its output gradient ``dy``, as ONE
+  matmul of dy with the kernel as stored, then a sum of shifted slices (col2im).
 
-  dy (B, H', W', Cout) @ kernel (kh*kw*Cin, Cout)^T -> (B, H', W', kh, kw, Cin); input row
-  y + i, column x + j collects tap (i, j)'s slice at (y, x). No reversed, transposed copy of the
+  dy (B, H', W', Cout) @ kernel (kh*kw*Cin, Cout)^T -> (B, H', W', kh, kw, Cin); padded input
+  row i + s*y, column j + s*x collects tap (i, j)'s slice at output (y, x) (strides s: the slice
+  spread with s - 1 zeros between its rows and columns). No reversed, transposed copy of the
   kernel (which is what XLA's input gradient starts with), at kh*kw times the output gradient's
   size in between: for small images with many channels.
   """
@@ -336,12 +339,16 @@ def gemm_input_grad(dy, kernel, x_shape, padding, precision=None):
   b, ho, wo, _ = dy.shape
   _, h, w, _ = x_shape
   (pt, pb), (pl, pr) = padding
+  sh, sw = strides
   hp, wp = h + pt + pb, w + pl + pr
   g = jax.lax.dot_general(dy.reshape(-1, cout), kernel.reshape(kh * kw * cin, cout),
                           (((1,), (1,)), ((), ())), precision=precision,
                           preferred_element_type=jnp.float32)
   g = g.reshape(b, ho, wo, kh, kw, cin)
-  dxp = sum(jnp.pad(g[:, :, :, i, j], ((0, 0), (i, hp - ho - i), (j, wp - wo - j), (0, 0)))
+  span_h, span_w = sh * (ho - 1) + 1, sw * (wo - 1) + 1
+  dxp = sum(jax.lax.pad(g[:, :, :, i, j], jnp.zeros((), g.dtype),
+                        ((0, 0, 0), (i, hp - span_h - i, sh - 1), (j, wp - span_w - j, sw - 1),
+                         (0, 0, 0)))
             for i in range(kh) for j in range(kw))
   return dxp[:, pt:pt + h, pl:pl + w].astype(dy.dtype)
 
@@ -362,7 +369,7 @@ def _conv_own_grad_bwd(strides, padding, precision, tap_weight, input_grad, res,
   if input_grad == "phase":
     dx = phase_input_grad(dy, kernel, x.shape, strides, padding, precision).astype(x.dtype)
   elif input_grad == "gemm":
-    dx = gemm_input_grad(dy, kernel, x.shape, padding, precision).astype(x.dtype)
+    dx = gemm_input_grad(dy, kernel, x.shape, strides, padding, precision).astype(x.dtype)
   else:
     dx = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding, precision), x)[1](dy)[0]
   if tap_weight:
