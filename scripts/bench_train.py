@@ -16,8 +16,9 @@ faster kernel could still find (``--no-peak`` skips it).
 Each stage's real pmapped train step (emogen_jax/train/stages/) on random in-memory batches over
 all local devices, the state donated or not as in the training loop
 (``stages.base.pmap_train_step``): compile time, then the median time of --steps steps after
-one warm-up step. FLOPs per step come from ``jax.pmap(step).lower(...).compile().cost_analysis()`` (per device, times the
-device count). "smoke" = the configs' :smoke variant (width 0.25, its batch); "reference" =
+one warm-up step. FLOPs per step come from
+``jax.pmap(step).lower(...).compile().cost_analysis()`` (per device, times the device count).
+"smoke" = the configs' :smoke variant (width 0.25, its batch); "reference" =
 width 1.0 at --reference-batch (the configs' own batches, 128/64/16, take minutes per step on a
 CPU; pass them explicitly on an accelerator). EmoGen's reference size includes the perceptual
 loss with a full-width (random) VGG-19, like a real run with w_pl = 0.01.
