@@ -4,11 +4,18 @@
   python scripts/bench_train.py --stages emogen --sizes reference --reference-batch 2 --steps 1
   python scripts/bench_train.py --json bench_train.json
   python scripts/bench_train.py --compare-torch --stages syncnet --sizes reference --reference-batch 16
+  python scripts/bench_train.py --compare-torch --parts --stages emogen --sizes reference --reference-batch 2
 
 --compare-torch also builds the same step in PyTorch from the tests' reference networks
 (tests/_torch_reference.py via scripts/torch_baseline.py: same initial weights, same batch) and
 times one step of each in turn, so that both see the same machine load; the row gains the
 PyTorch step time and ``speedup_vs_torch`` (PyTorch time / ours: >= 1 means ours is as fast).
+With --parts (EmoGen only) each part of the iteration is timed too, ours and PyTorch's in turn:
+the generator's forward and weight gradient, the perceptual VGG-19 (both clips' features, the
+generated frames' gradient), the sync expert and the emotion disc on the generated frames (their
+gradients) and the emotion disc's update (its weight gradient), no optimizer: where the
+iteration's gap to PyTorch lies (``emogen_parts``; tests/test_bench_train.py checks that both
+sides compute the same gradients).
 Each row also times a float32 2048x2048 matmul in the same process (``matmul_rate``) and prints
 the achieved rates (ours, PyTorch's with the same FLOP count) as a share of it: the headroom a
 faster kernel could still find (``--no-peak`` skips it).
@@ -169,35 +176,127 @@ def build(stage: str, size: str, *, batch: int | None, dtype: str, sync_on: bool
           "platform": jax.devices()[0].platform}
 
 
-def build_torch(stage: str, ours: dict):
-  """The same step in PyTorch, from the same initial weights and batch (scripts/torch_baseline.py)."""
+def torch_nets(ours: dict, device: str) -> dict:
+  """The EmoGen iteration's four networks as PyTorch state dicts from our built state and setup
+  (the expert and VGG-19 frozen; VGG-19 None without the perceptual loss)."""
   import jax
-  import torch
   import torch_baseline as tb
 
-  device = "cuda" if ours["platform"] == "gpu" and torch.cuda.is_available() else "cpu"
-  config, setup, state, batch = ours["config"], ours["setup"], ours["host_state"], ours["batch"]
-  state = jax.device_get(state)
-  if stage == "syncnet":
-    sd = tb.state_dict("syncnet", state.variables("syncnet"), config.width, device)
-    return tb.syncnet_step(sd, batch, config, device), device
-  if stage == "emotion_disc":
-    sd = tb.state_dict("emotion_disc", state.variables("emotion_disc"), config.width, device)
-    return tb.emotion_disc_step(sd, batch, config, device), device
-  nets = {"generator": tb.state_dict("generator", state.variables("generator"), config.width, device),
+  config, setup, state = ours["config"], ours["setup"], jax.device_get(ours["host_state"])
+  return {"generator": tb.state_dict("generator", state.variables("generator"), config.width, device),
           "syncnet": tb.state_dict("syncnet", setup["syncnet"], setup["syncnet_width"], device,
                                    trainable=False),
           "emotion_disc": tb.state_dict("emotion_disc", state.variables("emotion_disc"),
                                         setup["disc_width"], device),
           "vgg19": (tb.state_dict("vgg19", jax.device_get(setup["vgg19"]), setup["vgg_width"],
                                   device, trainable=False) if setup.get("use_vgg") else None)}
-  return tb.emogen_step(nets, batch, config, device, float(config.w_sync)), device
+
+
+def torch_device(ours: dict) -> str:
+  import torch
+  return "cuda" if ours["platform"] == "gpu" and torch.cuda.is_available() else "cpu"
+
+
+def build_torch(stage: str, ours: dict):
+  """The same step in PyTorch, from the same initial weights and batch (scripts/torch_baseline.py)."""
+  import jax
+  import torch_baseline as tb
+
+  device = torch_device(ours)
+  config, state, batch = ours["config"], jax.device_get(ours["host_state"]), ours["batch"]
+  if stage == "syncnet":
+    sd = tb.state_dict("syncnet", state.variables("syncnet"), config.width, device)
+    return tb.syncnet_step(sd, batch, config, device), device
+  if stage == "emotion_disc":
+    sd = tb.state_dict("emotion_disc", state.variables("emotion_disc"), config.width, device)
+    return tb.emotion_disc_step(sd, batch, config, device), device
+  return tb.emogen_step(torch_nets(ours, device), batch, config, device,
+                        float(config.w_sync)), device
+
+
+def emogen_parts(ours: dict, generated) -> dict:
+  """The EmoGen iteration's parts as our pmapped functions, on the built state and batch, each a
+  forward and the gradient the iteration takes of it: {name: blocking no-argument callable}, the
+  names and the work of scripts/torch_baseline.py's ``emogen_parts``. ``generated`` (B, T, H, W,
+  3) stands for the generator's output where a part starts from it. Every array is an argument
+  of the compiled function, none a closed-over constant that XLA could fold at compile time."""
+  import jax
+  import jax.numpy as jnp
+  from emogen_jax.train import losses
+  from emogen_jax.train.stages import emogen
+  from emogen_jax.train.stages.base import AXIS
+
+  config, setup, state = ours["config"], ours["setup"], ours["holder"]["state"]
+  gen, expert, disc, vgg = emogen.make_models(config, setup)
+  shard = lambda x: x.reshape((ours["devices"], -1) + x.shape[1:])
+  d = {k: shard(v) for k, v in ours["batch"].items()}
+  g = shard(generated)
+  frames = lambda x: x.reshape((-1,) + x.shape[2:])
+
+  def generator(params, batch_stats, mel, face, emotion, target):
+    out, _ = gen.apply({"params": params, "batch_stats": batch_stats}, mel, face, emotion,
+                       train=True, mutable=["batch_stats"])
+    return losses.l1_loss(out, target)
+
+  def perceptual(g, weights, target):
+    return losses.perceptual_loss(vgg.apply(weights, frames(g)), vgg.apply(weights, frames(target)))
+
+  def sync_expert(g, weights, sync_mel):
+    a, v = expert.apply(weights, sync_mel, losses.lower_half_stack(g), train=False)
+    return losses.sync_loss(a, v, jnp.ones((g.shape[0],), jnp.float32))
+
+  def disc_loss(params, frames_, emotion):
+    return losses.cross_entropy(disc.apply({"params": params}, frames_), emotion)
+
+  # (loss, its arguments; the gradient is taken of the first)
+  frozen, params = state.frozen, state.params  # replicated: a leading device axis
+  calls = {"generator": (generator, (params["generator"], state.batch_stats["generator"],
+                                     d["mel"], d["frames"], d["emotion"], d["target"]))}
+  if vgg is not None:
+    calls["perceptual"] = (perceptual, (g, frozen["vgg19"], d["target"]))
+  if "syncnet" in frozen:
+    calls["sync expert"] = (sync_expert, (g, frozen["syncnet"], d["sync_mel"]))
+  calls["emotion disc on generated"] = (lambda g, p, e: disc_loss(p, g, e),
+                                        (g, params["emotion_disc"], d["emotion"]))
+  calls["emotion disc update"] = (disc_loss, (params["emotion_disc"], d["target"], d["emotion"]))
+
+  def part(loss, args):
+    step = jax.pmap(jax.grad(loss), axis_name=AXIS)
+    return lambda: jax.block_until_ready(step(*args))
+
+  return {name: part(loss, args) for name, (loss, args) in calls.items()}
+
+
+def bench_parts(ours: dict, steps: int) -> dict:
+  """Each part of the EmoGen iteration (``emogen_parts``), ours and PyTorch's, all timed in turn
+  ``steps`` times: {part: {"ours_s", "torch_s", "speedup_vs_torch"}}."""
+  import numpy as np
+  import torch_baseline as tb
+
+  device = torch_device(ours)
+  generated = np.random.default_rng(1).uniform(0, 1, ours["batch"]["target"].shape)
+  generated = generated.astype(np.float32)
+  mine = emogen_parts(ours, generated)
+  theirs = tb.emogen_parts(torch_nets(ours, device), ours["batch"], generated, device)
+  fns = {}
+  for name in mine:
+    fns[("ours", name)], fns[("torch", name)] = mine[name], theirs[name]
+  for fn in fns.values():
+    fn()  # compile / warm up
+  medians = interleaved(fns, steps)
+  return {name: {"ours_s": round(medians[("ours", name)], 4),
+                 "torch_s": round(medians[("torch", name)], 4),
+                 "speedup_vs_torch": round(medians[("torch", name)] / medians[("ours", name)], 3)}
+          for name in mine}
 
 
 def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
-          compare_torch: bool = False, peak: bool = True, sync_on: bool = True) -> dict:
+          compare_torch: bool = False, peak: bool = True, sync_on: bool = True,
+          parts: bool = False) -> dict:
   """Compile, one warm-up step, then ``steps`` timed steps (median); with ``compare_torch`` the
-  PyTorch step is timed in the same loop, one of each in turn, so both see the same machine load."""
+  PyTorch step is timed in the same loop, one of each in turn, so both see the same machine load;
+  with ``parts`` (EmoGen, with ``compare_torch``) also each part of the iteration
+  (``bench_parts``)."""
 
   ours = build(stage, size, batch=batch, dtype=dtype, sync_on=sync_on)
   config = ours["config"]
@@ -225,6 +324,8 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
     row.update(torch_step_s=round(t_s, 4), torch_device=torch_device,
                torch_threads=torch.get_num_threads(), speedup_vs_torch=round(t_s / step_s, 3),
                torch_achieved_gflop_per_s=round(flops_per_step / t_s / 1e9, 3))  # same FLOPs
+  if parts:
+    row["parts"] = bench_parts(ours, steps)
   if peak:
     row["matmul_gflop_per_s"] = round(matmul_rate(), 1)
   return row
@@ -243,6 +344,10 @@ def main(argv=None) -> int:
   p.add_argument("--compare-torch", action="store_true",
                  help="also time the same step in PyTorch (the tests' reference networks, same "
                       "weights and batch), interleaved with ours; prints the speed ratio")
+  p.add_argument("--parts", action="store_true",
+                 help="with --compare-torch, EmoGen only: also time each part of the iteration "
+                      "(generator, perceptual VGG-19, sync expert, emotion disc on the generated "
+                      "frames, emotion-disc update), ours and PyTorch's in turn")
   p.add_argument("--sync-off", action="store_true",
                  help="EmoGen with the sync weight still 0 (before the switch: every smoke run)")
   p.add_argument("--no-peak", action="store_true",
@@ -251,6 +356,9 @@ def main(argv=None) -> int:
   stage_list = [s for s in args.stages.split(",") if s]
   if args.sync_off and "emogen" not in stage_list:
     p.error("--sync-off only changes the emogen stage; add emogen to --stages or drop --sync-off")
+  if args.parts and (stage_list != ["emogen"] or not args.compare_torch):
+    p.error("--parts times the EmoGen iteration's parts against PyTorch's: use it with "
+            "--stages emogen --compare-torch")
   rows = []
   for stage in stage_list:
     if stage not in STAGE_CONFIGS:
@@ -261,7 +369,7 @@ def main(argv=None) -> int:
       batch = args.smoke_batch if size == "smoke" else args.reference_batch
       row = bench(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype,
                   compare_torch=args.compare_torch, peak=not args.no_peak,
-                  sync_on=not args.sync_off)
+                  sync_on=not args.sync_off, parts=args.parts)
       rows.append(row)
       print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
             f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
@@ -271,6 +379,9 @@ def main(argv=None) -> int:
                f"{row['torch_step_s']:.3f} s: ours {row['speedup_vs_torch']:.2f}x"
                if "torch_step_s" in row else "") + f"; load {row['loadavg']}; {row['malloc']}",
             flush=True)
+      for name, part in row.get("parts", {}).items():
+        print(f"  {name:<26} ours {part['ours_s']:.3f} s, PyTorch {part['torch_s']:.3f} s: "
+              f"ours {part['speedup_vs_torch']:.2f}x", flush=True)
       if "matmul_gflop_per_s" in row:
         rate = row["matmul_gflop_per_s"]
         print(f"  float32 matmul on this device {rate:.0f} GFLOP/s: the step achieves "

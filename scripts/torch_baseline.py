@@ -145,6 +145,61 @@ def emogen_step(nets, batch, config, device: str, w_sync: float):
   return step
 
 
+def emogen_parts(nets, batch, generated, device: str) -> dict:
+  """The EmoGen iteration's parts, each a forward and the gradient the iteration takes of it, as
+  no-argument callables (the same parts as scripts/bench_train.py's ``emogen_parts``):
+  "generator" (train mode, L1 loss, gradient of its weights), "perceptual" (VGG-19 of
+  ``generated`` with its gradient and of the target without), "sync expert" and "emotion disc on
+  generated" (gradients of ``generated`` (B, T, H, W, 3) only) and "emotion disc update" (the
+  gradient of its weights on the target; no optimizer anywhere)."""
+  g_sd, s_sd, d_sd, v_sd = nets["generator"], nets["syncnet"], nets["emotion_disc"], nets["vgg19"]
+  mel = nchw(batch["mel"], device)
+  face = nchw(batch["frames"], device).permute(0, 2, 1, 3, 4)
+  sync_mel, target = nchw(batch["sync_mel"], device), nchw(batch["target"], device)
+  labels = tensor(batch["emotion"], device).long()
+  onehot = F.one_hot(labels, 6).float()
+  gen = nchw(generated, device)
+  b, t = target.shape[:2]
+  vgg_in = lambda x: x.reshape(b * t, 3, 96, 96).flip(1)
+  g_params, d_params = params(g_sd), params(d_sd)
+  d_frozen = {k: v.detach() for k, v in d_sd.items()}
+
+  def done(*grads):
+    _sync(device)
+    return grads
+
+  def generator():
+    g = ref.generator(g_sd, mel, face, onehot, train=True).permute(0, 2, 1, 3, 4)
+    return done(*torch.autograd.grad(F.l1_loss(g, target), g_params))
+
+  def perceptual():
+    x = gen.clone().requires_grad_(True)
+    fg = ref.vgg19_features(v_sd, vgg_in(x))
+    with torch.no_grad():
+      ft = ref.vgg19_features(v_sd, vgg_in(target))
+    return done(*torch.autograd.grad(sum(F.mse_loss(u, w) for u, w in zip(fg, ft)), [x]))
+
+  def sync_expert():
+    x = gen.clone().requires_grad_(True)
+    a, v = ref.syncnet(s_sd, sync_mel, x[:, :, :, 48:].reshape(b, t * 3, 48, 96), train=False)
+    return done(*torch.autograd.grad(_sync_loss(a, v, torch.ones(b, device=device)), [x]))
+
+  def disc_on_generated():
+    x = gen.clone().requires_grad_(True)
+    return done(*torch.autograd.grad(
+        F.cross_entropy(ref.emotion_disc_frames(d_frozen, x), labels), [x]))
+
+  def disc_update():
+    loss = F.cross_entropy(ref.emotion_disc_frames(d_sd, target), labels)
+    return done(*torch.autograd.grad(loss, d_params))
+
+  parts = {"generator": generator, "perceptual": perceptual, "sync expert": sync_expert,
+           "emotion disc on generated": disc_on_generated, "emotion disc update": disc_update}
+  if v_sd is None:
+    del parts["perceptual"]
+  return parts
+
+
 def generator_forward(sd, mel, face, emotion, device: str):
   """Inference: frames mel (N, 80, 16, 1), face (N, 96, 96, 6), emotion (N,) -> a callable that
   generates the N frames (BatchNorm with running statistics, no gradient)."""

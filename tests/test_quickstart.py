@@ -176,6 +176,8 @@ def test_reproduce_training_bad_settings_are_one_line_errors(tmp_path, args, wor
     (["--stages", "syncnet", "--sync-off"], "--sync-off only changes the emogen stage"),
     (["--stages", "vgg"], "unknown stage 'vgg'"),
     (["--stages", "syncnet", "--sizes", "huge"], "unknown size 'huge'"),
+    (["--stages", "emogen", "--parts"], "use it with --stages emogen --compare-torch"),
+    (["--stages", "syncnet", "--compare-torch", "--parts"], "--parts times the EmoGen"),
 ])
 def test_bench_train_bad_settings_are_one_line_errors(args, words):
   proc = subprocess.run([sys.executable, os.path.join(qf.REPO, "scripts", "bench_train.py"),
