@@ -221,7 +221,6 @@ def emogen_parts(ours: dict, generated) -> dict:
   3) stands for the generator's output where a part starts from it. Every array is an argument
   of the compiled function, none a closed-over constant that XLA could fold at compile time."""
   import jax
-  import jax.numpy as jnp
   from emogen_jax.train import losses
   from emogen_jax.train.stages import emogen
   from emogen_jax.train.stages.base import AXIS
@@ -231,19 +230,15 @@ def emogen_parts(ours: dict, generated) -> dict:
   shard = lambda x: x.reshape((ours["devices"], -1) + x.shape[1:])
   d = {k: shard(v) for k, v in ours["batch"].items()}
   g = shard(generated)
-  frames = lambda x: x.reshape((-1,) + x.shape[2:])
 
   def generator(params, batch_stats, mel, face, emotion, target):
     out, _ = gen.apply({"params": params, "batch_stats": batch_stats}, mel, face, emotion,
                        train=True, mutable=["batch_stats"])
     return losses.l1_loss(out, target)
 
-  def perceptual(g, weights, target):
-    return losses.perceptual_loss(vgg.apply(weights, frames(g)), vgg.apply(weights, frames(target)))
-
-  def sync_expert(g, weights, sync_mel):
-    a, v = expert.apply(weights, sync_mel, losses.lower_half_stack(g), train=False)
-    return losses.sync_loss(a, v, jnp.ones((g.shape[0],), jnp.float32))
+  # The step's own terms (train/stages/emogen.py), so that the parts time what the step runs.
+  perceptual = lambda g, weights, target: emogen._perceptual_term(g, target, weights, vgg)
+  sync_expert = lambda g, weights, sync_mel: emogen._sync_term(g, sync_mel, weights, expert)
 
   def disc_loss(params, frames_, emotion):
     return losses.cross_entropy(disc.apply({"params": params}, frames_), emotion)

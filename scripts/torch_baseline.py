@@ -99,6 +99,33 @@ def emotion_disc_step(sd, batch, config, device: str):
   return step
 
 
+def _emogen_inputs(batch, device: str) -> dict:
+  """The iteration's batch in PyTorch's layouts: mel (B, T, 1, 80, 16), face (B, 6, T, 96, 96),
+  sync_mel, target (B, T, 3, 96, 96), labels (B,) and their one-hot rows."""
+  labels = tensor(batch["emotion"], device).long()
+  return {"mel": nchw(batch["mel"], device),
+          "face": nchw(batch["frames"], device).permute(0, 2, 1, 3, 4),
+          "sync_mel": nchw(batch["sync_mel"], device), "target": nchw(batch["target"], device),
+          "labels": labels, "onehot": F.one_hot(labels, 6).float()}
+
+
+def _expert_loss(s_sd, sync_mel, g):
+  """The frozen expert's sync loss of generated clips g (B, T, 3, 96, 96) against label 1."""
+  b, t = g.shape[:2]
+  a, v = ref.syncnet(s_sd, sync_mel, g[:, :, :, 48:].reshape(b, t * 3, 48, 96), train=False)
+  return _sync_loss(a, v, torch.ones(b, device=g.device))
+
+
+def _perceptual_loss(v_sd, g, target):
+  """The sum over VGG-19's pools of the MSE, the target's features without a gradient; BGR
+  frames -> normalised RGB, as our VGG19Features(bgr_input=True, normalize=True)."""
+  frames = lambda x: x.reshape(-1, 3, 96, 96).flip(1)
+  fg = ref.vgg19_features(v_sd, frames(g))
+  with torch.no_grad():
+    ft = ref.vgg19_features(v_sd, frames(target))
+  return sum(F.mse_loss(x, y) for x, y in zip(fg, ft))
+
+
 def emogen_step(nets, batch, config, device: str, w_sync: float):
   """One EmoGen iteration: the generator update (sync, perceptual, emotion and L1 terms), then
   one emotion-disc update on the real target frames. ``nets``: state dicts "generator",
@@ -107,38 +134,24 @@ def emogen_step(nets, batch, config, device: str, w_sync: float):
   g_opt = adam(g_sd, config.learning_rate, config.b1, config.b2)
   d_opt = adam(d_sd, config.disc_learning_rate, config.b1, config.b2)
   w_pl, w_emo = float(config.w_pl), float(config.w_emo)
-  mel = nchw(batch["mel"], device)                                  # (B, T, 1, 80, 16)
-  face = nchw(batch["frames"], device).permute(0, 2, 1, 3, 4)         # (B, 6, T, 96, 96)
-  sync_mel = nchw(batch["sync_mel"], device)
-  target = nchw(batch["target"], device)                            # (B, T, 3, 96, 96)
-  labels = tensor(batch["emotion"], device).long()
-  onehot = F.one_hot(labels, 6).float()
-  ones = torch.ones(labels.shape[0], device=device)
-  b, t = target.shape[:2]
-  # BGR frames -> normalised RGB, as our VGG19Features(bgr_input=True, normalize=True).
-  vgg_in = lambda x: x.reshape(b * t, 3, 96, 96).flip(1)
+  x = _emogen_inputs(batch, device)
   d_params = params(d_sd)
 
   def step():
     for p in d_params:
       p.requires_grad_(False)
-    g = ref.generator(g_sd, mel, face, onehot, train=True).permute(0, 2, 1, 3, 4)  # (B,T,3,H,W)
-    lower = g[:, :, :, 48:].reshape(b, t * 3, 48, 96)
-    a, v = ref.syncnet(s_sd, sync_mel, lower, train=False)
-    loss = (w_sync * _sync_loss(a, v, ones) + w_emo * F.cross_entropy(
-        ref.emotion_disc_frames(d_sd, g), labels)
-        + (1.0 - w_sync - w_pl - w_emo) * F.l1_loss(g, target))
+    g = ref.generator(g_sd, x["mel"], x["face"], x["onehot"], train=True).permute(0, 2, 1, 3, 4)
+    loss = (w_sync * _expert_loss(s_sd, x["sync_mel"], g)
+            + w_emo * F.cross_entropy(ref.emotion_disc_frames(d_sd, g), x["labels"])
+            + (1.0 - w_sync - w_pl - w_emo) * F.l1_loss(g, x["target"]))
     if v_sd is not None:
-      fg = ref.vgg19_features(v_sd, vgg_in(g))
-      with torch.no_grad():
-        ft = ref.vgg19_features(v_sd, vgg_in(target))
-      loss = loss + w_pl * sum(F.mse_loss(x, y) for x, y in zip(fg, ft))
+      loss = loss + w_pl * _perceptual_loss(v_sd, g, x["target"])
     g_opt.zero_grad(set_to_none=True)
     loss.backward()
     g_opt.step()
     for p in d_params:
       p.requires_grad_(True)
-    _disc_update(d_sd, d_opt, target, labels)
+    _disc_update(d_sd, d_opt, x["target"], x["labels"])
     _sync(device)
     return loss.item()
 
@@ -153,48 +166,32 @@ def emogen_parts(nets, batch, generated, device: str) -> dict:
   generated" (gradients of ``generated`` (B, T, H, W, 3) only) and "emotion disc update" (the
   gradient of its weights on the target; no optimizer anywhere)."""
   g_sd, s_sd, d_sd, v_sd = nets["generator"], nets["syncnet"], nets["emotion_disc"], nets["vgg19"]
-  mel = nchw(batch["mel"], device)
-  face = nchw(batch["frames"], device).permute(0, 2, 1, 3, 4)
-  sync_mel, target = nchw(batch["sync_mel"], device), nchw(batch["target"], device)
-  labels = tensor(batch["emotion"], device).long()
-  onehot = F.one_hot(labels, 6).float()
+  x = _emogen_inputs(batch, device)
   gen = nchw(generated, device)
-  b, t = target.shape[:2]
-  vgg_in = lambda x: x.reshape(b * t, 3, 96, 96).flip(1)
   g_params, d_params = params(g_sd), params(d_sd)
   d_frozen = {k: v.detach() for k, v in d_sd.items()}
 
-  def done(*grads):
+  def grad_of_generated(loss):  # the gradient of the loss of a fresh copy of ``generated``
+    g = gen.clone().requires_grad_(True)
+    return torch.autograd.grad(loss(g), [g])
+
+  def done(grads):
     _sync(device)
     return grads
 
-  def generator():
-    g = ref.generator(g_sd, mel, face, onehot, train=True).permute(0, 2, 1, 3, 4)
-    return done(*torch.autograd.grad(F.l1_loss(g, target), g_params))
-
-  def perceptual():
-    x = gen.clone().requires_grad_(True)
-    fg = ref.vgg19_features(v_sd, vgg_in(x))
-    with torch.no_grad():
-      ft = ref.vgg19_features(v_sd, vgg_in(target))
-    return done(*torch.autograd.grad(sum(F.mse_loss(u, w) for u, w in zip(fg, ft)), [x]))
-
-  def sync_expert():
-    x = gen.clone().requires_grad_(True)
-    a, v = ref.syncnet(s_sd, sync_mel, x[:, :, :, 48:].reshape(b, t * 3, 48, 96), train=False)
-    return done(*torch.autograd.grad(_sync_loss(a, v, torch.ones(b, device=device)), [x]))
-
-  def disc_on_generated():
-    x = gen.clone().requires_grad_(True)
-    return done(*torch.autograd.grad(
-        F.cross_entropy(ref.emotion_disc_frames(d_frozen, x), labels), [x]))
-
-  def disc_update():
-    loss = F.cross_entropy(ref.emotion_disc_frames(d_sd, target), labels)
-    return done(*torch.autograd.grad(loss, d_params))
-
-  parts = {"generator": generator, "perceptual": perceptual, "sync expert": sync_expert,
-           "emotion disc on generated": disc_on_generated, "emotion disc update": disc_update}
+  parts = {
+      "generator": lambda: done(torch.autograd.grad(F.l1_loss(ref.generator(
+          g_sd, x["mel"], x["face"], x["onehot"], train=True).permute(0, 2, 1, 3, 4),
+          x["target"]), g_params)),
+      "perceptual": lambda: done(grad_of_generated(
+          lambda g: _perceptual_loss(v_sd, g, x["target"]))),
+      "sync expert": lambda: done(grad_of_generated(
+          lambda g: _expert_loss(s_sd, x["sync_mel"], g))),
+      "emotion disc on generated": lambda: done(grad_of_generated(
+          lambda g: F.cross_entropy(ref.emotion_disc_frames(d_frozen, g), x["labels"]))),
+      "emotion disc update": lambda: done(torch.autograd.grad(
+          F.cross_entropy(ref.emotion_disc_frames(d_sd, x["target"]), x["labels"]), d_params)),
+  }
   if v_sd is None:
     del parts["perceptual"]
   return parts

@@ -353,6 +353,10 @@ def gemm_input_grad(dy, kernel, x_shape, strides, padding, precision=None):
   return dxp[:, pt:pt + h, pl:pl + w].astype(dy.dtype)
 
 
+# ``_input_grad_kind``'s own forms by name ("xla" is lax's, from autodiff).
+_INPUT_GRADS = {"phase": phase_input_grad, "gemm": gemm_input_grad}
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5, 6))
 def _conv_own_grad(x, kernel, strides, padding, precision, tap_weight: bool, input_grad: str):
   """lax's convolution whose backward pass takes the per-tap weight gradient (``tap_weight``)
@@ -366,10 +370,8 @@ def _conv_own_grad_fwd(x, kernel, strides, padding, precision, tap_weight, input
 
 def _conv_own_grad_bwd(strides, padding, precision, tap_weight, input_grad, res, dy):
   x, kernel = res
-  if input_grad == "phase":
-    dx = phase_input_grad(dy, kernel, x.shape, strides, padding, precision).astype(x.dtype)
-  elif input_grad == "gemm":
-    dx = gemm_input_grad(dy, kernel, x.shape, strides, padding, precision).astype(x.dtype)
+  if input_grad in _INPUT_GRADS:
+    dx = _INPUT_GRADS[input_grad](dy, kernel, x.shape, strides, padding, precision).astype(x.dtype)
   else:
     dx = jax.vjp(lambda x_: _plain_conv(x_, kernel, strides, padding, precision), x)[1](dy)[0]
   if tap_weight:

@@ -210,6 +210,13 @@ def _sync_term(g, sync_mel, frozen, expert):
   return losses.sync_loss(a, v, jnp.ones((g.shape[0],), jnp.float32))
 
 
+def _perceptual_term(g, target, weights, vgg):
+  """The perceptual loss of generated clips g against the target clips (B, T, 96, 96, 3), their
+  frames through the frozen VGG-19."""
+  frames = lambda x: x.reshape((-1,) + x.shape[2:])
+  return losses.perceptual_loss(vgg.apply(weights, frames(g)), vgg.apply(weights, frames(target)))
+
+
 def _generated_terms(g, batch, state: TrainState, disc_params, expert, disc, vgg,
                      with_sync: bool = True):
   """Loss terms of generated clips g (B,5,96,96,3); every one a float32 scalar.
@@ -224,10 +231,7 @@ def _generated_terms(g, batch, state: TrainState, disc_params, expert, disc, vgg
   if with_sync:
     terms["sync"] = _sync_term(g, batch["sync_mel"], state.frozen["syncnet"], expert)
   if vgg is not None:
-    frames = lambda x: x.reshape((-1,) + x.shape[2:])
-    fg = vgg.apply(state.frozen["vgg19"], frames(g))
-    ft = vgg.apply(state.frozen["vgg19"], frames(batch["target"]))
-    terms["perceptual"] = losses.perceptual_loss(fg, ft)
+    terms["perceptual"] = _perceptual_term(g, batch["target"], state.frozen["vgg19"], vgg)
   else:
     terms["perceptual"] = jnp.zeros((), jnp.float32)
   logits = disc.apply({"params": disc_params}, g)
