@@ -40,7 +40,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bench_train import _flops, _load, interleaved, matmul_rate
+  from bench_train import _flops, _load, interleaved, matmul_rate, torch_device
   from emogen_jax.models import Generator
   from emogen_jax.train.state import init_variables
 
@@ -61,9 +61,8 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   ours()
   theirs = None
   if compare_torch:
-    import torch
     import torch_baseline as tb
-    device = "cuda" if jax.devices()[0].platform == "gpu" and torch.cuda.is_available() else "cpu"
+    device = torch_device(jax.devices()[0].platform)
     sd = tb.state_dict("generator", jax.device_get(variables), width, device, trainable=False)
     theirs = tb.generator_forward(sd, mel, face, emotion, device)
     theirs()

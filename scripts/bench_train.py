@@ -192,9 +192,10 @@ def torch_nets(ours: dict, device: str) -> dict:
                                   device, trainable=False) if setup.get("use_vgg") else None)}
 
 
-def torch_device(ours: dict) -> str:
+def torch_device(platform: str) -> str:
+  """PyTorch's device for our JAX platform: the GPU where both have one, else the CPU."""
   import torch
-  return "cuda" if ours["platform"] == "gpu" and torch.cuda.is_available() else "cpu"
+  return "cuda" if platform == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def build_torch(stage: str, ours: dict):
@@ -202,7 +203,7 @@ def build_torch(stage: str, ours: dict):
   import jax
   import torch_baseline as tb
 
-  device = torch_device(ours)
+  device = torch_device(ours["platform"])
   config, state, batch = ours["config"], jax.device_get(ours["host_state"]), ours["batch"]
   if stage == "syncnet":
     sd = tb.state_dict("syncnet", state.variables("syncnet"), config.width, device)
@@ -268,7 +269,7 @@ def bench_parts(ours: dict, steps: int) -> dict:
   import numpy as np
   import torch_baseline as tb
 
-  device = torch_device(ours)
+  device = torch_device(ours["platform"])
   generated = np.random.default_rng(1).uniform(0, 1, ours["batch"]["target"].shape)
   generated = generated.astype(np.float32)
   mine = emogen_parts(ours, generated)
@@ -299,7 +300,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   loss = ours["run"]()  # warm-up (also checks the step runs)
   torch_step = None
   if compare_torch:
-    torch_step, torch_device = build_torch(stage, ours)
+    torch_step, their_device = build_torch(stage, ours)
     torch_step()
   medians = interleaved({"ours": ours["run"], **({"torch": torch_step} if torch_step else {})},
                         steps)
@@ -316,7 +317,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   if torch_step is not None:
     import torch
     t_s = medians["torch"]
-    row.update(torch_step_s=round(t_s, 4), torch_device=torch_device,
+    row.update(torch_step_s=round(t_s, 4), torch_device=their_device,
                torch_threads=torch.get_num_threads(), speedup_vs_torch=round(t_s / step_s, 3),
                torch_achieved_gflop_per_s=round(flops_per_step / t_s / 1e9, 3))  # same FLOPs
   if parts:
