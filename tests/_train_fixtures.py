@@ -93,20 +93,26 @@ def first_moments(state):
 
 
 def clear_gradient_params(a, b, threshold: float = 1e-6):
-  """Params of a and b (flattened) where b's first-step gradient is well above Adam's eps (1e-8).
+  """Params of a and b (flattened) where both runs' first-step gradients are well above Adam's
+  eps (1e-8) and agree in sign.
 
   Adam's first update is lr * g / (|g| + eps): +-lr wherever |g| >> eps, a rounding-noise-driven
-  value where the gradient is about eps or comes from cancellation; only the former can be
-  compared across summation orders.
+  value where the gradient is about eps or comes from cancellation. And where another summation
+  order flips the sign of a small gradient (the gradients themselves are checked against their
+  noise floor), the update flips by 2 lr. Only the params whose gradient both runs agree on can
+  be compared across summation orders; a wrong update (a scaled learning rate, optimizer state
+  out of step) moves those too.
   """
   ma, mb = first_moments(a), first_moments(b)
   xs, ys = [], []
   for kind in mb:
     pa = drop_bias_before_bn(a.params[kind])
     pb = drop_bias_before_bn(b.params[kind])
-    for x, y, g in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb),
-                       jax.tree_util.tree_leaves(mb[kind])):
-      keep = np.abs(np.asarray(g)) > threshold * 0.5   # mu = 0.5 * g (b1 = 0.5)
+    for x, y, ga, gb in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb),
+                            jax.tree_util.tree_leaves(ma[kind]), jax.tree_util.tree_leaves(mb[kind])):
+      ga, gb = np.asarray(ga), np.asarray(gb)
+      # mu = 0.5 * g (b1 = 0.5)
+      keep = (np.abs(gb) > threshold * 0.5) & (np.abs(ga) > threshold * 0.5) & (ga * gb > 0)
       xs.append(np.asarray(x)[keep])
       ys.append(np.asarray(y)[keep])
   return xs, ys

@@ -5,10 +5,10 @@ and BatchNorm statistics are taken over the global batch, so the device count do
 What "equal" can mean in float32: BatchNorm statistics and metrics agree to ~1e-7. Gradients of a
 randomly initialised deep BatchNorm network are ill-conditioned: merely permuting the examples of
 the batch on ONE device changes the generator's gradient by ~1e-3 relative. So gradients are
-checked against that noise floor, and params to 1e-5 relative (or twice their own noise floor,
-the same permutation's) where the gradient is clearly above Adam's eps (Adam's first update is
-lr * g / (|g| + eps), +-lr wherever |g| >> eps but a noise-driven value where g is rounding noise,
-e.g. conv biases feeding BatchNorm).
+checked against that noise floor, and params to 1e-5 relative where both runs' gradients are
+clearly above Adam's eps and of one sign (Adam's first update is lr * g / (|g| + eps): +-lr
+wherever |g| >> eps, but a noise-driven value where g is rounding noise, e.g. conv biases feeding
+BatchNorm, and 2 lr apart where the summation order flips the sign of a small gradient).
 """
 
 from __future__ import annotations
@@ -55,7 +55,10 @@ for name, mod in (("syncnet", syncnet_step), ("emogen", emogen_step)):
         file=sys.stderr)
   out[name] = {
       "params_clear_grad": relative_diff(*clear_gradient_params(multi, single)),
-      "params_clear_grad_noise_floor": relative_diff(*clear_gradient_params(permuted, single)),
+      # The share of params compared there (the check is not vacuous).
+      "params_clear_grad_share": (sum(x.size for x in clear_gradient_params(multi, single)[0])
+                                  / sum(x.size for x in jax.tree_util.tree_leaves(
+                                      drop_bias_before_bn(single.params)))),
       "params": relative_diff(drop_bias_before_bn(multi.params), drop_bias_before_bn(single.params)),
       "batch_stats": relative_diff(multi.batch_stats, single.batch_stats),
       "grads": relative_diff(first_moments(multi), first_moments(single)),
@@ -85,11 +88,10 @@ def test_pmapped_step_equals_single_device_step(pmap_results, stage):
   assert r["batch_stats"] < 1e-5, r
   # Gradients: pmean-ed over devices (a missing pmean is off by ~8x, unsynced BN by O(1)).
   assert r["grads"] < 10 * r["grads_noise_floor"] + 1e-5, r
-  # Params within 1e-5 relative where the update is not noise-driven, or within twice what
-  # merely permuting the batch on one device moves them there (the generator's on one VM: the 8
-  # devices 1.03e-5, the permutation 1.12e-5; summation order differs by machine), and
-  # everywhere within the noise-driven +-lr moves of Adam's first step.
-  assert r["params_clear_grad"] < max(1e-5, 2 * r["params_clear_grad_noise_floor"]), r
+  # Params within 1e-5 relative where the update is not noise-driven (both runs' gradients clear
+  # of eps and of one sign), and everywhere within the noise-driven +-lr moves of Adam's first
+  # step.
+  assert r["params_clear_grad"] < 1e-5 and r["params_clear_grad_share"] > 0.5, r
   assert r["params"] < 2e-4, r
   for name, (multi, single) in r["metrics"].items():
     # Gradient norms carry the gradient noise above; losses and accuracies are forward values.
