@@ -1,0 +1,45 @@
+"""scripts/bench_conv_grad.py --compare-torch: ours and PyTorch's parts of one convolution compute
+the same forward, input gradient and weight gradient from the same operands (so that their times
+compare), on the paths `models.layers` picks (XLA's own, the per-phase and one-matmul input
+gradients) and an even kernel with one-sided padding."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+from tests import REPO
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+
+def _nhwc(t):
+  return t.permute(0, 2, 3, 1).cpu().numpy()
+
+
+@pytest.mark.parametrize("x_shape, kernel_shape, strides, path", [
+    ((2, 12, 10, 8), (3, 3, 8, 16), (1, 1), "xla"),
+    ((2, 20, 20, 8), (3, 3, 8, 16), (2, 2), "phase"),
+    ((2, 6, 6, 256), (3, 3, 256, 32), (1, 1), "gemm"),
+    ((2, 9, 9, 4), (2, 2, 4, 8), (1, 1), "xla"),
+])
+def test_parts_compute_the_same_as_pytorchs(x_shape, kernel_shape, strides, path):
+  import bench_conv_grad
+  from emogen_jax.models import layers
+
+  assert layers._input_grad_kind(x_shape, kernel_shape, strides) == path
+  ours, theirs = bench_conv_grad.conv_parts(x_shape, kernel_shape, strides)
+  (top, bottom), (left, right) = bench_conv_grad._same_padding(kernel_shape)
+  h, w = x_shape[1:3]
+  got = {"forward": _nhwc(theirs["forward"]()),
+         # PyTorch's input gradient is of the padded input: the padding's rows and columns cut.
+         "input gradient": _nhwc(theirs["input gradient"]())[:, top:top + h, left:left + w],
+         "weight gradient": theirs["weight gradient"]().permute(2, 3, 1, 0).cpu().numpy()}
+  for part in bench_conv_grad.PARTS:
+    want = np.asarray(ours[part]())
+    assert got[part].shape == want.shape, part
+    err = np.max(np.abs(got[part] - want)) / np.max(np.abs(want))
+    assert err < 1e-5, (part, err)
