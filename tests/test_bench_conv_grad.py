@@ -43,3 +43,18 @@ def test_parts_compute_the_same_as_pytorchs(x_shape, kernel_shape, strides, path
     assert got[part].shape == want.shape, part
     err = np.max(np.abs(got[part] - want)) / np.max(np.abs(want))
     assert err < 1e-5, (part, err)
+
+
+def test_compare_mode_leaves_the_gradient_rules_own_convolutions_to_their_layer():
+  """The per-phase input gradients run stride-1 convolutions of their own inside the backward
+  pass; --compare-torch times them as part of their layer's input gradient, not as layers."""
+  import bench_conv_grad
+
+  every = bench_conv_grad.collect_convs("syncnet", "smoke", 8, every=True)
+  model = bench_conv_grad.collect_convs("syncnet", "smoke", 8, every=True, model_only=True)
+  internal = {key: n - model.get(key, 0) for key, n in every.items() if n > model.get(key, 0)}
+  assert internal, "no convolution of a gradient rule was seen: the filter would pass anything"
+  assert set(model) <= set(every)
+  # The phases' convolutions are stride 1; the model's strided layers all stay.
+  assert all(strides == (1, 1) for (_, _, strides) in internal), internal
+  assert any(strides != (1, 1) for (_, _, strides) in model)
