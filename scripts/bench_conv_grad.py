@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,15 +85,13 @@ def time_layer(x_shape, kernel_shape, strides, repeats: int) -> tuple[float, flo
   fns = {"xla": jax.jit(lambda x, k, dy: jax.vjp(lambda k_: conv(x, k_), k)[1](dy)[0]),
          "tap": jax.jit(lambda x, k, dy: layers.tap_weight_grad(x, dy, kernel_shape, strides,
                                                                  padding))}
-  times = {name: [] for name in fns}
-  for f in fns.values():
-    f(x, k, dy).block_until_ready()
-  for _ in range(repeats):
-    for name, f in fns.items():
-      t0 = time.perf_counter()
-      f(x, k, dy).block_until_ready()
-      times[name].append(time.perf_counter() - t0)
-  return tuple(1e3 * float(np.median(times[name])) for name in ("xla", "tap"))
+  from bench_train import interleaved
+
+  calls = {name: (lambda f=f: f(x, k, dy).block_until_ready()) for name, f in fns.items()}
+  for call in calls.values():
+    call()
+  medians = interleaved(calls, repeats)
+  return tuple(1e3 * medians[name] for name in ("xla", "tap"))
 
 
 PARTS = ("forward", "input gradient", "weight gradient")
@@ -160,35 +157,34 @@ def conv_parts(x_shape, kernel_shape, strides, device: str = "cpu") -> tuple[dic
 
 def time_parts(x_shape, kernel_shape, strides, repeats: int, device: str = "cpu") -> dict:
   """{part: (our median ms, PyTorch's median ms)} for one convolution, each pair timed in turn."""
-  import numpy as np
+  from bench_train import interleaved
 
   ours, theirs = conv_parts(x_shape, kernel_shape, strides, device)
   out = {}
   for part in PARTS:
-    fns = (ours[part], theirs[part])
-    times = ([], [])
-    for f in fns:
-      f()
-    for _ in range(repeats):
-      for i, f in enumerate(fns):
-        t0 = time.perf_counter()
-        f()
-        times[i].append(time.perf_counter() - t0)
-    out[part] = tuple(1e3 * float(np.median(ts)) for ts in times)
+    calls = {"ours": ours[part], "torch": theirs[part]}
+    for call in calls.values():
+      call()
+    medians = interleaved(calls, repeats)
+    out[part] = (1e3 * medians["ours"], 1e3 * medians["torch"])
   return out
 
 
 def compare_torch(convs: dict, repeats: int) -> None:
   """Prints each layer's three parts against PyTorch's, then their sums over the step's uses."""
+  import jax
   import torch
+  from bench_train import torch_device
 
   from emogen_jax.models import layers
 
-  print(f"PyTorch {torch.__version__}, {torch.get_num_threads()} threads; ms, ours / PyTorch")
+  device = torch_device(jax.devices()[0].platform)
+  print(f"PyTorch {torch.__version__} on {device}, {torch.get_num_threads()} threads; ms, "
+        "ours / PyTorch")
   total = {part: [0.0, 0.0] for part in PARTS}
   for (x_shape, kernel_shape, strides), uses in sorted(
       convs.items(), key=lambda kv: -kv[1] * layers.conv_macs(*kv[0])):
-    t = time_parts(x_shape, kernel_shape, strides, repeats)
+    t = time_parts(x_shape, kernel_shape, strides, repeats, device)
     for part, (a, b) in t.items():
       total[part][0] += uses * a
       total[part][1] += uses * b
@@ -213,6 +209,8 @@ def main(argv=None) -> int:
                  help="each convolution's forward, input gradient and weight gradient against "
                       "PyTorch's on the same operands (every convolution of the step)")
   args = p.parse_args(argv)
+  if args.repeats < 1:
+    p.error(f"--repeats {args.repeats}: give at least 1 (timed calls of each kernel)")
   from emogen_jax.allocator import use_fast_allocator
   use_fast_allocator()  # may re-execute this command with tcmalloc preloaded
   if args.batch is None and args.size == "reference":

@@ -108,8 +108,8 @@ def clear_gradient_params(a, b, threshold: float = 1e-6):
   for kind in mb:
     pa = drop_bias_before_bn(a.params[kind])
     pb = drop_bias_before_bn(b.params[kind])
-    for x, y, ga, gb in zip(jax.tree_util.tree_leaves(pa), jax.tree_util.tree_leaves(pb),
-                            jax.tree_util.tree_leaves(ma[kind]), jax.tree_util.tree_leaves(mb[kind])):
+    leaves = map(jax.tree_util.tree_leaves, (pa, pb, ma[kind], mb[kind]))
+    for x, y, ga, gb in zip(*leaves):
       ga, gb = np.asarray(ga), np.asarray(gb)
       # mu = 0.5 * g (b1 = 0.5)
       keep = (np.abs(gb) > threshold * 0.5) & (np.abs(ga) > threshold * 0.5) & (ga * gb > 0)

@@ -58,3 +58,13 @@ def test_compare_mode_leaves_the_gradient_rules_own_convolutions_to_their_layer(
   # The phases' convolutions are stride 1; the model's strided layers all stay.
   assert all(strides == (1, 1) for (_, _, strides) in internal), internal
   assert any(strides != (1, 1) for (_, _, strides) in model)
+
+
+def test_too_few_repeats_is_a_one_line_usage_error(capsys):
+  import bench_conv_grad
+
+  with pytest.raises(SystemExit) as e:
+    bench_conv_grad.main(["--compare-torch", "--repeats", "0"])
+  assert e.value.code == 2
+  err = capsys.readouterr().err.strip().splitlines()[-1]
+  assert "--repeats 0: give at least 1" in err and "Traceback" not in err

@@ -53,12 +53,12 @@ for name, mod in (("syncnet", syncnet_step), ("emogen", emogen_step)):
   permuted, _ = run(jax.devices()[:1], {k: v[perm] for k, v in batch.items()})
   print(name, "8 devices", round(t1 - t0, 1), "s; 1 device", round(time.time() - t1, 1), "s",
         file=sys.stderr)
+  compared = clear_gradient_params(multi, single)
   out[name] = {
-      "params_clear_grad": relative_diff(*clear_gradient_params(multi, single)),
+      "params_clear_grad": relative_diff(*compared),
       # The share of params compared there (the check is not vacuous).
-      "params_clear_grad_share": (sum(x.size for x in clear_gradient_params(multi, single)[0])
-                                  / sum(x.size for x in jax.tree_util.tree_leaves(
-                                      drop_bias_before_bn(single.params)))),
+      "params_clear_grad_share": (sum(x.size for x in compared[0]) / sum(
+          x.size for x in jax.tree_util.tree_leaves(drop_bias_before_bn(single.params)))),
       "params": relative_diff(drop_bias_before_bn(multi.params), drop_bias_before_bn(single.params)),
       "batch_stats": relative_diff(multi.batch_stats, single.batch_stats),
       "grads": relative_diff(first_moments(multi), first_moments(single)),
