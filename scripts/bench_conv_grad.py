@@ -19,6 +19,10 @@ gradient or a frozen network's weight gradient).
     python scripts/bench_conv_grad.py --stage syncnet --size reference --batch 16
     python scripts/bench_conv_grad.py --stage emogen --size smoke --batch 8 --all
     python scripts/bench_conv_grad.py --stage syncnet --size reference --batch 16 --compare-torch
+
+``--onednn`` (with ``--compare-torch``) puts oneDNN's kernels on our side instead, through the FFI
+binding that scripts/bench_onednn.py builds: PyTorch's library called from XLA (PyPI's oneDNN 3.2
+where PyTorch 2.13 bundles 3.12).
 """
 
 from __future__ import annotations
@@ -208,9 +212,14 @@ def main(argv=None) -> int:
   p.add_argument("--compare-torch", action="store_true",
                  help="each convolution's forward, input gradient and weight gradient against "
                       "PyTorch's on the same operands (every convolution of the step)")
+  p.add_argument("--onednn", action="store_true",
+                 help="with --compare-torch: ours on oneDNN's kernels through the FFI binding of "
+                      "scripts/onednn_conv (built on first use; see scripts/bench_onednn.py)")
   args = p.parse_args(argv)
   if args.repeats < 1:
     p.error(f"--repeats {args.repeats}: give at least 1 (timed calls of each kernel)")
+  if args.onednn and not args.compare_torch:
+    p.error("--onednn times the binding's kernels against PyTorch's: add --compare-torch")
   from emogen_jax.allocator import use_fast_allocator
   use_fast_allocator()  # may re-execute this command with tcmalloc preloaded
   if args.batch is None and args.size == "reference":
@@ -221,6 +230,13 @@ def main(argv=None) -> int:
                         model_only=args.compare_torch)
   print(f"{args.stage} {args.size} (batch {args.batch or 'default'}): {len(convs)} layer shapes")
   if args.compare_torch:
+    if args.onednn:
+      from onednn_conv import binding
+      try:
+        binding.route_convolutions(binding.build())
+      except binding.BuildError as e:
+        p.exit(2, f"bench_conv_grad: {e}\n")
+      print("ours: oneDNN's kernels (scripts/onednn_conv)")
     compare_torch(convs, args.repeats)
     return 0
   total = {"xla": 0.0, "tap": 0.0}

@@ -1,0 +1,133 @@
+"""A training step on oneDNN's convolution kernels against the same step on XLA's, and PyTorch's.
+
+The training steps' gap to PyTorch on a CPU is the convolution kernels (docs/design.md
+"CPU speed"). This benchmark measures what the gap would be if XLA's kernels were oneDNN's:
+it builds `scripts/onednn_conv` (oneDNN from PyPI called through XLA's FFI; needs g++ and the
+package index once, then cached) and times `scripts/bench_train.py`'s step in separate processes,
+in turn: our step as the library computes it (``xla``, with ``--compare-torch``: PyTorch's step in
+the same process) and our step with every convolution on oneDNN (``onednn``). PyTorch's figure
+comes from the ``xla`` process only: PyTorch and the binding load the same OpenMP runtime
+(``libgomp.so.1``), and two callers of it make it shorten every thread's spin-wait, which slows
+PyTorch's own step by 10-20 %; in separate processes neither sees the other.
+
+    python scripts/bench_onednn.py --stage syncnet --batch 16 --steps 6 --rounds 2
+    python scripts/bench_onednn.py --stage emogen --batch 2 --steps 4 --rounds 2
+
+Prints per round the three step times and the ratios, with the time spent inside the oneDNN
+handlers per step (its forwards, input gradients and weight gradients).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+_STATS = re.compile(r"onednn_conv stats: forward (\d+) calls ([\d.]+) ms, input gradient (\d+) "
+                    r"calls ([\d.]+) ms, weight gradient (\d+) calls ([\d.]+) ms")
+
+
+def child(variant: str, cache_dir: str, bench_args: list[str]) -> int:
+  """One bench_train run in this process, its convolutions on oneDNN for ``onednn``."""
+  from emogen_jax.allocator import use_fast_allocator
+  use_fast_allocator()  # the allocator bench_train.py runs under (may re-execute this command)
+  if variant == "onednn":
+    from onednn_conv import binding
+    binding.route_convolutions(binding.build(cache_dir))
+  import bench_train
+  return bench_train.main(bench_args)
+
+
+def run_variant(variant: str, args, json_path: str) -> dict:
+  bench_args = ["--stages", args.stage, "--sizes", args.size, "--steps", str(args.steps),
+                "--no-peak", "--json", json_path]
+  bench_args += (["--reference-batch", str(args.batch)] if args.size == "reference"
+                 else (["--smoke-batch", str(args.batch)] if args.batch else []))
+  if variant == "xla":
+    bench_args.append("--compare-torch")
+  cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--cache-dir",
+         args.cache_dir, "--", *bench_args]
+  env = dict(os.environ, EMOGEN_ONEDNN_STATS="1")
+  proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+  if proc.returncode != 0:
+    tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+    raise SystemExit(f"bench_onednn: the {variant} run failed (exit {proc.returncode}):\n{tail}")
+  with open(json_path) as f:
+    row = json.load(f)[0]
+  m = _STATS.search(proc.stderr)
+  if variant == "onednn":
+    if not m:
+      raise SystemExit("bench_onednn: the onednn run printed no handler statistics: were its "
+                       "convolutions routed to oneDNN?")
+    executions = args.steps + 1  # bench_train: one warm-up step, then the timed ones
+    row["onednn_ms_per_step"] = {part: float(m.group(2 * i + 2)) / executions
+                                 for i, part in enumerate(("forward", "input_grad", "weight_grad"))}
+    row["onednn_calls"] = [int(m.group(2 * i + 1)) for i in range(3)]
+  return row
+
+
+def main(argv=None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  if "--child" in argv:
+    split = argv.index("--") if "--" in argv else len(argv)
+    p = argparse.ArgumentParser()
+    p.add_argument("--child", choices=("xla", "onednn"))
+    p.add_argument("--cache-dir")
+    a = p.parse_args(argv[:split])
+    return child(a.child, a.cache_dir, argv[split + 1:])
+  p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  p.add_argument("--stage", default="syncnet", help="syncnet, emotion_disc or emogen")
+  p.add_argument("--size", default="reference", choices=("smoke", "reference"))
+  p.add_argument("--batch", type=int, default=None,
+                 help="global batch (default: bench_train.py's for the size)")
+  p.add_argument("--steps", type=int, default=4, help="timed steps per run, after one warm-up")
+  p.add_argument("--rounds", type=int, default=2,
+                 help="rounds of the two runs (xla, onednn), in alternating order")
+  p.add_argument("--cache-dir", default=None,
+                 help="where oneDNN and the compiled binding are kept (default "
+                      "~/.cache/emogen_jax/onednn_conv)")
+  p.add_argument("--json", default=None, help="also write the rounds to this JSON file")
+  args = p.parse_args(argv)
+  if args.rounds < 1 or args.steps < 1:
+    p.error("--rounds and --steps must be at least 1")
+  from onednn_conv import binding
+  args.cache_dir = os.path.abspath(args.cache_dir or binding.default_cache_dir())
+  try:
+    library = binding.build(args.cache_dir)
+  except binding.BuildError as e:
+    p.exit(2, f"bench_onednn: {e}\n")
+  print(f"oneDNN binding: {library}", flush=True)
+  rounds = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for r in range(args.rounds):
+      order = ("xla", "onednn") if r % 2 == 0 else ("onednn", "xla")
+      rows = {v: run_variant(v, args, os.path.join(tmp, f"{v}{r}.json")) for v in order}
+      xla, one = rows["xla"], rows["onednn"]
+      result = {"round": r + 1, "order": list(order), "xla_s": xla["step_s"],
+                "onednn_s": one["step_s"], "torch_s": xla["torch_step_s"],
+                "onednn_ms_per_step": one["onednn_ms_per_step"],
+                "onednn_calls": one["onednn_calls"], "loadavg": one["loadavg"]}
+      rounds.append(result)
+      inside = one["onednn_ms_per_step"]
+      print(f"{args.stage} {args.size} batch {xla['batch']} round {r + 1} ({' then '.join(order)}): "
+            f"XLA's kernels {xla['step_s']:.3f} s, oneDNN's {one['step_s']:.3f} s "
+            f"({xla['step_s'] / one['step_s']:.2f}x XLA's), PyTorch {xla['torch_step_s']:.3f} s: "
+            f"ours {xla['torch_step_s'] / xla['step_s']:.2f}x with XLA's kernels, "
+            f"{xla['torch_step_s'] / one['step_s']:.2f}x with oneDNN's; inside oneDNN per step "
+            f"(warm-up included) forward {inside['forward']:.0f} ms, input gradient "
+            f"{inside['input_grad']:.0f} ms, weight gradient {inside['weight_grad']:.0f} ms; "
+            f"load {one['loadavg']}", flush=True)
+  import bench_train
+  bench_train.write_rows(args.json, rounds)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

@@ -1,0 +1,207 @@
+"""oneDNN's convolutions inside our jitted steps, through XLA's FFI: a benchmark instrument.
+
+This is not part of the library. It answers one question that `scripts/bench_onednn.py` asks: how
+fast would our training steps be on this CPU if XLA's convolution kernels were oneDNN's (the
+kernels PyTorch runs)? docs/design.md "oneDNN's convolutions inside our step" has the answer on
+the machines measured so far and why the library does not ship it.
+
+`build(cache_dir)` fetches oneDNN (the PyPI wheels ``onednn-cpu-gomp`` and
+``onednn-devel-cpu-gomp``, version ``ONEDNN_VERSION``) and compiles ``onednn_conv.cc`` against it
+and jaxlib's FFI headers with g++; `load(library)` registers the three handlers with XLA;
+`route_convolutions()` sends every plain float32 NHWC convolution of the models (those that
+`models.layers.conv2d` and VGG-19's layers compute) to them, with the custom VJP below.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import glob
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+ONEDNN_VERSION = "2023.2.0"        # oneDNN 3.2, the newest OpenMP build on PyPI
+SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
+TARGETS = ("OnednnConvFwd", "OnednnConvBwdData", "OnednnConvBwdWeights")
+
+
+class BuildError(RuntimeError):
+  """The binding could not be built; the message is one line naming the step and the fix."""
+
+
+def default_cache_dir() -> str:
+  return os.path.join(os.path.expanduser("~"), ".cache", "emogen_jax", "onednn_conv")
+
+
+def build(cache_dir: str | None = None) -> str:
+  """Path of the compiled binding under ``cache_dir``, built if missing (the name carries a hash
+  of the source and of oneDNN's version, so an edited source builds anew)."""
+  import jax.ffi
+
+  cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+  with open(SOURCE, "rb") as f:
+    digest = hashlib.sha256(f.read() + ONEDNN_VERSION.encode()).hexdigest()[:12]
+  library = os.path.join(cache_dir, f"libonednn_conv-{digest}.so")
+  if os.path.exists(library):
+    return library
+  compiler = shutil.which("g++")
+  if compiler is None:
+    raise BuildError("g++ not found: the oneDNN binding is C++; install it (apt-get install g++)")
+  wheels = os.path.join(cache_dir, f"wheels-{ONEDNN_VERSION}")
+  onednn = os.path.join(cache_dir, f"onednn-{ONEDNN_VERSION}")
+  if not glob.glob(os.path.join(onednn, "lib", "libdnnl.so*")):
+    os.makedirs(wheels, exist_ok=True)
+    pip = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", wheels,
+         f"onednn-cpu-gomp=={ONEDNN_VERSION}", f"onednn-devel-cpu-gomp=={ONEDNN_VERSION}"],
+        capture_output=True, text=True)
+    if pip.returncode != 0:
+      last = (pip.stderr.strip().splitlines() or ["no output"])[-1]
+      raise BuildError(f"pip could not fetch oneDNN {ONEDNN_VERSION} ({last}); the binding needs "
+                       "the package index (or the two wheels placed in " + wheels + ")")
+    for wheel in glob.glob(os.path.join(wheels, "onednn*.whl")):
+      with zipfile.ZipFile(wheel) as z:
+        for name in z.namelist():
+          # The wheels keep the library and headers under <name>.data/data/{lib,include}/.
+          parts = name.split("/")
+          if len(parts) > 3 and parts[1] == "data" and parts[2] in ("lib", "include"):
+            target = os.path.join(onednn, *parts[2:])
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            with z.open(name) as src, open(target, "wb") as dst:
+              shutil.copyfileobj(src, dst)
+  lib_dir = os.path.join(onednn, "lib")
+  if not os.path.exists(os.path.join(lib_dir, "libdnnl.so")):
+    sonames = sorted(glob.glob(os.path.join(lib_dir, "libdnnl.so.*")))
+    if not sonames:
+      raise BuildError(f"no libdnnl.so in {lib_dir}: delete {onednn} and run again")
+    os.symlink(os.path.basename(sonames[0]), os.path.join(lib_dir, "libdnnl.so"))
+  tmp = library + f".tmp{os.getpid()}"
+  cc = subprocess.run(
+      [compiler, "-O2", "-std=c++17", "-shared", "-fPIC", "-w",
+       "-I", os.path.join(onednn, "include"), "-I", jax.ffi.include_dir(), SOURCE,
+       "-L", lib_dir, "-ldnnl", f"-Wl,-rpath,{lib_dir}", "-o", tmp],
+      capture_output=True, text=True)
+  if cc.returncode != 0:
+    first = next((l for l in cc.stderr.splitlines() if "error" in l), cc.stderr.strip()[:200])
+    raise BuildError(f"g++ could not compile {SOURCE}: {first}")
+  os.replace(tmp, library)
+  return library
+
+
+@functools.cache
+def load(library: str) -> None:
+  """Registers the handlers of the compiled ``library`` with XLA's CPU platform (once)."""
+  import jax
+
+  lib = ctypes.cdll.LoadLibrary(library)
+  for name in TARGETS:
+    jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+
+
+def _attrs(strides, pads) -> dict:
+  import numpy as np
+
+  (pt, pb), (pl, pr) = pads
+  return dict(sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(pt),
+              pb=np.int64(pb), pl=np.int64(pl), pr=np.int64(pr))
+
+
+def _out_shape(x_shape, kernel_shape, strides, pads) -> tuple:
+  n, h, w, _ = x_shape
+  kh, kw, _, o = kernel_shape
+  return (n, (h + sum(pads[0]) - kh) // strides[0] + 1, (w + sum(pads[1]) - kw) // strides[1] + 1,
+          o)
+
+
+def _call(target: str, shape, *operands, strides, pads):
+  import jax
+  import jax.numpy as jnp
+
+  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))(
+      *operands, **_attrs(strides, pads))
+
+
+def forward(x, kernel, strides, pads):
+  """y = conv(x, kernel): x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), float32."""
+  return _call("OnednnConvFwd", _out_shape(x.shape, kernel.shape, strides, pads), x, kernel,
+               strides=strides, pads=pads)
+
+
+def input_grad(dy, kernel, x_shape, strides, pads):
+  return _call("OnednnConvBwdData", x_shape, dy, kernel, strides=strides, pads=pads)
+
+
+def weight_grad(x, dy, kernel_shape, strides, pads):
+  return _call("OnednnConvBwdWeights", kernel_shape, x, dy, strides=strides, pads=pads)
+
+
+def _make_conv():
+  import jax
+
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+  def conv(x, kernel, strides, pads):
+    return forward(x, kernel, strides, pads)
+
+  def conv_fwd(x, kernel, strides, pads):
+    return forward(x, kernel, strides, pads), (x, kernel)
+
+  def conv_bwd(strides, pads, res, dy):
+    x, kernel = res
+    return (input_grad(dy, kernel, x.shape, strides, pads),
+            weight_grad(x, dy, kernel.shape, strides, pads))
+
+  conv.defvjp(conv_fwd, conv_bwd)
+  return conv
+
+
+conv = None  # set by route_convolutions: oneDNN's convolution with its gradient
+
+
+def route_convolutions(library: str):
+  """Sends the models' plain float32 NHWC convolutions to oneDNN from now on (dilated, grouped
+  and other dtypes stay on lax); returns a function that undoes it."""
+  import types
+
+  import flax.linen as nn
+  import jax.numpy as jnp
+
+  from emogen_jax.models import layers, vgg
+
+  global conv
+  load(library)
+  conv = _make_conv()
+  own_conv2d, own_nn = layers.conv2d, vgg.nn
+
+  def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+             dimension_numbers=None, feature_group_count=1, precision=None):
+    plain = ((lhs_dilation is None or all(d == 1 for d in lhs_dilation))
+             and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
+             and feature_group_count == 1 and not isinstance(padding, str)
+             and layers._is_nhwc(dimension_numbers, lhs.ndim)
+             and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32)
+    if not plain:
+      return own_conv2d(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
+                        dimension_numbers, feature_group_count, precision)
+    return conv(lhs, rhs, tuple(int(s) for s in window_strides),
+                tuple((int(lo), int(hi)) for lo, hi in padding))
+
+  # Every models module that took `layers.conv2d` by name (the emotion disc imports it).
+  import emogen_jax.models  # noqa: F401  (its submodules, so that they are in sys.modules)
+  holders = [m for name, m in list(sys.modules.items())
+             if name.startswith("emogen_jax.models") and getattr(m, "conv2d", None) is own_conv2d]
+  for m in holders:
+    m.conv2d = conv2d
+  # VGG-19 builds plain nn.Conv layers (lax's convolution): give them this one.
+  vgg.nn = types.SimpleNamespace(Conv=functools.partial(nn.Conv, conv_general_dilated=conv2d),
+                                 relu=nn.relu)
+
+  def undo():
+    for m in holders:
+      m.conv2d = own_conv2d
+    vgg.nn = own_nn
+
+  return undo

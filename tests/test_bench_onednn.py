@@ -1,0 +1,139 @@
+"""scripts/bench_onednn.py and its oneDNN binding (scripts/onednn_conv): the binding computes the
+three parts of every convolution geometry the models use as lax does, a step routed through it
+has lax's gradients and really calls it, and the benchmark's end-to-end run reports its rounds.
+
+Builds the binding once (oneDNN's wheels from the package index, g++): skipped where either is
+missing, with the reason."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import REPO
+
+sys.path.insert(0, os.path.join(REPO, "scripts"))
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory):
+  from onednn_conv import binding
+  cache = tmp_path_factory.mktemp("onednn")
+  try:
+    path = binding.build(str(cache))
+  except binding.BuildError as e:
+    pytest.skip(f"the oneDNN binding cannot be built here: {e}")
+  binding.load(path)
+  return path, str(cache)
+
+
+# (x shape, kernel shape, strides, pads): every kind the models have (3x3 same, strided, 1x1,
+# 7x7 and 5x5, the decoder's even phase kernels with uneven padding, an odd stride pair).
+GEOMETRIES = [
+    ((2, 12, 12, 8), (3, 3, 8, 16), (1, 1), ((1, 1), (1, 1))),
+    ((2, 13, 11, 8), (3, 3, 8, 16), (2, 2), ((1, 1), (1, 1))),
+    ((2, 8, 8, 16), (1, 1, 16, 4), (1, 1), ((0, 0), (0, 0))),
+    ((2, 24, 24, 6), (7, 7, 6, 16), (1, 1), ((3, 3), (3, 3))),
+    ((3, 10, 20, 5), (5, 5, 5, 7), (1, 2), ((2, 2), (2, 2))),
+    ((2, 9, 9, 4), (2, 2, 4, 8), (1, 1), ((1, 0), (0, 1))),
+    ((2, 9, 9, 4), (4, 4, 4, 8), (1, 1), ((1, 2), (2, 1))),
+]
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,pads", GEOMETRIES)
+def test_parts_equal_lax(library, x_shape, k_shape, strides, pads):
+  import jax
+  import jax.numpy as jnp
+
+  from onednn_conv import binding
+
+  rng = np.random.default_rng(sum(x_shape) + sum(k_shape))
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal(k_shape), jnp.float32)
+
+  def lax_conv(x_, k_):
+    return jax.lax.conv_general_dilated(x_, k_, strides, pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  y, vjp = jax.vjp(lax_conv, x, k)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  dx, dk = vjp(dy)
+  ours = jax.jit(lambda x_, k_, dy_: (binding.forward(x_, k_, strides, pads),
+                                      binding.input_grad(dy_, k_, x_.shape, strides, pads),
+                                      binding.weight_grad(x_, dy_, k_.shape, strides, pads)))
+  for got, want in zip(ours(x, k, dy), (y, dx, dk)):
+    assert got.shape == want.shape
+    err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+    assert err < 1e-5, err
+
+
+def test_routed_step_has_lax_gradients_and_calls_onednn(library):
+  import flax.linen as nn
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.models import layers, vgg
+  from onednn_conv import binding
+
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = layers.ConvBN(8, 3, 2, 1)(x, train=True)
+      x = layers.ConvBN(8, 3, 1, 1, residual=True)(x, train=True)
+      return vgg.VGG19Features(width=1 / 16)(x[..., :3])[1]
+
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 32, 32, 3)), jnp.float32)
+  variables = Net().init(jax.random.PRNGKey(0), x)
+
+  def loss(params):
+    out, _ = Net().apply({**variables, "params": params}, x, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(out))
+
+  want = jax.grad(loss)(variables["params"])
+  undo = binding.route_convolutions(library[0])
+  try:
+    text = jax.jit(jax.grad(loss)).lower(variables["params"]).as_text()
+    got = jax.jit(jax.grad(loss))(variables["params"])
+  finally:
+    undo()
+  assert text.count("OnednnConvFwd") >= 4 and "OnednnConvBwdWeights" in text
+  # Leaf by leaf against the largest gradient (the conv biases before a BatchNorm have a zero
+  # gradient up to rounding, so their own scale is noise).
+  scale = max(float(jnp.max(jnp.abs(w))) for w in jax.tree_util.tree_leaves(want))
+  for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+    err = float(jnp.max(jnp.abs(g - w))) / scale
+    assert err < 1e-5, err
+  # Undone: the models trace lax's convolutions again.
+  assert "OnednnConv" not in jax.jit(jax.grad(loss)).lower(variables["params"]).as_text()
+
+
+def test_bench_runs_both_variants(library, tmp_path):
+  out = tmp_path / "rounds.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "bench_onednn.py"), "--stage", "syncnet",
+       "--size", "smoke", "--batch", "4", "--steps", "1", "--rounds", "1", "--cache-dir",
+       library[1], "--json", str(out)],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  (row,) = json.loads(out.read_text())
+  assert row["xla_s"] > 0 and row["onednn_s"] > 0 and row["torch_s"] > 0
+  # SyncNet's every convolution went to oneDNN, each part of each (its first layer too).
+  fwd, dx, dw = row["onednn_calls"]
+  assert fwd > 0 and fwd == dw and 0 < dx <= fwd
+  assert all(v > 0 for v in row["onednn_ms_per_step"].values())
+  assert "XLA's kernels" in proc.stdout and "with oneDNN's" in proc.stdout
+
+
+def test_bench_usage_errors():
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_onednn.py"),
+                         "--rounds", "0"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "--rounds and --steps must be at least 1" in proc.stderr
+
+
+def test_conv_grad_onednn_needs_compare_torch():
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_conv_grad.py"),
+                         "--onednn"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "add --compare-torch" in proc.stderr
