@@ -158,9 +158,6 @@ def _make_conv():
   return conv
 
 
-conv = None  # set by route_convolutions: oneDNN's convolution with its gradient
-
-
 def route_convolutions(library: str):
   """Sends the models' plain float32 NHWC convolutions to oneDNN from now on (dilated, grouped
   and other dtypes stay on lax); returns a function that undoes it."""
@@ -171,9 +168,8 @@ def route_convolutions(library: str):
 
   from emogen_jax.models import layers, vgg
 
-  global conv
   load(library)
-  conv = _make_conv()
+  conv = _make_conv()  # oneDNN's convolution with its gradient
   own_conv2d, own_nn = layers.conv2d, vgg.nn
 
   def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
