@@ -392,10 +392,8 @@ def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=No
   per-phase or one-matmul input gradient (``_input_grad_kind``) where they are the faster ones.
   Signature of ``lax.conv_general_dilated``, so that ``nn.Conv(conv_general_dilated=conv2d)``
   uses it; dilated, grouped and other layouts go to lax unchanged."""
-  plain = ((lhs_dilation is None or all(d == 1 for d in lhs_dilation))
-           and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
-           and feature_group_count == 1 and not isinstance(padding, str)
-           and _is_nhwc(dimension_numbers, lhs.ndim))
+  plain = is_plain_nhwc(lhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                        feature_group_count)
   if plain and _uses_fft(rhs.shape, tuple(window_strides)):
     return fft_conv2d(lhs, rhs, tuple((int(lo), int(hi)) for lo, hi in padding))
   strides = tuple(int(s) for s in window_strides)
@@ -407,6 +405,17 @@ def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=No
                                         precision=precision)
   pads = tuple((int(lo), int(hi)) for lo, hi in padding)
   return _conv_own_grad(lhs, rhs, strides, pads, precision, tap_weight, input_grad)
+
+
+def is_plain_nhwc(lhs, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
+                  feature_group_count=1) -> bool:
+  """Whether a ``lax.conv_general_dilated`` call (its arguments by name) is an undilated,
+  ungrouped NHWC/HWIO convolution with explicit padding: the kind that ``conv2d`` computes its
+  own way."""
+  return ((lhs_dilation is None or all(d == 1 for d in lhs_dilation))
+          and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
+          and feature_group_count == 1 and not isinstance(padding, str)
+          and _is_nhwc(dimension_numbers, lhs.ndim))
 
 
 def _is_nhwc(dimension_numbers, ndim: int) -> bool:

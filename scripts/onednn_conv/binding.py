@@ -174,10 +174,8 @@ def route_convolutions(library: str):
 
   def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
              dimension_numbers=None, feature_group_count=1, precision=None):
-    plain = ((lhs_dilation is None or all(d == 1 for d in lhs_dilation))
-             and (rhs_dilation is None or all(d == 1 for d in rhs_dilation))
-             and feature_group_count == 1 and not isinstance(padding, str)
-             and layers._is_nhwc(dimension_numbers, lhs.ndim)
+    plain = (layers.is_plain_nhwc(lhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
+                                  feature_group_count)
              and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32)
     if not plain:
       return own_conv2d(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
