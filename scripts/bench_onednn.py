@@ -66,8 +66,7 @@ def run_variant(variant: str, args, json_path: str) -> dict:
     if not m:
       raise SystemExit("bench_onednn: the onednn run printed no handler statistics: were its "
                        "convolutions routed to oneDNN?")
-    executions = args.steps + 1  # bench_train: one warm-up step, then the timed ones
-    row["onednn_ms_per_step"] = {part: float(m.group(2 * i + 2)) / executions
+    row["onednn_ms_per_step"] = {part: float(m.group(2 * i + 2)) / row["step_runs"]
                                  for i, part in enumerate(("forward", "input_grad", "weight_grad"))}
     row["onednn_calls"] = [int(m.group(2 * i + 1)) for i in range(3)]
   return row
@@ -113,7 +112,8 @@ def main(argv=None) -> int:
       result = {"round": r + 1, "order": list(order), "xla_s": xla["step_s"],
                 "onednn_s": one["step_s"], "torch_s": xla["torch_step_s"],
                 "onednn_ms_per_step": one["onednn_ms_per_step"],
-                "onednn_calls": one["onednn_calls"], "loadavg": one["loadavg"]}
+                "onednn_calls": one["onednn_calls"], "step_runs": one["step_runs"],
+                "loadavg": one["loadavg"]}
       rounds.append(result)
       inside = one["onednn_ms_per_step"]
       print(f"{args.stage} {args.size} batch {xla['batch']} round {r + 1} ({' then '.join(order)}): "

@@ -313,7 +313,8 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
          "examples_per_s": round(config.batch_size / step_s, 3),
          "gflop_per_step": round(flops_per_step / 1e9, 3),
          "achieved_gflop_per_s": round(flops_per_step / step_s / 1e9, 3),
-         "loss": loss, "loadavg": _load(), "malloc": allocator.describe()}
+         "loss": loss, "loadavg": _load(), "malloc": allocator.describe(),
+         "step_runs": steps + 2}  # the warm-up, the timed steps, the one for the loss above
   if torch_step is not None:
     import torch
     t_s = medians["torch"]

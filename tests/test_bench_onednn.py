@@ -123,6 +123,8 @@ def test_bench_runs_both_variants(library, tmp_path):
   # SyncNet's every convolution went to oneDNN, each part of each (its first layer too).
   fwd, dx, dw = row["onednn_calls"]
   assert fwd > 0 and fwd == dw and 0 < dx <= fwd
+  # The per-step figures divide by the step's runs: each run makes the same calls.
+  assert row["step_runs"] == 3 and fwd % 3 == 0 and dx % 3 == 0
   assert all(v > 0 for v in row["onednn_ms_per_step"].values())
   assert "XLA's kernels" in proc.stdout and "with oneDNN's" in proc.stdout
 
