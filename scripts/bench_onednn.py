@@ -48,8 +48,8 @@ def child(variant: str, cache_dir: str, bench_args: list[str]) -> int:
 def run_variant(variant: str, args, json_path: str) -> dict:
   bench_args = ["--stages", args.stage, "--sizes", args.size, "--steps", str(args.steps),
                 "--no-peak", "--json", json_path]
-  bench_args += (["--reference-batch", str(args.batch)] if args.size == "reference"
-                 else (["--smoke-batch", str(args.batch)] if args.batch else []))
+  if args.batch is not None:
+    bench_args += [f"--{args.size}-batch", str(args.batch)]
   if variant == "xla":
     bench_args.append("--compare-torch")
   cmd = [sys.executable, os.path.abspath(__file__), "--child", variant, "--cache-dir",
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv[:split])
     return child(a.child, a.cache_dir, argv[split + 1:])
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  p.add_argument("--stage", default="syncnet", help="syncnet, emotion_disc or emogen")
+  p.add_argument("--stage", default="syncnet", choices=("syncnet", "emotion_disc", "emogen"))
   p.add_argument("--size", default="reference", choices=("smoke", "reference"))
   p.add_argument("--batch", type=int, default=None,
                  help="global batch (default: bench_train.py's for the size)")
@@ -96,6 +96,8 @@ def main(argv=None) -> int:
   args = p.parse_args(argv)
   if args.rounds < 1 or args.steps < 1:
     p.error("--rounds and --steps must be at least 1")
+  if args.batch is not None and args.batch < 1:
+    p.error(f"--batch {args.batch}: give at least 1 (the global batch of the step)")
   from onednn_conv import binding
   args.cache_dir = os.path.abspath(args.cache_dir or binding.default_cache_dir())
   try:

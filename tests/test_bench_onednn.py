@@ -129,10 +129,16 @@ def test_bench_runs_both_variants(library, tmp_path):
   assert "XLA's kernels" in proc.stdout and "with oneDNN's" in proc.stdout
 
 
-def test_bench_usage_errors():
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_onednn.py"),
-                         "--rounds", "0"], capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2 and "--rounds and --steps must be at least 1" in proc.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", "0"], "--rounds and --steps must be at least 1"),
+    (["--batch", "0"], "--batch 0: give at least 1"),
+    (["--stage", "foo"], "argument --stage: invalid choice: 'foo'"),
+])
+def test_bench_usage_errors(args, message):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_onednn.py"), *args],
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and message in proc.stderr.strip().splitlines()[-1], proc.stderr
+  assert "Traceback" not in proc.stderr
 
 
 def test_conv_grad_onednn_needs_compare_torch():
