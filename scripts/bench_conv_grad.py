@@ -92,9 +92,7 @@ def time_layer(x_shape, kernel_shape, strides, repeats: int) -> tuple[float, flo
   from bench_train import interleaved
 
   calls = {name: (lambda f=f: f(x, k, dy).block_until_ready()) for name, f in fns.items()}
-  for call in calls.values():
-    call()
-  medians = interleaved(calls, repeats)
+  medians = interleaved(calls, repeats, warm_up=True)
   return tuple(1e3 * medians[name] for name in ("xla", "tap"))
 
 
@@ -166,10 +164,7 @@ def time_parts(x_shape, kernel_shape, strides, repeats: int, device: str = "cpu"
   ours, theirs = conv_parts(x_shape, kernel_shape, strides, device)
   out = {}
   for part in PARTS:
-    calls = {"ours": ours[part], "torch": theirs[part]}
-    for call in calls.values():
-      call()
-    medians = interleaved(calls, repeats)
+    medians = interleaved({"ours": ours[part], "torch": theirs[part]}, repeats, warm_up=True)
     out[part] = (1e3 * medians["ours"], 1e3 * medians["torch"])
   return out
 

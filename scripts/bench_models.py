@@ -85,10 +85,8 @@ def bench_layers(frames: int, repeats: int, width: float = 1.0):
                                conv_transpose(x, kernel, 2, 1, 1), atol=1e-4, rtol=1e-4)
     grads = {name: jax.jit(jax.grad(fn, argnums=(0, 1)))
              for name, fn in (("ours", loss_fast), ("one", loss_one), ("plain", loss_plain))}
-    for fn in grads.values():  # compile outside the timing
-      jax.block_until_ready(fn(x, kernel))
     t = interleaved({name: lambda fn=fn: jax.block_until_ready(fn(x, kernel))
-                     for name, fn in grads.items()}, max(1, repeats))
+                     for name, fn in grads.items()}, max(1, repeats), warm_up=True)
     total_fast += t["ours"]
     total_one += t["one"]
     total_plain += t["plain"]

@@ -76,10 +76,14 @@ def write_rows(path: str | None, rows: list[dict]) -> None:
       json.dump(rows, f, indent=2)
 
 
-def interleaved(fns: dict, repeats: int) -> dict[str, float]:
+def interleaved(fns: dict, repeats: int, warm_up: bool = False) -> dict[str, float]:
   """{name: no-argument callable} -> {name: median seconds}, calling one of each in turn
-  ``repeats`` times, so that every callable sees the same machine load."""
+  ``repeats`` times, so that every callable sees the same machine load; with ``warm_up`` each
+  is called once first, untimed (compiles, first-touch pages)."""
   import numpy as np
+  if warm_up:
+    for fn in fns.values():
+      fn()
   times = {name: [] for name in fns}
   for _ in range(repeats):
     for name, fn in fns.items():
@@ -277,9 +281,7 @@ def bench_parts(ours: dict, steps: int) -> dict:
   fns = {}
   for name in mine:
     fns[("ours", name)], fns[("torch", name)] = mine[name], theirs[name]
-  for fn in fns.values():
-    fn()  # compile / warm up
-  medians = interleaved(fns, steps)
+  medians = interleaved(fns, steps, warm_up=True)
   return {name: {"ours_s": round(medians[("ours", name)], 4),
                  "torch_s": round(medians[("torch", name)], 4),
                  "speedup_vs_torch": round(medians[("torch", name)] / medians[("ours", name)], 3)}
