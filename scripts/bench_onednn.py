@@ -5,13 +5,16 @@ The training steps' gap to PyTorch on a CPU is the convolution kernels (docs/des
 it builds `scripts/onednn_conv` (oneDNN from PyPI called through XLA's FFI; needs g++ and the
 package index once, then cached) and times `scripts/bench_train.py`'s step in separate processes,
 in turn: our step as the library computes it (``xla``, with ``--compare-torch``: PyTorch's step in
-the same process) and our step with every convolution on oneDNN (``onednn``). PyTorch's figure
+the same process) and our step with every convolution on oneDNN, for each ``--threads`` mode:
+``omp`` (oneDNN's own OpenMP threads, as PyTorch runs it) and ``xla`` (no threads of oneDNN's: each
+call split over the batch onto XLA's own thread pool, one single-thread primitive per slice). PyTorch's figure
 comes from the ``xla`` process only: PyTorch and the binding load the same OpenMP runtime
 (``libgomp.so.1``), and two callers of it make it shorten every thread's spin-wait, which slows
 PyTorch's own step by 10-20 %; in separate processes neither sees the other.
 
     python scripts/bench_onednn.py --stage syncnet --batch 16 --steps 6 --rounds 2
     python scripts/bench_onednn.py --stage emogen --batch 2 --steps 4 --rounds 2
+    python scripts/bench_onednn.py --stage syncnet --batch 16 --threads omp xla
 
 Prints per round the three step times and the ratios, with the time spent inside the oneDNN
 handlers per step (its forwards, input gradients and weight gradients).
@@ -34,13 +37,16 @@ _STATS = re.compile(r"onednn_conv stats: forward (\d+) calls ([\d.]+) ms, input 
                     r"calls ([\d.]+) ms, weight gradient (\d+) calls ([\d.]+) ms")
 
 
+THREADS = ("omp", "xla")  # the binding's `threads`
+
+
 def child(variant: str, cache_dir: str, bench_args: list[str]) -> int:
-  """One bench_train run in this process, its convolutions on oneDNN for ``onednn``."""
+  """One bench_train run in this process, its convolutions on oneDNN for ``onednn-*``."""
   from emogen_jax.allocator import use_fast_allocator
   use_fast_allocator()  # the allocator bench_train.py runs under (may re-execute this command)
-  if variant == "onednn":
+  if variant.startswith("onednn"):
     from onednn_conv import binding
-    binding.route_convolutions(binding.build(cache_dir))
+    binding.route_convolutions(binding.build(cache_dir), threads=variant.split("-", 1)[1])
   import bench_train
   return bench_train.main(bench_args)
 
@@ -62,7 +68,7 @@ def run_variant(variant: str, args, json_path: str) -> dict:
   with open(json_path) as f:
     row = json.load(f)[0]
   m = _STATS.search(proc.stderr)
-  if variant == "onednn":
+  if variant.startswith("onednn"):
     if not m:
       raise SystemExit("bench_onednn: the onednn run printed no handler statistics: were its "
                        "convolutions routed to oneDNN?")
@@ -77,7 +83,7 @@ def main(argv=None) -> int:
   if "--child" in argv:
     split = argv.index("--") if "--" in argv else len(argv)
     p = argparse.ArgumentParser()
-    p.add_argument("--child", choices=("xla", "onednn"))
+    p.add_argument("--child", choices=("xla",) + tuple(f"onednn-{t}" for t in THREADS))
     p.add_argument("--cache-dir")
     a = p.parse_args(argv[:split])
     return child(a.child, a.cache_dir, argv[split + 1:])
@@ -88,7 +94,12 @@ def main(argv=None) -> int:
                  help="global batch (default: bench_train.py's for the size)")
   p.add_argument("--steps", type=int, default=4, help="timed steps per run, after one warm-up")
   p.add_argument("--rounds", type=int, default=2,
-                 help="rounds of the two runs (xla, onednn), in alternating order")
+                 help="rounds of the runs (xla, then oneDNN in each --threads mode), the order "
+                      "reversed every other round")
+  p.add_argument("--threads", nargs="+", default=["xla"], choices=THREADS,
+                 help="oneDNN's threads: its own OpenMP team per call (omp, as in PyTorch), or "
+                      "none, the call split over the batch onto XLA's pool (xla); several are "
+                      "timed in turn")
   p.add_argument("--cache-dir", default=None,
                  help="where oneDNN and the compiled binding are kept (default "
                       "~/.cache/emogen_jax/onednn_conv)")
@@ -106,26 +117,32 @@ def main(argv=None) -> int:
     p.exit(2, f"bench_onednn: {e}\n")
   print(f"oneDNN binding: {library}", flush=True)
   rounds = []
+  variants = ["xla"] + [f"onednn-{t}" for t in dict.fromkeys(args.threads)]
   with tempfile.TemporaryDirectory() as tmp:
     for r in range(args.rounds):
-      order = ("xla", "onednn") if r % 2 == 0 else ("onednn", "xla")
+      order = variants if r % 2 == 0 else variants[::-1]
       rows = {v: run_variant(v, args, os.path.join(tmp, f"{v}{r}.json")) for v in order}
-      xla, one = rows["xla"], rows["onednn"]
-      result = {"round": r + 1, "order": list(order), "xla_s": xla["step_s"],
-                "onednn_s": one["step_s"], "torch_s": xla["torch_step_s"],
-                "onednn_ms_per_step": one["onednn_ms_per_step"],
-                "onednn_calls": one["onednn_calls"], "step_runs": one["step_runs"],
-                "loadavg": one["loadavg"]}
+      xla = rows["xla"]
+      result = {"round": r + 1, "order": order, "xla_s": xla["step_s"],
+                "torch_s": xla["torch_step_s"], "onednn": {}}
+      parts = []
+      for v in variants[1:]:
+        one = rows[v]
+        result["onednn"][v.split("-", 1)[1]] = {
+            "step_s": one["step_s"], "ms_per_step": one["onednn_ms_per_step"],
+            "calls": one["onednn_calls"], "step_runs": one["step_runs"], "loadavg": one["loadavg"]}
+        inside = one["onednn_ms_per_step"]
+        parts.append(
+            f"oneDNN's ({v.split('-', 1)[1]} threads) {one['step_s']:.3f} s "
+            f"({xla['step_s'] / one['step_s']:.2f}x XLA's, {xla['torch_step_s'] / one['step_s']:.2f}x "
+            f"PyTorch; inside oneDNN per step, warm-up included: forward {inside['forward']:.0f} ms, "
+            f"input gradient {inside['input_grad']:.0f} ms, weight gradient "
+            f"{inside['weight_grad']:.0f} ms)")
       rounds.append(result)
-      inside = one["onednn_ms_per_step"]
       print(f"{args.stage} {args.size} batch {xla['batch']} round {r + 1} ({' then '.join(order)}): "
-            f"XLA's kernels {xla['step_s']:.3f} s, oneDNN's {one['step_s']:.3f} s "
-            f"({xla['step_s'] / one['step_s']:.2f}x XLA's), PyTorch {xla['torch_step_s']:.3f} s: "
-            f"ours {xla['torch_step_s'] / xla['step_s']:.2f}x with XLA's kernels, "
-            f"{xla['torch_step_s'] / one['step_s']:.2f}x with oneDNN's; inside oneDNN per step "
-            f"(warm-up included) forward {inside['forward']:.0f} ms, input gradient "
-            f"{inside['input_grad']:.0f} ms, weight gradient {inside['weight_grad']:.0f} ms; "
-            f"load {one['loadavg']}", flush=True)
+            f"PyTorch {xla['torch_step_s']:.3f} s; XLA's kernels {xla['step_s']:.3f} s "
+            f"({xla['torch_step_s'] / xla['step_s']:.2f}x PyTorch); " + "; ".join(parts)
+            + f"; load {xla['loadavg']}", flush=True)
   import bench_train
   bench_train.write_rows(args.json, rounds)
   return 0

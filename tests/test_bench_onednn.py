@@ -40,11 +40,19 @@ GEOMETRIES = [
     ((3, 10, 20, 5), (5, 5, 5, 7), (1, 2), ((2, 2), (2, 2))),
     ((2, 9, 9, 4), (2, 2, 4, 8), (1, 1), ((1, 0), (0, 1))),
     ((2, 9, 9, 4), (4, 4, 4, 8), (1, 1), ((1, 2), (2, 1))),
+    # With EMOGEN_ONEDNN_THREADS=xla: a layer whose weight gradient splits over the batch and
+    # whose kernel reorders split over output channels (48 in two blocks); two deep layers whose
+    # weight gradient splits over output channels (72, 136: the last part short), one with an
+    # odd batch that the forward splits unevenly.
+    ((4, 20, 20, 16), (3, 3, 16, 48), (1, 1), ((1, 1), (1, 1))),
+    ((3, 7, 7, 64), (3, 3, 64, 72), (1, 1), ((1, 1), (1, 1))),
+    ((2, 6, 6, 40), (3, 3, 40, 136), (2, 2), ((1, 1), (1, 1))),
 ]
 
 
+@pytest.mark.parametrize("threads", ["xla", "omp"])
 @pytest.mark.parametrize("x_shape,k_shape,strides,pads", GEOMETRIES)
-def test_parts_equal_lax(library, x_shape, k_shape, strides, pads):
+def test_parts_equal_lax(library, x_shape, k_shape, strides, pads, threads):
   import jax
   import jax.numpy as jnp
 
@@ -61,16 +69,18 @@ def test_parts_equal_lax(library, x_shape, k_shape, strides, pads):
   y, vjp = jax.vjp(lax_conv, x, k)
   dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
   dx, dk = vjp(dy)
-  ours = jax.jit(lambda x_, k_, dy_: (binding.forward(x_, k_, strides, pads),
-                                      binding.input_grad(dy_, k_, x_.shape, strides, pads),
-                                      binding.weight_grad(x_, dy_, k_.shape, strides, pads)))
+  ours = jax.jit(lambda x_, k_, dy_: (
+      binding.forward(x_, k_, strides, pads, threads),
+      binding.input_grad(dy_, k_, x_.shape, strides, pads, threads),
+      binding.weight_grad(x_, dy_, k_.shape, strides, pads, threads)))
   for got, want in zip(ours(x, k, dy), (y, dx, dk)):
     assert got.shape == want.shape
     err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
     assert err < 1e-5, err
 
 
-def test_routed_step_has_lax_gradients_and_calls_onednn(library):
+@pytest.mark.parametrize("threads", ["xla", "omp"])
+def test_routed_step_has_lax_gradients_and_calls_onednn(library, threads):
   import flax.linen as nn
   import jax
   import jax.numpy as jnp
@@ -93,7 +103,7 @@ def test_routed_step_has_lax_gradients_and_calls_onednn(library):
     return jnp.sum(jnp.sin(out))
 
   want = jax.grad(loss)(variables["params"])
-  undo = binding.route_convolutions(library[0])
+  undo = binding.route_convolutions(library[0], threads)
   try:
     text = jax.jit(jax.grad(loss)).lower(variables["params"]).as_text()
     got = jax.jit(jax.grad(loss))(variables["params"])
@@ -110,23 +120,28 @@ def test_routed_step_has_lax_gradients_and_calls_onednn(library):
   assert "OnednnConv" not in jax.jit(jax.grad(loss)).lower(variables["params"]).as_text()
 
 
-def test_bench_runs_both_variants(library, tmp_path):
+def test_bench_runs_every_variant(library, tmp_path):
   out = tmp_path / "rounds.json"
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "scripts", "bench_onednn.py"), "--stage", "syncnet",
-       "--size", "smoke", "--batch", "4", "--steps", "1", "--rounds", "1", "--cache-dir",
-       library[1], "--json", str(out)],
+       "--size", "smoke", "--batch", "4", "--steps", "1", "--rounds", "1", "--threads", "omp",
+       "xla", "--cache-dir", library[1], "--json", str(out)],
       cwd=tmp_path, capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stdout + proc.stderr
   (row,) = json.loads(out.read_text())
-  assert row["xla_s"] > 0 and row["onednn_s"] > 0 and row["torch_s"] > 0
-  # SyncNet's every convolution went to oneDNN, each part of each (its first layer too).
-  fwd, dx, dw = row["onednn_calls"]
-  assert fwd > 0 and fwd == dw and 0 < dx <= fwd
-  # The per-step figures divide by the step's runs: each run makes the same calls.
-  assert row["step_runs"] == 3 and fwd % 3 == 0 and dx % 3 == 0
-  assert all(v > 0 for v in row["onednn_ms_per_step"].values())
-  assert "XLA's kernels" in proc.stdout and "with oneDNN's" in proc.stdout
+  assert row["xla_s"] > 0 and row["torch_s"] > 0
+  assert row["order"] == ["xla", "onednn-omp", "onednn-xla"] and set(row["onednn"]) == {"omp", "xla"}
+  for mode in row["onednn"].values():
+    assert mode["step_s"] > 0
+    # SyncNet's every convolution went to oneDNN, each part of each (its first layer too).
+    fwd, dx, dw = mode["calls"]
+    assert fwd > 0 and fwd == dw and 0 < dx <= fwd
+    # The per-step figures divide by the step's runs: each run makes the same calls.
+    assert mode["step_runs"] == 3 and fwd % 3 == 0 and dx % 3 == 0
+    assert all(v > 0 for v in mode["ms_per_step"].values())
+  # Both modes made the same calls: the split over XLA's pool is inside each call.
+  assert row["onednn"]["omp"]["calls"] == row["onednn"]["xla"]["calls"]
+  assert "XLA's kernels" in proc.stdout and "(xla threads)" in proc.stdout
 
 
 @pytest.mark.parametrize("args, message", [

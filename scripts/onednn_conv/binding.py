@@ -102,12 +102,18 @@ def load(library: str) -> None:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
 
 
-def _attrs(strides, pads) -> dict:
+THREADS = ("xla", "omp")
+
+
+def _attrs(strides, pads, threads) -> dict:
   import numpy as np
 
+  if threads not in THREADS:
+    raise ValueError(f"threads={threads!r}; use one of {', '.join(THREADS)}")
   (pt, pb), (pl, pr) = pads
   return dict(sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(pt),
-              pb=np.int64(pb), pl=np.int64(pl), pr=np.int64(pr))
+              pb=np.int64(pb), pl=np.int64(pl), pr=np.int64(pr),
+              pool=np.int64(threads == "xla"))
 
 
 def _out_shape(x_shape, kernel_shape, strides, pads) -> tuple:
@@ -117,50 +123,55 @@ def _out_shape(x_shape, kernel_shape, strides, pads) -> tuple:
           o)
 
 
-def _call(target: str, shape, *operands, strides, pads):
+def _call(target: str, shape, *operands, strides, pads, threads):
   import jax
   import jax.numpy as jnp
 
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))(
-      *operands, **_attrs(strides, pads))
+      *operands, **_attrs(strides, pads, threads))
 
 
-def forward(x, kernel, strides, pads):
+# Each part takes `threads`: "xla" (oneDNN without threads of its own, each call split over XLA's
+# thread pool) or "omp" (oneDNN's OpenMP team per call, as PyTorch runs it).
+def forward(x, kernel, strides, pads, threads="xla"):
   """y = conv(x, kernel): x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), float32."""
   return _call("OnednnConvFwd", _out_shape(x.shape, kernel.shape, strides, pads), x, kernel,
-               strides=strides, pads=pads)
+               strides=strides, pads=pads, threads=threads)
 
 
-def input_grad(dy, kernel, x_shape, strides, pads):
-  return _call("OnednnConvBwdData", x_shape, dy, kernel, strides=strides, pads=pads)
+def input_grad(dy, kernel, x_shape, strides, pads, threads="xla"):
+  return _call("OnednnConvBwdData", x_shape, dy, kernel, strides=strides, pads=pads,
+               threads=threads)
 
 
-def weight_grad(x, dy, kernel_shape, strides, pads):
-  return _call("OnednnConvBwdWeights", kernel_shape, x, dy, strides=strides, pads=pads)
+def weight_grad(x, dy, kernel_shape, strides, pads, threads="xla"):
+  return _call("OnednnConvBwdWeights", kernel_shape, x, dy, strides=strides, pads=pads,
+               threads=threads)
 
 
-def _make_conv():
+def _make_conv(threads):
   import jax
 
   @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
   def conv(x, kernel, strides, pads):
-    return forward(x, kernel, strides, pads)
+    return forward(x, kernel, strides, pads, threads)
 
   def conv_fwd(x, kernel, strides, pads):
-    return forward(x, kernel, strides, pads), (x, kernel)
+    return forward(x, kernel, strides, pads, threads), (x, kernel)
 
   def conv_bwd(strides, pads, res, dy):
     x, kernel = res
-    return (input_grad(dy, kernel, x.shape, strides, pads),
-            weight_grad(x, dy, kernel.shape, strides, pads))
+    return (input_grad(dy, kernel, x.shape, strides, pads, threads),
+            weight_grad(x, dy, kernel.shape, strides, pads, threads))
 
   conv.defvjp(conv_fwd, conv_bwd)
   return conv
 
 
-def route_convolutions(library: str):
+def route_convolutions(library: str, threads: str = "xla"):
   """Sends the models' plain float32 NHWC convolutions to oneDNN from now on (dilated, grouped
-  and other dtypes stay on lax); returns a function that undoes it."""
+  and other dtypes stay on lax), run on ``threads`` (see `forward`); returns a function that
+  undoes it."""
   import types
 
   import flax.linen as nn
@@ -168,8 +179,9 @@ def route_convolutions(library: str):
 
   from emogen_jax.models import layers, vgg
 
+  _attrs((1, 1), ((0, 0), (0, 0)), threads)  # an unknown `threads` fails here
   load(library)
-  conv = _make_conv()  # oneDNN's convolution with its gradient
+  conv = _make_conv(threads)  # oneDNN's convolution with its gradient
   own_conv2d, own_nn = layers.conv2d, vgg.nn
 
   def conv2d(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,

@@ -5,10 +5,15 @@
 //   OnednnConvFwd(x, w) -> y            forward
 //   OnednnConvBwdData(dy, w) -> dx      input gradient (dx's shape comes from the result)
 //   OnednnConvBwdWeights(x, dy) -> dw   weight gradient
-// attributes sh, sw (strides) and pt, pb, pl, pr (zero padding: top, bottom, left, right).
+// attributes sh, sw (strides), pt, pb, pl, pr (zero padding: top, bottom, left, right) and pool
+// (which threads run oneDNN, below).
 // Activations go to oneDNN in NHWC as they are; the kernel goes through the layout the
 // primitive asks for (a reorder per call, both ways for the weight gradient). Primitives are
-// built once per shape and kept. oneDNN runs its own threads (the OpenMP build from PyPI).
+// built once per shape and kept. With pool = 0 oneDNN runs its own threads (the OpenMP build from
+// PyPI, as PyTorch runs it); with pool = 1 it has none: each call splits its work into one part
+// per thread of XLA's own pool (the batch, or for the weight gradient of a deep layer the output
+// channels) and runs a one-thread primitive on each part there, the kernel reorders split the
+// same way, so that oneDNN's threads and XLA's never compete for the cores.
 //
 // EMOGEN_ONEDNN_STATS=1 prints, at exit, the calls and the time spent inside each handler.
 // EMOGEN_ONEDNN_VERBOSE=1 prints each primitive's implementation when it is built.
@@ -17,13 +22,19 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <algorithm>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <unordered_map>
+#include <vector>
 
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
+
+extern "C" void omp_set_num_threads(int);
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -108,10 +119,12 @@ std::shared_ptr<Plan> BuildPlan(Part part, const Geometry& g) {
   return plan;
 }
 
-std::shared_ptr<Plan> GetPlan(Part part, const Geometry& g) {
+// `one_thread`: a plan for a call on XLA's pool (built on a thread whose OpenMP team is one
+// thread, so planned for one), kept apart from the plans for oneDNN's own threads.
+std::shared_ptr<Plan> GetPlan(Part part, const Geometry& g, bool one_thread) {
   static std::mutex mu;
   static std::unordered_map<std::string, std::shared_ptr<Plan>> plans;
-  const std::string key = g.Key(part);
+  const std::string key = g.Key(part) + (one_thread ? "/1" : "");
   std::lock_guard<std::mutex> lock(mu);
   auto& plan = plans[key];
   if (!plan) plan = BuildPlan(part, g);
@@ -135,9 +148,11 @@ struct Buffer {
 thread_local Buffer scratch_buffer, kernel_buffer;
 
 struct Stats {
-  std::atomic<int64_t> calls[3] = {}, nanos[3] = {};
+  std::atomic<int64_t> calls[3] = {}, nanos[3] = {}, layout_nanos = 0;
   ~Stats() {
     if (!std::getenv("EMOGEN_ONEDNN_STATS")) return;
+    std::fprintf(stderr, "onednn_conv kernel layouts: %.1f ms (inside the calls above)\n",
+                 layout_nanos / 1e6);
     std::fprintf(stderr,
                  "onednn_conv stats: forward %ld calls %.1f ms, input gradient %ld calls %.1f ms, "
                  "weight gradient %ld calls %.1f ms\n",
@@ -150,7 +165,7 @@ struct Stats {
 // out = dw.
 ffi::Error Run(Part part, const Geometry& g, float* a, float* b, float* out) {
   const auto start = std::chrono::steady_clock::now();
-  auto plan = GetPlan(part, g);
+  auto plan = GetPlan(part, g, false);
   auto& eng = Engine();
   dnnl::stream stream(eng);
   float* src = part == kBwdData ? out : a;
@@ -181,6 +196,202 @@ ffi::Error Run(Part part, const Geometry& g, float* a, float* b, float* out) {
   return ffi::Error::Success();
 }
 
+// A one-thread OpenMP team for oneDNN on this thread from now on (OpenMP keeps the setting per
+// thread); primitives built on such a thread are planned for one thread too.
+void OneOmpThread() {
+  thread_local bool done = false;
+  if (!done) {
+    omp_set_num_threads(1);
+    done = true;
+  }
+}
+
+thread_local Buffer slices_buffer;
+
+// Runs fn(0) .. fn(count - 1) on XLA's pool and the calling thread; returns when all are done.
+// The calling thread takes any index that no pool thread has started, so a busy pool only
+// delays the call, never blocks it. A task that the pool starts after the return finds no index
+// left and touches only `shared`, which it co-owns, never `fn`.
+template <typename Fn>
+void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Fn& fn) {
+  if (count == 1) return fn(0);
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto shared = std::make_shared<Shared>();
+  auto drain = [shared, count, &fn] {
+    for (int64_t i; (i = shared->next++) < count;) {
+      fn(i);
+      shared->done++;
+    }
+  };
+  for (int64_t i = 1; i < count; ++i) pool.Schedule(decltype(drain)(drain));
+  drain();
+  while (shared->done.load() < count) std::this_thread::yield();
+}
+
+// Output channels [first, last) of kernel layout `desc`, for splitting a reorder: the bounds
+// fall on the layout's output-channel blocks.
+memory::desc OutputChannels(const memory::desc& desc, int64_t first, int64_t last) {
+  auto dims = desc.get_dims();
+  const int64_t o = dims[0];
+  dims[0] = std::min(last, o) - first;
+  return desc.submemory_desc(dims, {first, 0, 0, 0});
+}
+
+// The kernel reorder `r` (from -> to) split over output channels onto the pool.
+void Reorder(ffi::ThreadPool& pool, int64_t slices, const memory::desc& from, void* from_data,
+             const memory::desc& to, void* to_data, const memory::desc& blocked) {
+  auto& eng = Engine();
+  int64_t block = 1;
+  const auto blks = blocked.get_inner_blks(), idxs = blocked.get_inner_idxs();
+  for (size_t i = 0; i < blks.size(); ++i)
+    if (idxs[i] == 0) block *= blks[i];
+  const int64_t o = from.get_dims()[0];
+  const int64_t per = (o + slices * block - 1) / (slices * block) * block;  // a multiple of block
+  const int64_t parts = (o + per - 1) / per;
+  ParallelFor(pool, parts, [&](int64_t i) {
+    const auto f = parts == 1 ? from : OutputChannels(from, i * per, (i + 1) * per);
+    const auto t = parts == 1 ? to : OutputChannels(to, i * per, (i + 1) * per);
+    memory fm(f, eng, from_data), tm(t, eng, to_data);
+    dnnl::stream stream(eng);
+    dnnl::reorder(fm, tm).execute(stream, fm, tm);
+    stream.wait();
+  });
+}
+
+thread_local Buffer dy_buffer;
+
+// The weight gradient of a layer whose kernel outweighs its output gradient (the deep layers:
+// many channels, few pixels) split over output channels instead of the batch: each thread
+// copies its channels of dy into a dense buffer, computes those channels' gradient on its own
+// and reorders it into its part of dw. Nothing to sum, and the kernel is written once.
+ffi::Error WeightGradByChannels(const Geometry& g, float* x, float* dy, float* dw,
+                                ffi::ThreadPool& pool, int64_t threads) {
+  auto& eng = Engine();
+  const int64_t per = std::max<int64_t>(16, (g.o + threads * 16 - 1) / (threads * 16) * 16);
+  const int64_t parts = (g.o + per - 1) / per;
+  std::vector<std::shared_ptr<Plan>> plans;
+  std::vector<Geometry> geoms;
+  for (int64_t i = 0; i < parts; ++i) {
+    Geometry sg = g;
+    sg.o = std::min(g.o, (i + 1) * per) - i * per;
+    geoms.push_back(sg);
+    plans.push_back(GetPlan(kBwdWeights, sg, true));
+  }
+  const auto hwio = g.Weights(tag::hwio);
+  const int64_t rows = g.n * g.oh * g.ow;
+  ParallelFor(pool, parts, [&](int64_t i) {
+    const Geometry& sg = geoms[i];
+    const Plan& plan = *plans[i];
+    float* dense = static_cast<float*>(dy_buffer.Get(rows * sg.o * sizeof(float)));
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(dense + r * sg.o, dy + r * g.o + i * per, sg.o * sizeof(float));
+    dnnl::stream stream(eng);
+    memory src_m(sg.Src(), eng, x), dst_m(sg.Dst(), eng, dense);
+    memory scratch(plan.scratch, eng, scratch_buffer.Get(plan.scratch.get_size() + 1));
+    // The slice's gradient in the primitive's layout, then into its output channels of dw.
+    memory k_m(plan.kernel, eng, kernel_buffer.Get(plan.kernel.get_size()));
+    memory part_m(OutputChannels(hwio, i * per, (i + 1) * per), eng, dw);
+    plan.prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, k_m},
+                               {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    dnnl::reorder(k_m, part_m).execute(stream, k_m, part_m);
+    stream.wait();
+  });
+  return ffi::Error::Success();
+}
+
+// One slice of the batch per thread of XLA's pool, a one-thread primitive each; the kernel's
+// reorders and the weight gradient's sum over the slices are split over the pool too.
+ffi::Error RunOnXlaThreads(Part part, const Geometry& g, float* a, float* b, float* out,
+                           ffi::ThreadPool pool) {
+  const auto start = std::chrono::steady_clock::now();
+  OneOmpThread();
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  if (part == kBwdWeights && threads > 1 && g.o >= 32 &&
+      g.kh * g.kw * g.c * g.o > g.n * g.oh * g.ow * g.o) {
+    auto error = WeightGradByChannels(g, a, b, out, pool, threads);
+    stats.nanos[part] += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                             std::chrono::steady_clock::now() - start).count();
+    stats.calls[part]++;
+    return error;
+  }
+  const int64_t slices = std::min<int64_t>(threads, g.n);
+  struct Slice {
+    Geometry g;
+    int64_t first;
+    std::shared_ptr<Plan> plan;
+  };
+  std::vector<Slice> parts;
+  for (int64_t i = 0, first = 0; i < slices; ++i) {
+    Geometry sg = g;
+    sg.n = g.n / slices + (i < g.n % slices ? 1 : 0);
+    parts.push_back({sg, first, GetPlan(part, sg, true)});
+    first += sg.n;
+  }
+  auto& eng = Engine();
+  const auto hwio = g.Weights(tag::hwio);
+  const auto& kdesc = parts[0].plan->kernel;  // the same layout for every slice size
+  for (auto& s : parts)
+    if (s.plan->kernel != kdesc)
+      return ffi::Error::Internal("onednn_conv: the slices want different kernel layouts");
+  const bool reorder = parts[0].plan->reorder;
+  const size_t kbytes = kdesc.get_size();
+  float* kernel = part == kBwdWeights ? out : b;
+  // The kernel in the primitives' layout: shared by the slices (forward, input gradient), or one
+  // per slice, summed afterwards (weight gradient).
+  char* kmem = static_cast<char*>(part == kBwdWeights ? slices_buffer.Get(kbytes * slices)
+                                                      : kernel_buffer.Get(kbytes));
+  const auto t0 = std::chrono::steady_clock::now();
+  if (part != kBwdWeights && reorder) Reorder(pool, threads, hwio, kernel, kdesc, kmem, kdesc);
+  auto layout = std::chrono::steady_clock::now() - t0;
+  const int64_t in_row = g.h * g.w * g.c, out_row = g.oh * g.ow * g.o;
+  ParallelFor(pool, slices, [&](int64_t i) {
+    const Slice& s = parts[i];
+    dnnl::stream stream(eng);
+    float* src = (part == kBwdData ? out : a) + s.first * in_row;
+    float* dst = (part == kFwd ? out : (part == kBwdData ? a : b)) + s.first * out_row;
+    memory src_m(s.g.Src(), eng, src), dst_m(s.g.Dst(), eng, dst);
+    void* k = part == kBwdWeights ? kmem + i * kbytes : (reorder ? kmem : static_cast<void*>(kernel));
+    memory k_m(reorder ? kdesc : hwio, eng, k);
+    memory scratch(s.plan->scratch, eng, scratch_buffer.Get(s.plan->scratch.get_size() + 1));
+    if (part == kFwd)
+      s.plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, k_m},
+                                    {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    else if (part == kBwdData)
+      s.plan->prim.execute(stream, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, k_m},
+                                    {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    else
+      s.plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, k_m},
+                                    {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    stream.wait();
+  });
+  if (part == kBwdWeights) {
+    const auto t1 = std::chrono::steady_clock::now();
+    // Sum the slices' kernels into the first (elementwise, so any layout), in ranges.
+    const int64_t count = kbytes / sizeof(float), per = (count + threads - 1) / threads;
+    float* sum = reinterpret_cast<float*>(kmem);
+    if (slices > 1)
+      ParallelFor(pool, threads, [&](int64_t r) {
+        const int64_t lo = r * per, hi = std::min(count, lo + per);
+        for (int64_t i = 1; i < slices; ++i) {
+          const float* other = reinterpret_cast<const float*>(kmem + i * kbytes);
+          for (int64_t j = lo; j < hi; ++j) sum[j] += other[j];
+        }
+      });
+    if (reorder)
+      Reorder(pool, threads, kdesc, kmem, hwio, out, kdesc);
+    else
+      std::memcpy(out, kmem, kbytes);
+    layout += std::chrono::steady_clock::now() - t1;
+  }
+  stats.layout_nanos += std::chrono::duration_cast<std::chrono::nanoseconds>(layout).count();
+  stats.nanos[part] += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - start).count();
+  stats.calls[part]++;
+  return ffi::Error::Success();
+}
+
 Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                       ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
                       int64_t pl, int64_t pr) {
@@ -189,29 +400,33 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
 
 using F32 = ffi::Buffer<ffi::F32>;
 
-ffi::Error Fwd(F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-               int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error Fwd(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
+               int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
   const auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
+  if (on_pool) return RunOnXlaThreads(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data(), pool);
   return Run(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data());
 }
 
-ffi::Error BwdData(F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
-                   int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error BwdData(ffi::ThreadPool pool, F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
+                   int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
   const auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  if (on_pool) return RunOnXlaThreads(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data(), pool);
   return Run(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data());
 }
 
-ffi::Error BwdWeights(F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
-                      int64_t pt, int64_t pb, int64_t pl, int64_t pr) {
+ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
+                      int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
   const auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  if (on_pool) return RunOnXlaThreads(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data(), pool);
   return Run(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data());
 }
 
 }  // namespace
 
 #define ONEDNN_CONV_BINDING                                                                    \
-  ffi::Ffi::Bind().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("sh").Attr<int64_t>("sw")   \
-      .Attr<int64_t>("pt").Attr<int64_t>("pb").Attr<int64_t>("pl").Attr<int64_t>("pr")
+  ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("sh").Attr<int64_t>("sw")   \
+      .Attr<int64_t>("pt").Attr<int64_t>("pb").Attr<int64_t>("pl").Attr<int64_t>("pr")   \
+      .Attr<int64_t>("pool")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, Fwd, ONEDNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, BwdData, ONEDNN_CONV_BINDING);
