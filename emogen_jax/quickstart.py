@@ -33,6 +33,7 @@ import threading
 import time
 from typing import Any, Callable
 
+from emogen_jax import onednn_conv
 from emogen_jax.data import files
 from emogen_jax.errors import ArgumentParser, UserError, cli_main
 
@@ -281,7 +282,8 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
                    emotion_steps: int = DEFAULTS["emotion_steps"],
                    emogen_steps: int = DEFAULTS["emogen_steps"], seed: int = 0,
                    width: float = 0.25, eval_batches: int = 0, jobs: int | None = None,
-                   emotion: str = "all", progress: bool = True) -> dict:
+                   emotion: str = "all", progress: bool = True,
+                   cpu_convolutions: str = "xla") -> dict:
   """Corpus -> 25 fps -> preprocess -> three trainings -> demo video; returns the summary
   (also written to out_dir/summary.json and summary.md). Finished stages are skipped."""
   from emogen_jax.data import emotions
@@ -371,7 +373,8 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
                                 emotion_steps=emotion_steps, emogen_steps=emogen_steps,
                                 width=width, seed=seed, eval_batches=eval_batches,
                                 progress=progress, banner=banner,
-                                after_emogen_training=while_expert_finishes)
+                                after_emogen_training=while_expert_finishes,
+                                cpu_convolutions=cpu_convolutions)
   for name in stages.TRAININGS:
     walls[name] = results["wall_s"][name]
     if results["skipped"][name]:
@@ -587,6 +590,9 @@ def _parser() -> ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
   p.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
+  p.add_argument("--cpu-convolutions", default="xla", choices=onednn_conv.CHOICES,
+                 help="the trainings' convolution kernels: xla (the default) or onednn (oneDNN's, "
+                      "built with g++ on first use; faster on AVX-512 CPUs)")
   return p
 
 
@@ -597,7 +603,8 @@ def main(argv=None) -> int:
                            syncnet_steps=args.syncnet_steps, emotion_steps=args.emotion_steps,
                            emogen_steps=args.emogen_steps, seed=args.seed, width=args.width,
                            eval_batches=args.eval_batches, jobs=args.jobs, emotion=args.emotion,
-                           progress=not args.no_progress)
+                           progress=not args.no_progress,
+                           cpu_convolutions=args.cpu_convolutions)
   print_summary(summary)
   return 0
 

@@ -209,7 +209,7 @@ def main(argv=None) -> int:
                       "PyTorch's on the same operands (every convolution of the step)")
   p.add_argument("--onednn", action="store_true",
                  help="with --compare-torch: ours on oneDNN's kernels through the FFI binding of "
-                      "scripts/onednn_conv (built on first use; see scripts/bench_onednn.py)")
+                      "emogen_jax/onednn_conv (built on first use; see scripts/bench_onednn.py)")
   args = p.parse_args(argv)
   if args.repeats < 1:
     p.error(f"--repeats {args.repeats}: give at least 1 (timed calls of each kernel)")
@@ -226,12 +226,12 @@ def main(argv=None) -> int:
   print(f"{args.stage} {args.size} (batch {args.batch or 'default'}): {len(convs)} layer shapes")
   if args.compare_torch:
     if args.onednn:
-      from onednn_conv import binding
+      from emogen_jax.onednn_conv import binding
       try:
         binding.route_convolutions(binding.build())
       except binding.BuildError as e:
         p.exit(2, f"bench_conv_grad: {e}\n")
-      print("ours: oneDNN's kernels (scripts/onednn_conv)")
+      print("ours: oneDNN's kernels (emogen_jax/onednn_conv)")
     compare_torch(convs, args.repeats)
     return 0
   total = {"xla": 0.0, "tap": 0.0}

@@ -1,16 +1,16 @@
 """A training step on oneDNN's convolution kernels against the same step on XLA's, and PyTorch's.
 
 The training steps' gap to PyTorch on a CPU is the convolution kernels (docs/design.md
-"CPU speed"). This benchmark measures what the gap would be if XLA's kernels were oneDNN's:
-it builds `scripts/onednn_conv` (oneDNN from PyPI called through XLA's FFI; needs g++ and the
-package index once, then cached) and times `scripts/bench_train.py`'s step in separate processes,
-in turn: our step as the library computes it (``xla``, with ``--compare-torch``: PyTorch's step in
-the same process) and our step with every convolution on oneDNN, for each ``--threads`` mode:
-``omp`` (oneDNN's own OpenMP threads, as PyTorch runs it) and ``xla`` (no threads of oneDNN's: each
-call split over the batch onto XLA's own thread pool, one single-thread primitive per slice). PyTorch's figure
-comes from the ``xla`` process only: PyTorch and the binding load the same OpenMP runtime
-(``libgomp.so.1``), and two callers of it make it shorten every thread's spin-wait, which slows
-PyTorch's own step by 10-20 %; in separate processes neither sees the other.
+"CPU speed"); ``config.cpu_convolutions = "onednn"`` puts oneDNN's under our models instead
+(`emogen_jax/onednn_conv`: oneDNN from PyPI called through XLA's FFI; needs g++ and the package
+index once, then cached). This benchmark times `scripts/bench_train.py`'s step in separate
+processes, in turn: on XLA's kernels (``xla``, with ``--compare-torch``: PyTorch's step in the
+same process) and on oneDNN's, for each ``--threads`` mode: ``xla`` (what the config option runs:
+oneDNN without threads of its own, each call split onto XLA's thread pool) and ``omp`` (oneDNN's
+own OpenMP team per call, as PyTorch runs it). PyTorch's figure comes from the ``xla`` process
+only: PyTorch and the binding's ``omp`` mode load the same OpenMP runtime (``libgomp.so.1``), and
+two callers of it make it shorten every thread's spin-wait, which slows PyTorch's own step by
+10-20 %; in separate processes neither sees the other.
 
     python scripts/bench_onednn.py --stage syncnet --batch 16 --steps 6 --rounds 2
     python scripts/bench_onednn.py --stage emogen --batch 2 --steps 4 --rounds 2
@@ -45,7 +45,7 @@ def child(variant: str, cache_dir: str, bench_args: list[str]) -> int:
   from emogen_jax.allocator import use_fast_allocator
   use_fast_allocator()  # the allocator bench_train.py runs under (may re-execute this command)
   if variant.startswith("onednn"):
-    from onednn_conv import binding
+    from emogen_jax.onednn_conv import binding
     binding.route_convolutions(binding.build(cache_dir), threads=variant.split("-", 1)[1])
   import bench_train
   return bench_train.main(bench_args)
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     p.error("--rounds and --steps must be at least 1")
   if args.batch is not None and args.batch < 1:
     p.error(f"--batch {args.batch}: give at least 1 (the global batch of the step)")
-  from onednn_conv import binding
+  from emogen_jax.onednn_conv import binding
   args.cache_dir = os.path.abspath(args.cache_dir or binding.default_cache_dir())
   try:
     library = binding.build(args.cache_dir)

@@ -1,6 +1,7 @@
-"""scripts/bench_onednn.py and its oneDNN binding (scripts/onednn_conv): the binding computes the
-three parts of every convolution geometry the models use as lax does, a step routed through it
-has lax's gradients and really calls it, and the benchmark's end-to-end run reports its rounds.
+"""The oneDNN binding (emogen_jax/onednn_conv) and scripts/bench_onednn.py: in both thread modes
+the binding computes the three parts of every convolution geometry the models use as lax does, a
+step routed through it has lax's gradients and really calls it, and the benchmark's end-to-end
+run reports its rounds.
 
 Builds the binding once (oneDNN's wheels from the package index, g++): skipped where either is
 missing, with the reason."""
@@ -20,7 +21,7 @@ sys.path.insert(0, os.path.join(REPO, "scripts"))
 
 @pytest.fixture(scope="module")
 def library(tmp_path_factory):
-  from onednn_conv import binding
+  from emogen_jax.onednn_conv import binding
   cache = tmp_path_factory.mktemp("onednn")
   try:
     path = binding.build(str(cache))
@@ -56,7 +57,7 @@ def test_parts_equal_lax(library, x_shape, k_shape, strides, pads, threads):
   import jax
   import jax.numpy as jnp
 
-  from onednn_conv import binding
+  from emogen_jax.onednn_conv import binding
 
   rng = np.random.default_rng(sum(x_shape) + sum(k_shape))
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
@@ -86,7 +87,7 @@ def test_routed_step_has_lax_gradients_and_calls_onednn(library, threads):
   import jax.numpy as jnp
 
   from emogen_jax.models import layers, vgg
-  from onednn_conv import binding
+  from emogen_jax.onednn_conv import binding
 
   class Net(nn.Module):
     @nn.compact

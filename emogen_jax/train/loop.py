@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterator
 import jax
 import numpy as np
 
-from emogen_jax import allocator
+from emogen_jax import allocator, onednn_conv
 from emogen_jax.data import files
 from emogen_jax.errors import UserError
 from emogen_jax.models import checkpoints
@@ -315,6 +315,14 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   if log is None:
     log = (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)) if main \
         else (lambda msg: None)
+  train_config.validate(config, device_count=jax.device_count())
+  with onednn_conv.cpu_convolutions(config.get("cpu_convolutions", "xla"), log=log,
+                                    where="config.cpu_convolutions"):
+    return _train_and_evaluate(config, workdir, log)
+
+
+def _train_and_evaluate(config, workdir: str, log: Callable[[str], None]) -> dict:
+  main = jax.process_index() == 0
   if config.data_dir:  # as typed (relative, ~); the checkpoint paths resolve themselves when loaded
     config.data_dir = files.user_path(config.data_dir)
   train_config.validate(config, device_count=jax.device_count())

@@ -348,8 +348,8 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
                  emogen_steps: int, width: float = 0.25, seed: int = 0, eval_every: int = 0,
                  eval_batches: int = 0, progress: bool = True, parallel: bool = True,
                  banner: Callable[[str], None] | None = None,
-                 after_emogen_training: Callable[[dict[str, str]], Any] | None = None
-                 ) -> dict[str, Any]:
+                 after_emogen_training: Callable[[dict[str, str]], Any] | None = None,
+                 cpu_convolutions: str = "xla") -> dict[str, Any]:
   """Runs the stages into W/{syncnet,emotion_disc,emotion_judge,emogen}; returns the figures,
   per-stage wall times, the targets and which were met (also written to W/stages.json).
 
@@ -364,6 +364,8 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
   judge but not the expert (the quickstart's demo and test evaluation) fills the cores that the
   expert's tail alone leaves. Its wall time (``results["after_emogen_training_s"]``) counts as
   beside the expert's. Not called when EmoGen did not train beside the expert now.
+
+  cpu_convolutions: every training's config.cpu_convolutions ("xla" or "onednn").
   """
   if not os.path.isdir(data_dir):
     raise UserError(f"data dir {data_dir!r} not found; preprocess a corpus first "
@@ -376,7 +378,8 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
   os.makedirs(workdir, exist_ok=True)
   dirs = {name: os.path.abspath(os.path.join(workdir, name)) for name in TRAININGS}
   common = {"data_dir": os.path.abspath(data_dir), "width": width, "seed": seed,
-            "eval_every": eval_every, "eval_batches": eval_batches, "progress": progress}
+            "eval_every": eval_every, "eval_batches": eval_batches, "progress": progress,
+            "cpu_convolutions": cpu_convolutions}
   steps = {"syncnet": int(syncnet_steps), "emotion_disc": int(emotion_steps),
            "emotion_judge": int(emotion_steps), "emogen": int(emogen_steps)}
   extra = {"emogen": {"eval_at_start": True, "eval_windows": EMOGEN_EVAL_WINDOWS,

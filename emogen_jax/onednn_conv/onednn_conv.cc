@@ -1,4 +1,4 @@
-// oneDNN's float32 convolutions as XLA FFI handlers, for scripts/bench_onednn.py.
+// oneDNN's float32 convolutions as XLA FFI handlers (config.cpu_convolutions = "onednn").
 //
 // Three handlers, one per part of a convolution, on the tensors as the models hold them
 // (activations NHWC, kernels HWIO):

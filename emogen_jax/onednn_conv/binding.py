@@ -1,9 +1,4 @@
-"""oneDNN's convolutions inside our jitted steps, through XLA's FFI: a benchmark instrument.
-
-This is not part of the library. It answers one question that `scripts/bench_onednn.py` asks: how
-fast would our training steps be on this CPU if XLA's convolution kernels were oneDNN's (the
-kernels PyTorch runs)? docs/design.md "oneDNN's convolutions inside our step" has the answer on
-the machines measured so far and why the library does not ship it.
+"""Builds the oneDNN binding, registers it with XLA and routes the models' convolutions to it.
 
 `build(cache_dir)` fetches oneDNN (the PyPI wheels ``onednn-cpu-gomp`` and
 ``onednn-devel-cpu-gomp``, version ``ONEDNN_VERSION``) and compiles ``onednn_conv.cc`` against it
@@ -24,12 +19,14 @@ import subprocess
 import sys
 import zipfile
 
+from emogen_jax.errors import UserError
+
 ONEDNN_VERSION = "2023.2.0"        # oneDNN 3.2, the newest OpenMP build on PyPI
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
 TARGETS = ("OnednnConvFwd", "OnednnConvBwdData", "OnednnConvBwdWeights")
 
 
-class BuildError(RuntimeError):
+class BuildError(UserError):
   """The binding could not be built; the message is one line naming the step and the fix."""
 
 
@@ -37,9 +34,10 @@ def default_cache_dir() -> str:
   return os.path.join(os.path.expanduser("~"), ".cache", "emogen_jax", "onednn_conv")
 
 
-def build(cache_dir: str | None = None) -> str:
+def build(cache_dir: str | None = None, log=None) -> str:
   """Path of the compiled binding under ``cache_dir``, built if missing (the name carries a hash
-  of the source and of oneDNN's version, so an edited source builds anew)."""
+  of the source and of oneDNN's version, so an edited source builds anew); ``log`` hears of a
+  build before it starts (about a minute)."""
   import jax.ffi
 
   cache_dir = os.path.abspath(cache_dir or default_cache_dir())
@@ -48,9 +46,16 @@ def build(cache_dir: str | None = None) -> str:
   library = os.path.join(cache_dir, f"libonednn_conv-{digest}.so")
   if os.path.exists(library):
     return library
+  if log is not None:
+    log(f"building oneDNN's convolutions for XLA into {cache_dir} (once; about a minute)")
   compiler = shutil.which("g++")
   if compiler is None:
     raise BuildError("g++ not found: the oneDNN binding is C++; install it (apt-get install g++)")
+  try:
+    os.makedirs(cache_dir, exist_ok=True)
+  except OSError as e:
+    raise BuildError(f"cannot create the binding's cache folder {cache_dir} ({e.strerror}); "
+                     "give a writable folder") from None
   wheels = os.path.join(cache_dir, f"wheels-{ONEDNN_VERSION}")
   onednn = os.path.join(cache_dir, f"onednn-{ONEDNN_VERSION}")
   if not glob.glob(os.path.join(onednn, "lib", "libdnnl.so*")):

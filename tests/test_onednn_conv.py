@@ -1,0 +1,120 @@
+"""The opt-in oneDNN convolutions as a user meets them (emogen_jax/onednn_conv): a training run
+with --config.cpu_convolutions=onednn calls oneDNN and ends where the same run on XLA's kernels
+ends; the inference CLI's --cpu-convolutions onednn writes the same video; wrong choices and a
+machine without g++ get one-line errors. (tests/test_bench_onednn.py checks the binding's parts
+against lax's and the benchmark.)
+
+The binding is built once into the user's cache (oneDNN's wheels from the package index, g++):
+skipped where either is missing, with the reason."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tests import REPO, subprocess_env
+from tests._train_fixtures import train_cli
+
+_STATS = re.compile(r"onednn_conv stats: forward (\d+) calls .* input gradient (\d+) calls .* "
+                    r"weight gradient (\d+) calls")
+
+
+@pytest.fixture(scope="module")
+def built():
+  from emogen_jax import onednn_conv
+  try:
+    return onednn_conv.build()
+  except onednn_conv.BuildError as e:
+    pytest.skip(f"the oneDNN binding cannot be built here: {e}")
+
+
+def _final(workdir) -> dict:
+  with open(os.path.join(workdir, "final_metrics.json")) as f:
+    return json.load(f)
+
+
+def test_training_on_onednn_calls_it_and_matches_xla(built, tmp_path):
+  runs = {}
+  for choice in ("xla", "onednn"):
+    workdir = tmp_path / choice
+    proc = train_cli(["--config", "configs/syncnet.py:smoke", "--config.synthetic_data=True",
+                      "--config.num_train_steps=2", "--config.eval_batches=1",
+                      # Adam moves every parameter by about the learning rate whatever its
+                      # gradient, also the pre-BatchNorm biases whose gradient is rounding noise
+                      # (its sign differs between any two summation orders): a tiny rate keeps
+                      # the two runs' parameters together, so that the validation loss checks
+                      # the forward of both; the gradients are checked in test_bench_onednn.
+                      "--config.learning_rate=1e-8",
+                      f"--config.cpu_convolutions={choice}", "--workdir", str(workdir)],
+                     extra_env={"EMOGEN_ONEDNN_STATS": "1"})
+    runs[choice] = (proc.stdout + proc.stderr, _final(workdir))
+  xla_log, xla_final = runs["xla"]
+  one_log, one_final = runs["onednn"]
+  assert "convolutions: oneDNN's kernels" in one_log and "oneDNN" not in xla_log
+  # oneDNN computed every part of the convolutions (the handlers count their calls) ...
+  calls = [int(n) for n in _STATS.search(one_log).groups()]
+  assert all(n > 0 for n in calls), calls
+  # ... and after the steps the validation loss is XLA's to float32 rounding.
+  a, b = xla_final["validation"]["loss"], one_final["validation"]["loss"]
+  assert abs(a - b) <= 1e-5 * abs(a), (a, b)
+
+
+def test_infer_cli_on_onednn_writes_the_same_video(built, tmp_path):
+  import cv2
+
+  from tests._infer_fixtures import face_image, make_generator_checkpoint
+
+  ckpt = make_generator_checkpoint(str(tmp_path / "gen"))
+  cv2.imwrite(str(tmp_path / "face.png"), face_image())
+  sr = 16000
+  t = np.arange(int(1.2 * sr)) / sr
+  wav = (0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))).astype(np.float32)
+  import soundfile
+  soundfile.write(str(tmp_path / "speech.wav"), wav, sr)
+  frames = {}
+  for choice in ("xla", "onednn"):
+    out = f"out_{choice}.mp4"
+    # From the folder of the inputs, with relative paths, as a user runs it.
+    proc = subprocess.run(
+        [sys.executable, "-m", "emogen_jax.infer", "--checkpoint", ckpt, "--face", "face.png",
+         "--audio", "speech.wav", "--emotion", "HAP", "--out", out, "--cpu-convolutions", choice],
+        cwd=tmp_path, env=dict(subprocess_env(1), EMOGEN_ONEDNN_STATS="1"), capture_output=True,
+        text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    if choice == "onednn":
+      assert "convolutions: oneDNN's kernels" in proc.stderr
+      assert int(_STATS.search(proc.stderr).group(1)) > 0
+    cap = cv2.VideoCapture(str(tmp_path / out))
+    frames[choice] = []
+    while True:
+      ok, frame = cap.read()
+      if not ok:
+        break
+      frames[choice].append(frame.astype(np.float32))
+  assert len(frames["xla"]) == len(frames["onednn"]) > 10
+  diff = np.mean([np.abs(x - y).mean() for x, y in zip(frames["xla"], frames["onednn"])])
+  assert diff < 0.5, diff  # of 255: the same faces, up to the encoder's rounding
+
+
+def test_unknown_choice_is_one_line(tmp_path):
+  proc = train_cli(["--config", "configs/syncnet.py:smoke", "--config.synthetic_data=True",
+                    "--config.cpu_convolutions=mkl", "--workdir", str(tmp_path / "w")], check=False)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "config.cpu_convolutions='mkl'; use xla" in last and "Traceback" not in proc.stderr
+
+
+def test_no_compiler_is_one_line(tmp_path):
+  # A fresh cache and a PATH without g++: the build stops before fetching anything.
+  env = dict(subprocess_env(1), PATH=str(tmp_path))
+  code = ("from emogen_jax import onednn_conv\n"
+          f"onednn_conv.build({str(tmp_path / 'cache')!r})\n")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "g++ not found: the oneDNN binding is C++; install it" in proc.stderr
+  assert not os.path.exists(tmp_path / "cache" / "wheels-2023.2.0")
