@@ -104,36 +104,42 @@ def main(argv=None) -> int:
   p.add_argument("--no-torch", action="store_true", help="time ours only")
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate (the ceiling line)")
+  p.add_argument("--cpu-convolutions", default="xla", choices=("xla", "onednn"),
+                 help="our convolution kernels on the CPU (config.cpu_convolutions): xla or "
+                      "onednn (built with g++ on first use)")
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
   from emogen_jax import allocator
-  rows = []
-  for b in [int(x) for x in args.batches.split(",") if x]:
-    row = bench(b, args.width, max(1, args.repeats), args.dtype, not args.no_torch,
-                not args.no_peak, max(1, args.calls))
-    rows.append(row)
-    print(f"generator width {row['width']} batch {b:>4} {row['dtype']} on {row['platform']}: "
-          f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
-          + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
-             f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")
-          + f"; load {row['loadavg']}; {allocator.describe()}", flush=True)
-    if "calls_in_flight" in row:
-      print(f"  {row['calls_in_flight']} calls in flight at once: ours "
-            f"{row['in_flight_frames_per_s']:.1f} frames/s"
-            + (f", PyTorch {row['torch_in_flight_frames_per_s']:.1f}: ours "
-               f"{row['in_flight_frames_per_s'] / row['torch_in_flight_frames_per_s']:.2f}x"
-               if "torch_in_flight_frames_per_s" in row else ""), flush=True)
-    if "matmul_gflop_per_s" in row:
-      rate = row["matmul_gflop_per_s"]
-      share = lambda g: f"{100 * g / rate:.0f} %"
-      print(f"  float32 matmul on this device {rate:.0f} GFLOP/s: ours at "
-            f"{share(row['achieved_gflop_per_s'])}"
-            + (f", PyTorch at {share(row['torch_achieved_gflop_per_s'])}"
-               if "torch_achieved_gflop_per_s" in row else "")
-            + f" of it; at that rate the generator's FLOPs allow "
-            f"{row['frames_per_s_at_matmul_rate']:.1f} frames/s", flush=True)
-  from bench_train import write_rows
-  write_rows(args.json, rows)
+  from emogen_jax import onednn_conv
+  with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions"):
+    rows = []
+    for b in [int(x) for x in args.batches.split(",") if x]:
+      row = bench(b, args.width, max(1, args.repeats), args.dtype, not args.no_torch,
+                  not args.no_peak, max(1, args.calls))
+      row["cpu_convolutions"] = args.cpu_convolutions
+      rows.append(row)
+      print(f"generator width {row['width']} batch {b:>4} {row['dtype']} on {row['platform']}: "
+            f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
+            + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
+               f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")
+            + f"; load {row['loadavg']}; {allocator.describe()}", flush=True)
+      if "calls_in_flight" in row:
+        print(f"  {row['calls_in_flight']} calls in flight at once: ours "
+              f"{row['in_flight_frames_per_s']:.1f} frames/s"
+              + (f", PyTorch {row['torch_in_flight_frames_per_s']:.1f}: ours "
+                 f"{row['in_flight_frames_per_s'] / row['torch_in_flight_frames_per_s']:.2f}x"
+                 if "torch_in_flight_frames_per_s" in row else ""), flush=True)
+      if "matmul_gflop_per_s" in row:
+        rate = row["matmul_gflop_per_s"]
+        share = lambda g: f"{100 * g / rate:.0f} %"
+        print(f"  float32 matmul on this device {rate:.0f} GFLOP/s: ours at "
+              f"{share(row['achieved_gflop_per_s'])}"
+              + (f", PyTorch at {share(row['torch_achieved_gflop_per_s'])}"
+                 if "torch_achieved_gflop_per_s" in row else "")
+              + f" of it; at that rate the generator's FLOPs allow "
+              f"{row['frames_per_s_at_matmul_rate']:.1f} frames/s", flush=True)
+    from bench_train import write_rows
+    write_rows(args.json, rows)
   return 0
 
 

@@ -40,12 +40,12 @@ def make_inputs(d: str, seconds: float, fps: float) -> tuple[str, str]:
 
 
 def run_cli(src: str, ckpt: str, video: str, speech: str, emotion: str, out: str,
-            batch: int) -> dict:
+            batch: int, extra: tuple = ()) -> dict:
   env = dict(os.environ, PYTHONPATH=src, TF_CPP_MIN_LOG_LEVEL="2")
   t0 = time.perf_counter()
   proc = subprocess.run([sys.executable, "-m", "emogen_jax.infer", "--checkpoint", ckpt, "--face", video,
                          "--audio", speech, "--emotion", emotion, "--out", out, "--batch-size",
-                         str(batch)], capture_output=True, text=True, env=env, cwd=src)
+                         str(batch), *extra], capture_output=True, text=True, env=env, cwd=src)
   wall = time.perf_counter() - t0
   if proc.returncode != 0:
     raise SystemExit(f"infer failed ({src}): {proc.stderr[-2000:]}")
@@ -84,6 +84,9 @@ def main(argv=None) -> int:
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--baseline-src", default=None, help="another checkout to time on the same inputs")
   p.add_argument("--seam", action="store_true", help="also measure the seam (smallest width)")
+  p.add_argument("--cpu-convolutions", nargs="+", default=["xla"], choices=("xla", "onednn"),
+                 help="this checkout's CLI runs once per choice, in turn (--cpu-convolutions); "
+                      "the baseline runs with its defaults")
   args = p.parse_args(argv)
   with tempfile.TemporaryDirectory(prefix="bench_infer_") as d:
     video, speech = make_inputs(d, args.seconds, args.fps)
@@ -91,8 +94,12 @@ def main(argv=None) -> int:
     for width in args.widths:
       ckpt = F.make_generator_checkpoint(os.path.join(d, f"gen_{width}"), width=width)
       for emotion in args.emotions:
-        for name, src in [("stream", ROOT)] + ([("baseline", args.baseline_src)] if args.baseline_src else []):
-          r = run_cli(src, ckpt, video, speech, emotion, os.path.join(d, f"out_{name}.mp4"), args.batch_size)
+        runs = [(f"stream ({c})" if len(args.cpu_convolutions) > 1 or c != "xla" else "stream", ROOT,
+                 ("--cpu-convolutions", c) if c != "xla" else ()) for c in args.cpu_convolutions]
+        runs += [("baseline", args.baseline_src, ())] if args.baseline_src else []
+        for i, (name, src, extra) in enumerate(runs):
+          r = run_cli(src, ckpt, video, speech, emotion, os.path.join(d, f"out_{i}.mp4"),
+                      args.batch_size, extra)
           print(f"width {width:g} emotion {emotion:3s} {name:8s}: {r['faces']} faces, "
                 f"{r['faces_per_s']:.2f} faces/s end to end, process wall {r['wall']:.1f} s; {r['startup']}",
                 flush=True)

@@ -36,7 +36,9 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import math
 import os
+import re
 import sys
 import time
 
@@ -62,11 +64,37 @@ def _config(stage: str, size: str, batch: int | None):
   return c
 
 
+_ONEDNN_CALL = re.compile(  # a compiled HLO line: result shape, part, both operands' shapes
+    r"= f32\[([\d,]*)\]\S* custom-call\(.*?custom_call_target=\"OnednnConv(Fwd|BwdData|BwdWeights)\""
+    r", operand_layout_constraints=\{f32\[([\d,]*)\]\S*, f32\[([\d,]*)\].*backend_config=\{([^}]*)\}")
+
+
+def _taps(size: int, out: int, k: int, stride: int, pad_lo: int) -> int:
+  """Kernel taps over real (not padding) input, summed over the output positions of one axis."""
+  return sum(1 for o in range(out) for i in range(k) if 0 <= o * stride - pad_lo + i < size)
+
+
+def _onednn_flops(hlo: str) -> float:
+  """FLOPs of the oneDNN convolutions in ``hlo`` (config.cpu_convolutions=onednn), which XLA's
+  cost analysis counts as none; counted as XLA counts its own convolutions (multiply-adds on
+  real input only, padding left out), the same for each of the three parts."""
+  total = 0.0
+  for out, part, a, b, attrs in _ONEDNN_CALL.findall(hlo):
+    dims = lambda text: [int(d) for d in text.split(",") if d]
+    x, y, w = {"Fwd": (a, out, b), "BwdData": (out, a, b), "BwdWeights": (a, b, out)}[part]
+    (n, h, wd, c), (_, oh, ow, o), (kh, kw, _, _) = dims(x), dims(y), dims(w)
+    at = {k: int(v) for k, v in re.findall(r"(\w+) = (-?\d+) : i64", attrs)}
+    total += 2.0 * n * c * o * _taps(h, oh, kh, at["sh"], at["pt"]) * _taps(wd, ow, kw, at["sw"], at["pl"])
+  return total
+
+
 def _flops(compiled) -> float:
   cost = compiled.cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else {}
-  return float((cost or {}).get("flops", float("nan")))
+  flops = float((cost or {}).get("flops", float("nan")))
+  hlo = compiled.as_text()
+  return flops + _onednn_flops(hlo) if "OnednnConv" in hlo else flops
 
 
 def write_rows(path: str | None, rows: list[dict]) -> None:
@@ -351,6 +379,9 @@ def main(argv=None) -> int:
                  help="EmoGen with the sync weight still 0 (before the switch: every smoke run)")
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate that the achieved rates are compared with")
+  p.add_argument("--cpu-convolutions", default="xla", choices=("xla", "onednn"),
+                 help="our convolution kernels on the CPU (config.cpu_convolutions): xla or "
+                      "onednn (built with g++ on first use)")
   args = p.parse_args(argv)
   stage_list = [s for s in args.stages.split(",") if s]
   if args.sync_off and "emogen" not in stage_list:
@@ -358,35 +389,38 @@ def main(argv=None) -> int:
   if args.parts and (stage_list != ["emogen"] or not args.compare_torch):
     p.error("--parts times the EmoGen iteration's parts against PyTorch's: use it with "
             "--stages emogen --compare-torch")
-  rows = []
-  for stage in stage_list:
-    if stage not in STAGE_CONFIGS:
-      p.error(f"unknown stage {stage!r}; use {', '.join(STAGE_CONFIGS)}")
-    for size in [s for s in args.sizes.split(",") if s]:
-      if size not in ("smoke", "reference"):
-        p.error(f"unknown size {size!r}; use smoke or reference")
-      batch = args.smoke_batch if size == "smoke" else args.reference_batch
-      row = bench(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype,
-                  compare_torch=args.compare_torch, peak=not args.no_peak,
-                  sync_on=not args.sync_off, parts=args.parts)
-      rows.append(row)
-      print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
-            f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
-            f"{row['examples_per_s']:.2f} examples/s, {row['gflop_per_step']:.1f} GFLOP/step, "
-            f"{row['achieved_gflop_per_s']:.1f} GFLOP/s achieved (compile {row['compile_s']:.0f} s)"
-            + (f"; PyTorch ({row['torch_device']}, {row['torch_threads']} threads) "
-               f"{row['torch_step_s']:.3f} s: ours {row['speedup_vs_torch']:.2f}x"
-               if "torch_step_s" in row else "") + f"; load {row['loadavg']}; {row['malloc']}",
-            flush=True)
-      for name, part in row.get("parts", {}).items():
-        print(f"  {name:<26} ours {part['ours_s']:.3f} s, PyTorch {part['torch_s']:.3f} s: "
-              f"ours {part['speedup_vs_torch']:.2f}x", flush=True)
-      if "matmul_gflop_per_s" in row:
-        rate = row["matmul_gflop_per_s"]
-        print(f"  float32 matmul on this device {rate:.0f} GFLOP/s: the step achieves "
-              f"{100 * row['achieved_gflop_per_s'] / rate:.0f} %"
-              + (f", PyTorch's {100 * row['torch_achieved_gflop_per_s'] / rate:.0f} %"
-                 if "torch_achieved_gflop_per_s" in row else "") + " of it", flush=True)
+  from emogen_jax import onednn_conv
+  with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions"):
+    rows = []
+    for stage in stage_list:
+      if stage not in STAGE_CONFIGS:
+        p.error(f"unknown stage {stage!r}; use {', '.join(STAGE_CONFIGS)}")
+      for size in [s for s in args.sizes.split(",") if s]:
+        if size not in ("smoke", "reference"):
+          p.error(f"unknown size {size!r}; use smoke or reference")
+        batch = args.smoke_batch if size == "smoke" else args.reference_batch
+        row = bench(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype,
+                    compare_torch=args.compare_torch, peak=not args.no_peak,
+                    sync_on=not args.sync_off, parts=args.parts)
+        row["cpu_convolutions"] = args.cpu_convolutions
+        rows.append(row)
+        print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
+              f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
+              f"{row['examples_per_s']:.2f} examples/s, {row['gflop_per_step']:.1f} GFLOP/step, "
+              f"{row['achieved_gflop_per_s']:.1f} GFLOP/s achieved (compile {row['compile_s']:.0f} s)"
+              + (f"; PyTorch ({row['torch_device']}, {row['torch_threads']} threads) "
+                 f"{row['torch_step_s']:.3f} s: ours {row['speedup_vs_torch']:.2f}x"
+                 if "torch_step_s" in row else "") + f"; load {row['loadavg']}; {row['malloc']}",
+              flush=True)
+        for name, part in row.get("parts", {}).items():
+          print(f"  {name:<26} ours {part['ours_s']:.3f} s, PyTorch {part['torch_s']:.3f} s: "
+                f"ours {part['speedup_vs_torch']:.2f}x", flush=True)
+        if "matmul_gflop_per_s" in row:
+          rate = row["matmul_gflop_per_s"]
+          print(f"  float32 matmul on this device {rate:.0f} GFLOP/s: the step achieves "
+                f"{100 * row['achieved_gflop_per_s'] / rate:.0f} %"
+                + (f", PyTorch's {100 * row['torch_achieved_gflop_per_s'] / rate:.0f} %"
+                   if "torch_achieved_gflop_per_s" in row else "") + " of it", flush=True)
   write_rows(args.json, rows)
   return 0
 

@@ -161,3 +161,87 @@ def test_conv_grad_onednn_needs_compare_torch():
   proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_conv_grad.py"),
                          "--onednn"], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 2 and "add --compare-torch" in proc.stderr
+
+
+def test_bench_counts_onednn_flops_as_xla_counts_its_convolutions(library):
+  """bench_train's FLOPs of a routed step: XLA's cost analysis sees oneDNN's calls as free, so
+  the benchmark counts them from the HLO, as XLA counts its own (padding left out)."""
+  import jax
+  import jax.numpy as jnp
+
+  import bench_train
+  from emogen_jax.onednn_conv import binding
+
+  for x_shape, k_shape, strides, pads in GEOMETRIES:
+    def make():  # a fresh function per lowering: jit keeps one trace per function
+      def loss(x, k):
+        y = jax.lax.conv_general_dilated(x, k, strides, pads,
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return jnp.sum(jnp.sin(y))
+      return jax.grad(loss, argnums=(0, 1))
+
+    def routed(x, k):
+      y = binding._make_conv("xla")(x, k, strides, pads)
+      return jnp.sum(jnp.sin(y))
+
+    args = (jnp.ones(x_shape), jnp.ones(k_shape))
+    want = bench_train._flops(jax.jit(make()).lower(*args).compile())
+    compiled = jax.jit(jax.grad(routed, argnums=(0, 1))).lower(*args).compile()
+    assert compiled.as_text().count('custom_call_target="OnednnConv') == 3
+    got = bench_train._flops(compiled)
+    assert abs(got - want) <= 0.02 * want, (x_shape, k_shape, got, want)
+
+
+def test_calls_leave_the_callers_openmp_threads_alone(library):
+  """XLA may run a handler on the calling thread; oneDNN's one-thread setting must not stay
+  there (it would leave PyTorch, or any OpenMP user on that thread, one thread)."""
+  import ctypes
+
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.onednn_conv import binding
+
+  gomp = ctypes.CDLL("libgomp.so.1")
+  gomp.omp_set_num_threads(3)
+  x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
+  for threads in ("xla", "omp"):
+    f = jax.jit(lambda x_, k_: binding.forward(x_, k_, (1, 1), ((1, 1), (1, 1)), threads))
+    jax.block_until_ready(f(x, k))
+    assert gomp.omp_get_max_threads() == 3
+
+
+def test_parts_under_vmap_equal_lax(library):
+  """The validation steps vmap the models per example: a routed convolution under jax.vmap (the
+  kernel shared, or batched too) and per-example gradients (vmap of grad) equal lax's."""
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.onednn_conv import binding
+
+  strides, pads = (2, 1), ((1, 1), (2, 0))
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.standard_normal((3, 2, 9, 8, 5)), jnp.float32)   # 3 examples of batch 2
+  k = jnp.asarray(rng.standard_normal((3, 3, 5, 6)), jnp.float32)
+  ks = jnp.asarray(rng.standard_normal((3, 3, 3, 5, 6)), jnp.float32)  # a kernel per example
+
+  def lax_conv(x_, k_):
+    return jax.lax.conv_general_dilated(x_, k_, strides, pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  conv = binding._make_conv("xla")
+  ours = lambda x_, k_: conv(x_, k_, strides, pads)
+
+  def close(got, want):
+    err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+    assert got.shape == want.shape and err < 1e-5, err
+
+  shared = jax.jit(jax.vmap(ours, in_axes=(0, None)))
+  close(shared(x, k), jax.vmap(lax_conv, in_axes=(0, None))(x, k))
+  # The shared kernel's examples go to oneDNN as one call of batch 6.
+  assert shared.lower(x, k).as_text().count("OnednnConvFwd") == 1
+  close(jax.jit(jax.vmap(ours))(x, ks), jax.vmap(lax_conv)(x, ks))
+  loss = lambda f: (lambda x_, k_: jnp.sum(jnp.sin(f(x_, k_))))
+  per_example = lambda f: jax.jit(jax.vmap(jax.grad(loss(f), argnums=(0, 1)), in_axes=(0, None)))
+  for got, want in zip(per_example(ours)(x, k), per_example(lax_conv)(x, k)):
+    close(got, want)

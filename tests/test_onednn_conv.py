@@ -1,7 +1,8 @@
 """The opt-in oneDNN convolutions as a user meets them (emogen_jax/onednn_conv): a training run
 with --config.cpu_convolutions=onednn calls oneDNN and ends where the same run on XLA's kernels
-ends; the inference CLI's --cpu-convolutions onednn writes the same video; wrong choices and a
-machine without g++ get one-line errors. (tests/test_bench_onednn.py checks the binding's parts
+ends; EmoGen trains and validates on it; the inference CLI's --cpu-convolutions onednn writes the
+same video; two processes build the binding together; a wrong choice, no g++ and an unwritable
+cache get one-line errors. (tests/test_bench_onednn.py checks the binding's parts
 against lax's and the benchmark.)
 
 The binding is built once into the user's cache (oneDNN's wheels from the package index, g++):
@@ -118,3 +119,53 @@ def test_no_compiler_is_one_line(tmp_path):
   assert proc.returncode != 0
   assert "g++ not found: the oneDNN binding is C++; install it" in proc.stderr
   assert not os.path.exists(tmp_path / "cache" / "wheels-2023.2.0")
+
+
+def test_two_processes_build_into_one_cache_together(tmp_path):
+  """The quickstart starts two trainings at once: both may build the binding into the same
+  fresh cache; one builds, the other waits for it, and both load the same library."""
+  code = ("from emogen_jax import onednn_conv\n"
+          f"print('LIB', onednn_conv.build({str(tmp_path / 'cache')!r}))\n")
+  procs = [subprocess.Popen([sys.executable, "-c", code], cwd=REPO, env=subprocess_env(1),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for _ in range(2)]
+  outs = [p.communicate(timeout=600) for p in procs]
+  if any("cannot be built" in e or "could not fetch" in e or "g++ not found" in e
+         for _, e in outs):
+    pytest.skip("the oneDNN binding cannot be built here")
+  assert all(p.returncode == 0 for p in procs), outs
+  libs = {line.split(" ", 1)[1] for out, _ in outs for line in out.splitlines()
+          if line.startswith("LIB ")}
+  assert len(libs) == 1 and os.path.exists(libs.pop())
+  # One build: no compiler output left half-written beside the library.
+  assert not [f for f in os.listdir(tmp_path / "cache") if ".tmp" in f]
+
+
+def test_unwritable_cache_is_one_line(tmp_path):
+  # XDG_CACHE_HOME naming a file: no folder can be made under it, whoever runs the test.
+  not_a_folder = tmp_path / "a_file"
+  not_a_folder.write_text("")
+  env = dict(subprocess_env(1), XDG_CACHE_HOME=str(not_a_folder))
+  code = "from emogen_jax import onednn_conv\nonednn_conv.build()\n"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert proc.returncode != 0
+  last = proc.stderr.strip().splitlines()[-1]
+  assert "cannot write the binding's cache folder" in last, proc.stderr
+  assert "set XDG_CACHE_HOME to a writable folder" in last
+
+
+def test_emogen_trains_and_validates_on_onednn(built, tmp_path):
+  """EmoGen's validation step computes its terms per example under jax.vmap (which the first
+  quickstart on oneDNN stopped at): one step and a validation, every network on oneDNN."""
+  workdir = tmp_path / "emogen"
+  proc = train_cli(["--config", "configs/emogen.py:smoke", "--config.synthetic_data=True",
+                    "--config.num_train_steps=1", "--config.eval_batches=1",
+                    "--config.batch_size=2", "--config.eval_batch_size=2",
+                    "--config.cpu_convolutions=onednn", "--workdir", str(workdir)],
+                   extra_env={"EMOGEN_ONEDNN_STATS": "1"}, timeout=600)
+  log = proc.stdout + proc.stderr
+  assert "convolutions: oneDNN's kernels" in log
+  assert all(int(n) > 0 for n in _STATS.search(log).groups())
+  final = _final(workdir)
+  assert np.isfinite(final["validation"]["loss"]) and final["step"] == 1

@@ -10,6 +10,7 @@ and jaxlib's FFI headers with g++; `load(library)` registers the three handlers 
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import functools
 import glob
 import hashlib
@@ -31,15 +32,15 @@ class BuildError(UserError):
 
 
 def default_cache_dir() -> str:
-  return os.path.join(os.path.expanduser("~"), ".cache", "emogen_jax", "onednn_conv")
+  """$XDG_CACHE_HOME/emogen_jax/onednn_conv (~/.cache/... when XDG_CACHE_HOME is unset)."""
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "emogen_jax", "onednn_conv")
 
 
 def build(cache_dir: str | None = None, log=None) -> str:
   """Path of the compiled binding under ``cache_dir``, built if missing (the name carries a hash
   of the source and of oneDNN's version, so an edited source builds anew); ``log`` hears of a
-  build before it starts (about a minute)."""
-  import jax.ffi
-
+  build before it starts (under a minute: two wheels fetched, one C++ file compiled)."""
   cache_dir = os.path.abspath(cache_dir or default_cache_dir())
   with open(SOURCE, "rb") as f:
     digest = hashlib.sha256(f.read() + ONEDNN_VERSION.encode()).hexdigest()[:12]
@@ -47,15 +48,29 @@ def build(cache_dir: str | None = None, log=None) -> str:
   if os.path.exists(library):
     return library
   if log is not None:
-    log(f"building oneDNN's convolutions for XLA into {cache_dir} (once; about a minute)")
+    log(f"building oneDNN's convolutions for XLA into {cache_dir} (once, under a minute)")
   compiler = shutil.which("g++")
   if compiler is None:
     raise BuildError("g++ not found: the oneDNN binding is C++; install it (apt-get install g++)")
   try:
     os.makedirs(cache_dir, exist_ok=True)
+    lock = open(os.path.join(cache_dir, ".build.lock"), "w")
   except OSError as e:
-    raise BuildError(f"cannot create the binding's cache folder {cache_dir} ({e.strerror}); "
-                     "give a writable folder") from None
+    raise BuildError(f"cannot write the binding's cache folder {cache_dir} ({e.strerror}); "
+                     "set XDG_CACHE_HOME to a writable folder") from None
+  # Processes that start together (the quickstart trains two stages at once) build it once:
+  # the first builds, the others wait for it and find the library.
+  with lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if os.path.exists(library):
+      return library
+    _build(cache_dir, library, compiler)
+  return library
+
+
+def _build(cache_dir: str, library: str, compiler: str) -> None:
+  import jax.ffi
+
   wheels = os.path.join(cache_dir, f"wheels-{ONEDNN_VERSION}")
   onednn = os.path.join(cache_dir, f"onednn-{ONEDNN_VERSION}")
   if not glob.glob(os.path.join(onednn, "lib", "libdnnl.so*")):
@@ -94,7 +109,6 @@ def build(cache_dir: str | None = None, log=None) -> str:
     first = next((l for l in cc.stderr.splitlines() if "error" in l), cc.stderr.strip()[:200])
     raise BuildError(f"g++ could not compile {SOURCE}: {first}")
   os.replace(tmp, library)
-  return library
 
 
 @functools.cache
@@ -137,21 +151,62 @@ def _call(target: str, shape, *operands, strides, pads, threads):
 
 
 # Each part takes `threads`: "xla" (oneDNN without threads of its own, each call split over XLA's
-# thread pool) or "omp" (oneDNN's OpenMP team per call, as PyTorch runs it).
+# thread pool) or "omp" (oneDNN's OpenMP team per call, as PyTorch runs it). Under jax.vmap (the
+# validation steps compute their metrics per example) the rules of `_parts` apply.
 def forward(x, kernel, strides, pads, threads="xla"):
   """y = conv(x, kernel): x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), float32."""
-  return _call("OnednnConvFwd", _out_shape(x.shape, kernel.shape, strides, pads), x, kernel,
-               strides=strides, pads=pads, threads=threads)
+  return _parts(_key(strides), _key(pads), threads, None, None)[0](x, kernel)
 
 
 def input_grad(dy, kernel, x_shape, strides, pads, threads="xla"):
-  return _call("OnednnConvBwdData", x_shape, dy, kernel, strides=strides, pads=pads,
-               threads=threads)
+  """dx (x_shape) of y = conv(x, kernel), from dy."""
+  return _parts(_key(strides), _key(pads), threads, tuple(x_shape[1:]), None)[1](dy, kernel)
 
 
 def weight_grad(x, dy, kernel_shape, strides, pads, threads="xla"):
-  return _call("OnednnConvBwdWeights", kernel_shape, x, dy, strides=strides, pads=pads,
-               threads=threads)
+  """dkernel (kernel_shape) of y = conv(x, kernel), from x and dy."""
+  return _parts(_key(strides), _key(pads), threads, None, tuple(kernel_shape))[2](x, dy)
+
+
+def _key(value):
+  return tuple(_key(v) for v in value) if isinstance(value, (tuple, list)) else int(value)
+
+
+def _batched(part, axis_size, in_batched, a, b):
+  """``part(a, b)`` for each of ``axis_size`` examples of a vmap. With only the activations
+  batched (the kernel shared, as when a model runs per example), the examples join the batch
+  of one call; otherwise one call per example (a batched kernel, or a weight gradient, which
+  must stay per example)."""
+  import jax
+  import jax.numpy as jnp
+
+  a_batched, b_batched = in_batched
+  if a_batched and not b_batched and part.merges:
+    out = part(a.reshape(axis_size * a.shape[1], *a.shape[2:]), b)
+    return out.reshape(axis_size, a.shape[1], *out.shape[1:]), True
+  a = a if a_batched else jnp.broadcast_to(a, (axis_size, *a.shape))
+  b = b if b_batched else jnp.broadcast_to(b, (axis_size, *b.shape))
+  return jax.lax.map(lambda ab: part(*ab), (a, b)), True
+
+
+@functools.cache
+def _parts(strides, pads, threads, x_tail, kernel_shape):
+  """The three FFI calls for one geometry, each with its vmap rule (``x_tail``: the input's
+  shape without its batch, for the input gradient; ``kernel_shape`` for the weight gradient)."""
+  from jax import custom_batching
+
+  def make(target, shape_of, merges):
+    @custom_batching.custom_vmap
+    def part(a, b):
+      return _call(target, shape_of(a, b), a, b, strides=strides, pads=pads, threads=threads)
+
+    part.merges = merges
+    part.def_vmap(functools.partial(_batched, part))
+    return part
+
+  return (make("OnednnConvFwd", lambda x, k: _out_shape(x.shape, k.shape, strides, pads), True),
+          make("OnednnConvBwdData", lambda dy, k: (dy.shape[0], *x_tail), True),
+          make("OnednnConvBwdWeights", lambda x, dy: kernel_shape, False))
 
 
 def _make_conv(threads):

@@ -35,6 +35,7 @@
 #include "xla/ffi/api/ffi.h"
 
 extern "C" void omp_set_num_threads(int);
+extern "C" int omp_get_max_threads(void);
 
 namespace ffi = xla::ffi;
 using dnnl::memory;
@@ -161,6 +162,22 @@ struct Stats {
   }
 } stats;
 
+// Runs the plan's primitive of `part` on (src, kernel, dst) as the part names them: x, w, y
+// (forward), dx, w, dy (input gradient), x, dw, dy (weight gradient).
+void Execute(Part part, const Plan& plan, dnnl::stream& stream, memory& src, memory& kernel,
+             memory& dst, memory& scratch) {
+  const int s = part == kBwdData ? DNNL_ARG_DIFF_SRC : DNNL_ARG_SRC;
+  const int k = part == kBwdWeights ? DNNL_ARG_DIFF_WEIGHTS : DNNL_ARG_WEIGHTS;
+  const int d = part == kFwd ? DNNL_ARG_DST : DNNL_ARG_DIFF_DST;
+  plan.prim.execute(stream, {{s, src}, {k, kernel}, {d, dst}, {DNNL_ARG_SCRATCHPAD, scratch}});
+}
+
+void Count(Part part, std::chrono::steady_clock::time_point start) {
+  stats.nanos[part] += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                           std::chrono::steady_clock::now() - start).count();
+  stats.calls[part]++;
+}
+
 // kFwd: a = x, b = w, out = y.  kBwdData: a = dy, b = w, out = dx.  kBwdWeights: a = x, b = dy,
 // out = dw.
 ffi::Error Run(Part part, const Geometry& g, float* a, float* b, float* out) {
@@ -178,33 +195,29 @@ ffi::Error Run(Part part, const Geometry& g, float* a, float* b, float* out) {
     prim_kernel = memory(plan->kernel, eng, kernel_buffer.Get(plan->kernel.get_size()));
     if (part != kBwdWeights) plan->to_prim.execute(stream, user_kernel, prim_kernel);
   }
-  if (part == kFwd) {
-    plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_kernel},
-                                {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-  } else if (part == kBwdData) {
-    plan->prim.execute(stream, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, prim_kernel},
-                                {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-  } else {
-    plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, prim_kernel},
-                                {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-    if (plan->reorder) plan->from_prim.execute(stream, prim_kernel, user_kernel);
-  }
+  Execute(part, *plan, stream, src_m, prim_kernel, dst_m, scratch);
+  if (part == kBwdWeights && plan->reorder) plan->from_prim.execute(stream, prim_kernel, user_kernel);
   stream.wait();
-  stats.nanos[part] += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::steady_clock::now() - start).count();
-  stats.calls[part]++;
+  Count(part, start);
   return ffi::Error::Success();
 }
 
-// A one-thread OpenMP team for oneDNN on this thread from now on (OpenMP keeps the setting per
-// thread); primitives built on such a thread are planned for one thread too.
-void OneOmpThread() {
-  thread_local bool done = false;
-  if (!done) {
-    omp_set_num_threads(1);
-    done = true;
+// A one-thread OpenMP team for oneDNN on this thread while the scope lasts (OpenMP keeps the
+// setting per thread; primitives built under it are planned for one thread). The thread's own
+// setting comes back after: XLA may call a handler on the caller's thread, where PyTorch or the
+// user's code keeps theirs.
+class OneOmpThread {
+ public:
+  OneOmpThread() : before_(omp_get_max_threads()) {
+    if (before_ != 1) omp_set_num_threads(1);
   }
-}
+  ~OneOmpThread() {
+    if (before_ != 1) omp_set_num_threads(before_);
+  }
+
+ private:
+  int before_;
+};
 
 thread_local Buffer slices_buffer;
 
@@ -221,6 +234,7 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Fn& fn) {
   auto shared = std::make_shared<Shared>();
   auto drain = [shared, count, &fn] {
     for (int64_t i; (i = shared->next++) < count;) {
+      OneOmpThread one_thread;
       fn(i);
       shared->done++;
     }
@@ -293,8 +307,7 @@ ffi::Error WeightGradByChannels(const Geometry& g, float* x, float* dy, float* d
     // The slice's gradient in the primitive's layout, then into its output channels of dw.
     memory k_m(plan.kernel, eng, kernel_buffer.Get(plan.kernel.get_size()));
     memory part_m(OutputChannels(hwio, i * per, (i + 1) * per), eng, dw);
-    plan.prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, k_m},
-                               {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    Execute(kBwdWeights, plan, stream, src_m, k_m, dst_m, scratch);
     dnnl::reorder(k_m, part_m).execute(stream, k_m, part_m);
     stream.wait();
   });
@@ -306,14 +319,12 @@ ffi::Error WeightGradByChannels(const Geometry& g, float* x, float* dy, float* d
 ffi::Error RunOnXlaThreads(Part part, const Geometry& g, float* a, float* b, float* out,
                            ffi::ThreadPool pool) {
   const auto start = std::chrono::steady_clock::now();
-  OneOmpThread();
+  OneOmpThread one_thread;
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   if (part == kBwdWeights && threads > 1 && g.o >= 32 &&
       g.kh * g.kw * g.c * g.o > g.n * g.oh * g.ow * g.o) {
     auto error = WeightGradByChannels(g, a, b, out, pool, threads);
-    stats.nanos[part] += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                             std::chrono::steady_clock::now() - start).count();
-    stats.calls[part]++;
+    Count(part, start);
     return error;
   }
   const int64_t slices = std::min<int64_t>(threads, g.n);
@@ -355,15 +366,7 @@ ffi::Error RunOnXlaThreads(Part part, const Geometry& g, float* a, float* b, flo
     void* k = part == kBwdWeights ? kmem + i * kbytes : (reorder ? kmem : static_cast<void*>(kernel));
     memory k_m(reorder ? kdesc : hwio, eng, k);
     memory scratch(s.plan->scratch, eng, scratch_buffer.Get(s.plan->scratch.get_size() + 1));
-    if (part == kFwd)
-      s.plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, k_m},
-                                    {DNNL_ARG_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-    else if (part == kBwdData)
-      s.plan->prim.execute(stream, {{DNNL_ARG_DIFF_SRC, src_m}, {DNNL_ARG_WEIGHTS, k_m},
-                                    {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
-    else
-      s.plan->prim.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_DIFF_WEIGHTS, k_m},
-                                    {DNNL_ARG_DIFF_DST, dst_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+    Execute(part, *s.plan, stream, src_m, k_m, dst_m, scratch);
     stream.wait();
   });
   if (part == kBwdWeights) {
@@ -386,9 +389,7 @@ ffi::Error RunOnXlaThreads(Part part, const Geometry& g, float* a, float* b, flo
     layout += std::chrono::steady_clock::now() - t1;
   }
   stats.layout_nanos += std::chrono::duration_cast<std::chrono::nanoseconds>(layout).count();
-  stats.nanos[part] += std::chrono::duration_cast<std::chrono::nanoseconds>(
-                           std::chrono::steady_clock::now() - start).count();
-  stats.calls[part]++;
+  Count(part, start);
   return ffi::Error::Success();
 }
 
