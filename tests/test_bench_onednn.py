@@ -41,7 +41,8 @@ GEOMETRIES = [
     ((3, 10, 20, 5), (5, 5, 5, 7), (1, 2), ((2, 2), (2, 2))),
     ((2, 9, 9, 4), (2, 2, 4, 8), (1, 1), ((1, 0), (0, 1))),
     ((2, 9, 9, 4), (4, 4, 4, 8), (1, 1), ((1, 2), (2, 1))),
-    # With EMOGEN_ONEDNN_THREADS=xla: a layer whose weight gradient splits over the batch and
+    # With threads="xla" on a pool of two or more threads (one per core: CI's and this machine's
+    # two): a layer whose weight gradient splits over the batch and
     # whose kernel reorders split over output channels (48 in two blocks); two deep layers whose
     # weight gradient splits over output channels (72, 136: the last part short), one with an
     # odd batch that the forward splits unevenly.
@@ -245,3 +246,25 @@ def test_parts_under_vmap_equal_lax(library):
   per_example = lambda f: jax.jit(jax.vmap(jax.grad(loss(f), argnums=(0, 1)), in_axes=(0, None)))
   for got, want in zip(per_example(ours)(x, k), per_example(lax_conv)(x, k)):
     close(got, want)
+
+
+def test_crops_and_empty_outputs_stay_on_lax(library):
+  """Negative padding (a crop) and an empty output are lax's: oneDNN takes neither."""
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.models import layers
+  from emogen_jax.onednn_conv import binding
+
+  undo = binding.route_convolutions(library[0])
+  try:
+    x, k = jnp.ones((2, 8, 8, 4)), jnp.ones((3, 3, 4, 8))
+    for pads in (((-1, 1), (1, 1)), ((0, 0), (-3, -3))):
+      f = lambda x_, k_, p=pads: layers.conv2d(x_, k_, (1, 1), p,
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      assert "OnednnConv" not in jax.jit(f).lower(x, k).as_text()
+      want = jax.lax.conv_general_dilated(x, k, (1, 1), pads,
+                                          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      np.testing.assert_allclose(jax.jit(f)(x, k), want, rtol=1e-6)
+  finally:
+    undo()

@@ -1,7 +1,8 @@
 """oneDNN's convolution kernels inside our jitted steps on the CPU backend (opt-in).
 
-XLA:CPU computes convolutions with its own kernels; on x86 CPUs with AVX-512 they run 0.67-0.81x
-the speed of oneDNN's, the library PyTorch uses (docs/design.md "CPU speed"). This package puts
+XLA:CPU computes convolutions with its own kernels; on an x86 CPU with AVX-512 they ran 0.71-0.80x
+the speed of oneDNN's (the library PyTorch uses) over SyncNet's layers, per part (docs/design.md
+"Another CPU: an Intel Xeon with AVX-512"). This package puts
 oneDNN's kernels under our models instead, through XLA's FFI, for runs that opt in:
 ``--config.cpu_convolutions=onednn`` for training, ``--cpu-convolutions onednn`` for inference,
 or ``with cpu_convolutions("onednn"):`` in a notebook. The default stays XLA's kernels.

@@ -73,7 +73,9 @@ def _build(cache_dir: str, library: str, compiler: str) -> None:
 
   wheels = os.path.join(cache_dir, f"wheels-{ONEDNN_VERSION}")
   onednn = os.path.join(cache_dir, f"onednn-{ONEDNN_VERSION}")
-  if not glob.glob(os.path.join(onednn, "lib", "libdnnl.so*")):
+  # The marker is written last: a build stopped half-way through the extraction extracts again.
+  marker = os.path.join(onednn, ".extracted")
+  if not os.path.exists(marker):
     os.makedirs(wheels, exist_ok=True)
     pip = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", wheels,
@@ -84,7 +86,12 @@ def _build(cache_dir: str, library: str, compiler: str) -> None:
       raise BuildError(f"pip could not fetch oneDNN {ONEDNN_VERSION} ({last}); the binding needs "
                        "the package index (or the two wheels placed in " + wheels + ")")
     for wheel in glob.glob(os.path.join(wheels, "onednn*.whl")):
-      with zipfile.ZipFile(wheel) as z:
+      try:
+        z = zipfile.ZipFile(wheel)
+      except zipfile.BadZipFile:
+        os.remove(wheel)
+        raise BuildError(f"{wheel} is not a wheel (a broken download); removed: run again") from None
+      with z:
         for name in z.namelist():
           # The wheels keep the library and headers under <name>.data/data/{lib,include}/.
           parts = name.split("/")
@@ -93,6 +100,7 @@ def _build(cache_dir: str, library: str, compiler: str) -> None:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             with z.open(name) as src, open(target, "wb") as dst:
               shutil.copyfileobj(src, dst)
+    open(marker, "w").close()
   lib_dir = os.path.join(onednn, "lib")
   if not os.path.exists(os.path.join(lib_dir, "libdnnl.so")):
     sonames = sorted(glob.glob(os.path.join(lib_dir, "libdnnl.so.*")))
@@ -116,7 +124,11 @@ def load(library: str) -> None:
   """Registers the handlers of the compiled ``library`` with XLA's CPU platform (once)."""
   import jax
 
-  lib = ctypes.cdll.LoadLibrary(library)
+  try:
+    lib = ctypes.cdll.LoadLibrary(library)
+  except OSError as e:
+    raise BuildError(f"cannot load the oneDNN binding {library} ({e}); delete "
+                     f"{os.path.dirname(library)} to build it again") from None
   for name in TARGETS:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
 
@@ -248,7 +260,10 @@ def route_convolutions(library: str, threads: str = "xla"):
              dimension_numbers=None, feature_group_count=1, precision=None):
     plain = (layers.is_plain_nhwc(lhs, padding, lhs_dilation, rhs_dilation, dimension_numbers,
                                   feature_group_count)
-             and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32)
+             and lhs.dtype == jnp.float32 and rhs.dtype == jnp.float32
+             # oneDNN takes no negative padding (a crop) and no empty output
+             and all(int(p) >= 0 for pair in padding for p in pair)
+             and min(_out_shape(lhs.shape, rhs.shape, window_strides, padding)) > 0)
     if not plain:
       return own_conv2d(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                         dimension_numbers, feature_group_count, precision)

@@ -23,6 +23,8 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <algorithm>
 #include <memory>
 #include <mutex>
@@ -142,6 +144,10 @@ struct Buffer {
       std::free(data);
       size = (want + 63) / 64 * 64;
       data = std::aligned_alloc(64, size);
+      if (data == nullptr) {
+        size = 0;
+        throw std::bad_alloc();
+      }
     }
     return data;
   }
@@ -230,18 +236,26 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Fn& fn) {
   if (count == 1) return fn(0);
   struct Shared {
     std::atomic<int64_t> next{0}, done{0};
+    std::mutex mu;
+    std::exception_ptr error;  // the first part's failure, rethrown on the calling thread
   };
   auto shared = std::make_shared<Shared>();
   auto drain = [shared, count, &fn] {
     for (int64_t i; (i = shared->next++) < count;) {
-      OneOmpThread one_thread;
-      fn(i);
+      try {
+        OneOmpThread one_thread;
+        fn(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(shared->mu);
+        if (!shared->error) shared->error = std::current_exception();
+      }
       shared->done++;
     }
   };
   for (int64_t i = 1; i < count; ++i) pool.Schedule(decltype(drain)(drain));
   drain();
   while (shared->done.load() < count) std::this_thread::yield();
+  if (shared->error) std::rethrow_exception(shared->error);
 }
 
 // Output channels [first, last) of kernel layout `desc`, for splitting a reorder: the bounds
@@ -403,23 +417,35 @@ using F32 = ffi::Buffer<ffi::F32>;
 
 ffi::Error Fwd(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
                int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
-  const auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
-  if (on_pool) return RunOnXlaThreads(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data(), pool);
-  return Run(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data());
+  try {
+    const auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
+    if (on_pool) return RunOnXlaThreads(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data(), pool);
+    return Run(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  }
 }
 
 ffi::Error BwdData(ffi::ThreadPool pool, F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
                    int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
-  const auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-  if (on_pool) return RunOnXlaThreads(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data(), pool);
-  return Run(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data());
+  try {
+    const auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+    if (on_pool) return RunOnXlaThreads(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data(), pool);
+    return Run(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  }
 }
 
 ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
                       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
-  const auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-  if (on_pool) return RunOnXlaThreads(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data(), pool);
-  return Run(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data());
+  try {
+    const auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+    if (on_pool) return RunOnXlaThreads(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data(), pool);
+    return Run(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data());
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  }
 }
 
 }  // namespace

@@ -23,8 +23,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.width = 1.0                 # channel multiplier of every network (1.0 = reference size)
   c.compute_dtype = "float32"   # or "bfloat16": activations; params and optimizer stay float32
   # Convolution kernels on the CPU backend: "xla" (XLA's own) or "onednn" (oneDNN's through
-  # XLA's FFI, built with g++ on first use; 1.2-1.6x faster steps on AVX-512 CPUs:
-  # emogen_jax/onednn_conv). Other backends always run XLA's.
+  # XLA's FFI, built with g++ on first use; on an AVX-512 CPU SyncNet and EmoGen steps 1.2-1.3x
+  # faster at full width, 1.2-1.6x at smoke width, the disc's 1.03-1.08x: emogen_jax/onednn_conv).
+  # Other backends always run XLA's.
   c.cpu_convolutions = "xla"
   # Adam, as the original (lr per stage below).
   c.learning_rate = 1e-4
