@@ -415,37 +415,34 @@ Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
 
 using F32 = ffi::Buffer<ffi::F32>;
 
-ffi::Error Fwd(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t sh, int64_t sw, int64_t pt,
-               int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
+// One part on (a, b) -> out, on XLA's pool or oneDNN's threads; oneDNN's exceptions (it throws
+// dnnl::error) become an FFI error, which jax raises, instead of ending the process.
+ffi::Error Dispatch(Part part, const Geometry& g, float* a, float* b, float* out, int64_t on_pool,
+                    ffi::ThreadPool& pool) {
   try {
-    const auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
-    if (on_pool) return RunOnXlaThreads(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data(), pool);
-    return Run(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data());
+    return on_pool ? RunOnXlaThreads(part, g, a, b, out, pool) : Run(part, g, a, b, out);
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
   }
 }
 
-ffi::Error BwdData(ffi::ThreadPool pool, F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh, int64_t sw,
-                   int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
-  try {
-    const auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-    if (on_pool) return RunOnXlaThreads(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data(), pool);
-    return Run(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
-  }
+ffi::Error Fwd(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
+               int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
+  const auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
+  return Dispatch(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data(), on_pool, pool);
 }
 
-ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw, int64_t sh, int64_t sw,
-                      int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
-  try {
-    const auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
-    if (on_pool) return RunOnXlaThreads(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data(), pool);
-    return Run(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data());
-  } catch (const std::exception& e) {
-    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
-  }
+ffi::Error BwdData(ffi::ThreadPool pool, F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
+                   int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
+  const auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  return Dispatch(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data(), on_pool, pool);
+}
+
+ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw,
+                      int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
+                      int64_t on_pool) {
+  const auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+  return Dispatch(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data(), on_pool, pool);
 }
 
 }  // namespace
