@@ -199,3 +199,16 @@ def test_train_config_and_data_dir_paths_are_expanded(monkeypatch):
                       "--config=" + os.path.join(REPO, "configs", "emogen.py")]
   with pytest.raises(UserError, match="is not a file"):
     loop._check_config_path(["prog", "--config", "~/configs/nope.py"])
+
+
+def test_train_data_dir_with_tilde_is_expanded_before_its_checks(tmp_path):
+  """`--config.data_dir=~/...` as typed: the trainer checks the expanded folder (here an empty
+  one, so the error names it and what it lacks), not the literal '~/...'."""
+  from tests._train_fixtures import train_cli
+  (tmp_path / "my data").mkdir()
+  proc = train_cli(["--config", "configs/syncnet.py:smoke", "--config.data_dir=~/my data",
+                    "--workdir", str(tmp_path / "w")], extra_env={"HOME": str(tmp_path)},
+                   check=False)
+  assert proc.returncode == 2
+  last = proc.stderr.strip().splitlines()[-1]
+  assert f"{tmp_path / 'my data'} holds no preprocessed dataset" in last, proc.stderr

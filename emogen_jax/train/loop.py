@@ -315,6 +315,9 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
   if log is None:
     log = (lambda msg: print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)) if main \
         else (lambda msg: None)
+  if config.data_dir:  # as typed (relative, ~); the checkpoint paths resolve themselves when loaded
+    config.data_dir = files.user_path(config.data_dir)
+  # Every config value is checked before the convolutions are routed (which may build oneDNN).
   train_config.validate(config, device_count=jax.device_count())
   with onednn_conv.cpu_convolutions(config.get("cpu_convolutions", "xla"), log=log,
                                     where="config.cpu_convolutions"):
@@ -323,9 +326,6 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
 
 def _train_and_evaluate(config, workdir: str, log: Callable[[str], None]) -> dict:
   main = jax.process_index() == 0
-  if config.data_dir:  # as typed (relative, ~); the checkpoint paths resolve themselves when loaded
-    config.data_dir = files.user_path(config.data_dir)
-  train_config.validate(config, device_count=jax.device_count())
   stage = stages.get(config.stage)
   workdir = files.check_output_dir(workdir, "--workdir", "training workdir")
   check_resume(config, workdir)
