@@ -94,6 +94,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
 
 
 def main(argv=None) -> int:
+  from emogen_jax import onednn_conv
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--batches", default="16,80", help="comma-separated frames per call")
   p.add_argument("--width", type=float, default=1.0)
@@ -104,13 +105,12 @@ def main(argv=None) -> int:
   p.add_argument("--no-torch", action="store_true", help="time ours only")
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate (the ceiling line)")
-  p.add_argument("--cpu-convolutions", default="xla", choices=("xla", "onednn"),
+  p.add_argument("--cpu-convolutions", default="xla", choices=onednn_conv.CHOICES,
                  help="our convolution kernels on the CPU (config.cpu_convolutions): xla or "
                       "onednn (built with g++ on first use)")
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
   from emogen_jax import allocator
-  from emogen_jax import onednn_conv
   with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions"):
     rows = []
     for b in [int(x) for x in args.batches.split(",") if x]:

@@ -76,6 +76,7 @@ def seam_figures(ckpt: str, video: str, speech: str) -> dict:
 
 
 def main(argv=None) -> int:
+  from emogen_jax import onednn_conv
   p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--widths", type=float, nargs="+", default=[1.0, 0.25])
   p.add_argument("--emotions", nargs="+", default=["HAP", "all"])
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--baseline-src", default=None, help="another checkout to time on the same inputs")
   p.add_argument("--seam", action="store_true", help="also measure the seam (smallest width)")
-  p.add_argument("--cpu-convolutions", nargs="+", default=["xla"], choices=("xla", "onednn"),
+  p.add_argument("--cpu-convolutions", nargs="+", default=["xla"], choices=onednn_conv.CHOICES,
                  help="this checkout's CLI runs once per choice, in turn (--cpu-convolutions); "
                       "the baseline runs with its defaults")
   args = p.parse_args(argv)

@@ -33,11 +33,10 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from emogen_jax.onednn_conv import binding  # noqa: E402  (light: builds nothing until asked)
+
 _STATS = re.compile(r"onednn_conv stats: forward (\d+) calls ([\d.]+) ms, input gradient (\d+) "
                     r"calls ([\d.]+) ms, weight gradient (\d+) calls ([\d.]+) ms")
-
-
-THREADS = ("omp", "xla")  # the binding's `threads`
 
 
 def child(variant: str, cache_dir: str, bench_args: list[str]) -> int:
@@ -45,7 +44,6 @@ def child(variant: str, cache_dir: str, bench_args: list[str]) -> int:
   from emogen_jax.allocator import use_fast_allocator
   use_fast_allocator()  # the allocator bench_train.py runs under (may re-execute this command)
   if variant.startswith("onednn"):
-    from emogen_jax.onednn_conv import binding
     binding.route_convolutions(binding.build(cache_dir), threads=variant.split("-", 1)[1])
   import bench_train
   return bench_train.main(bench_args)
@@ -83,7 +81,7 @@ def main(argv=None) -> int:
   if "--child" in argv:
     split = argv.index("--") if "--" in argv else len(argv)
     p = argparse.ArgumentParser()
-    p.add_argument("--child", choices=("xla",) + tuple(f"onednn-{t}" for t in THREADS))
+    p.add_argument("--child", choices=("xla",) + tuple(f"onednn-{t}" for t in binding.THREADS))
     p.add_argument("--cache-dir")
     a = p.parse_args(argv[:split])
     return child(a.child, a.cache_dir, argv[split + 1:])
@@ -96,7 +94,7 @@ def main(argv=None) -> int:
   p.add_argument("--rounds", type=int, default=2,
                  help="rounds of the runs (xla, then oneDNN in each --threads mode), the order "
                       "reversed every other round")
-  p.add_argument("--threads", nargs="+", default=["xla"], choices=THREADS,
+  p.add_argument("--threads", nargs="+", default=["xla"], choices=binding.THREADS,
                  help="oneDNN's threads: its own OpenMP team per call (omp, as in PyTorch), or "
                       "none, the call split over the batch onto XLA's pool (xla); several are "
                       "timed in turn")
@@ -109,7 +107,6 @@ def main(argv=None) -> int:
     p.error("--rounds and --steps must be at least 1")
   if args.batch is not None and args.batch < 1:
     p.error(f"--batch {args.batch}: give at least 1 (the global batch of the step)")
-  from emogen_jax.onednn_conv import binding
   args.cache_dir = os.path.abspath(args.cache_dir or binding.default_cache_dir())
   try:
     library = binding.build(args.cache_dir)

@@ -359,6 +359,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
 
 
 def main(argv=None) -> int:
+  from emogen_jax import onednn_conv
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--stages", default="syncnet,emotion_disc,emogen")
   p.add_argument("--sizes", default="smoke,reference", help="smoke and/or reference")
@@ -379,7 +380,7 @@ def main(argv=None) -> int:
                  help="EmoGen with the sync weight still 0 (before the switch: every smoke run)")
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate that the achieved rates are compared with")
-  p.add_argument("--cpu-convolutions", default="xla", choices=("xla", "onednn"),
+  p.add_argument("--cpu-convolutions", default="xla", choices=onednn_conv.CHOICES,
                  help="our convolution kernels on the CPU (config.cpu_convolutions): xla or "
                       "onednn (built with g++ on first use)")
   args = p.parse_args(argv)
@@ -389,7 +390,6 @@ def main(argv=None) -> int:
   if args.parts and (stage_list != ["emogen"] or not args.compare_torch):
     p.error("--parts times the EmoGen iteration's parts against PyTorch's: use it with "
             "--stages emogen --compare-torch")
-  from emogen_jax import onednn_conv
   with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions"):
     rows = []
     for stage in stage_list:

@@ -267,7 +267,8 @@ memory::desc OutputChannels(const memory::desc& desc, int64_t first, int64_t las
   return desc.submemory_desc(dims, {first, 0, 0, 0});
 }
 
-// The kernel reorder `r` (from -> to) split over output channels onto the pool.
+// The kernel reorder from -> to (one of them `blocked`, the primitive's layout) split over
+// output channels onto the pool.
 void Reorder(ffi::ThreadPool& pool, int64_t slices, const memory::desc& from, void* from_data,
              const memory::desc& to, void* to_data, const memory::desc& blocked) {
   auto& eng = Engine();
@@ -294,8 +295,8 @@ thread_local Buffer dy_buffer;
 // many channels, few pixels) split over output channels instead of the batch: each thread
 // copies its channels of dy into a dense buffer, computes those channels' gradient on its own
 // and reorders it into its part of dw. Nothing to sum, and the kernel is written once.
-ffi::Error WeightGradByChannels(const Geometry& g, float* x, float* dy, float* dw,
-                                ffi::ThreadPool& pool, int64_t threads) {
+void WeightGradByChannels(const Geometry& g, float* x, float* dy, float* dw,
+                          ffi::ThreadPool& pool, int64_t threads) {
   auto& eng = Engine();
   const int64_t per = std::max<int64_t>(16, (g.o + threads * 16 - 1) / (threads * 16) * 16);
   const int64_t parts = (g.o + per - 1) / per;
@@ -325,7 +326,6 @@ ffi::Error WeightGradByChannels(const Geometry& g, float* x, float* dy, float* d
     dnnl::reorder(k_m, part_m).execute(stream, k_m, part_m);
     stream.wait();
   });
-  return ffi::Error::Success();
 }
 
 // One slice of the batch per thread of XLA's pool, a one-thread primitive each; the kernel's
@@ -337,9 +337,9 @@ ffi::Error RunOnXlaThreads(Part part, const Geometry& g, float* a, float* b, flo
   const int64_t threads = std::max<int64_t>(1, pool.num_threads());
   if (part == kBwdWeights && threads > 1 && g.o >= 32 &&
       g.kh * g.kw * g.c * g.o > g.n * g.oh * g.ow * g.o) {
-    auto error = WeightGradByChannels(g, a, b, out, pool, threads);
+    WeightGradByChannels(g, a, b, out, pool, threads);
     Count(part, start);
-    return error;
+    return ffi::Error::Success();
   }
   const int64_t slices = std::min<int64_t>(threads, g.n);
   struct Slice {
