@@ -169,3 +169,16 @@ def test_emogen_trains_and_validates_on_onednn(built, tmp_path):
   assert all(int(n) > 0 for n in _STATS.search(log).groups())
   final = _final(workdir)
   assert np.isfinite(final["validation"]["loss"]) and final["step"] == 1
+
+
+@pytest.mark.parametrize("module", ["emogen_jax.infer", "emogen_jax.quickstart"])
+def test_cli_unknown_choice_is_one_line(module, tmp_path):
+  args = ["--cpu-convolutions", "mkl"]
+  if module == "emogen_jax.infer":
+    args += ["--checkpoint", "c", "--face", "f.png", "--audio", "a.wav", "--out", "o.mp4"]
+  proc = subprocess.run([sys.executable, "-m", module, *args], cwd=tmp_path,
+                        env=subprocess_env(1), capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  (line,) = proc.stderr.strip().splitlines()
+  assert "--cpu-convolutions: invalid choice: 'mkl'" in line, line
+  assert not os.listdir(tmp_path)  # nothing started, nothing written
