@@ -283,7 +283,7 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
                    emogen_steps: int = DEFAULTS["emogen_steps"], seed: int = 0,
                    width: float = 0.25, eval_batches: int = 0, jobs: int | None = None,
                    emotion: str = "all", progress: bool = True,
-                   cpu_convolutions: str = "xla") -> dict:
+                   cpu_convolutions: str = "auto") -> dict:
   """Corpus -> 25 fps -> preprocess -> three trainings -> demo video; returns the summary
   (also written to out_dir/summary.json and summary.md). Finished stages are skipped."""
   from emogen_jax.data import emotions
@@ -590,9 +590,10 @@ def _parser() -> ArgumentParser:
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
   p.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
-  p.add_argument("--cpu-convolutions", default="xla", choices=onednn_conv.CHOICES,
-                 help="the trainings' convolution kernels: xla (the default) or onednn (oneDNN's, "
-                      "built with g++ on first use; faster on AVX-512 CPUs)")
+  p.add_argument("--cpu-convolutions", default="auto", choices=onednn_conv.CHOICES,
+                 help="the trainings' convolution kernels: auto (the default: "
+                      "oneDNN's on an AVX-512 CPU where scripts/install.sh built them, else "
+                      "XLA's), xla or onednn (oneDNN's, built with g++ on first use)")
   return p
 
 

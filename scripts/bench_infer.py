@@ -105,18 +105,19 @@ def main(argv=None) -> int:
   p.add_argument("--no-torch", action="store_true", help="time ours only")
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate (the ceiling line)")
-  p.add_argument("--cpu-convolutions", default="xla", choices=onednn_conv.CHOICES,
-                 help="our convolution kernels on the CPU (config.cpu_convolutions): xla or "
-                      "onednn (built with g++ on first use)")
+  p.add_argument("--cpu-convolutions", default="auto", choices=onednn_conv.CHOICES,
+                 help="our convolution kernels on the CPU (config.cpu_convolutions): auto (the "
+                      "library's default), xla or onednn (built with g++ on first use); the rows "
+                      "name the kernels used")
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
   from emogen_jax import allocator
-  with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions"):
+  with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions") as kernels:
     rows = []
     for b in [int(x) for x in args.batches.split(",") if x]:
       row = bench(b, args.width, max(1, args.repeats), args.dtype, not args.no_torch,
                   not args.no_peak, max(1, args.calls))
-      row["cpu_convolutions"] = args.cpu_convolutions
+      row["cpu_convolutions"] = kernels
       rows.append(row)
       print(f"generator width {row['width']} batch {b:>4} {row['dtype']} on {row['platform']}: "
             f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"

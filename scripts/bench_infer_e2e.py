@@ -85,7 +85,7 @@ def main(argv=None) -> int:
   p.add_argument("--batch-size", type=int, default=16)
   p.add_argument("--baseline-src", default=None, help="another checkout to time on the same inputs")
   p.add_argument("--seam", action="store_true", help="also measure the seam (smallest width)")
-  p.add_argument("--cpu-convolutions", nargs="+", default=["xla"], choices=onednn_conv.CHOICES,
+  p.add_argument("--cpu-convolutions", nargs="+", default=["auto"], choices=onednn_conv.CHOICES,
                  help="this checkout's CLI runs once per choice, in turn (--cpu-convolutions); "
                       "the baseline runs with its defaults")
   args = p.parse_args(argv)
@@ -95,8 +95,8 @@ def main(argv=None) -> int:
     for width in args.widths:
       ckpt = F.make_generator_checkpoint(os.path.join(d, f"gen_{width}"), width=width)
       for emotion in args.emotions:
-        runs = [(f"stream ({c})" if len(args.cpu_convolutions) > 1 or c != "xla" else "stream", ROOT,
-                 ("--cpu-convolutions", c) if c != "xla" else ()) for c in args.cpu_convolutions]
+        runs = [(f"stream ({c})" if len(args.cpu_convolutions) > 1 or c != "auto" else "stream", ROOT,
+                 ("--cpu-convolutions", c) if c != "auto" else ()) for c in args.cpu_convolutions]
         runs += [("baseline", args.baseline_src, ())] if args.baseline_src else []
         for i, (name, src, extra) in enumerate(runs):
           r = run_cli(src, ckpt, video, speech, emotion, os.path.join(d, f"out_{i}.mp4"),

@@ -380,9 +380,10 @@ def main(argv=None) -> int:
                  help="EmoGen with the sync weight still 0 (before the switch: every smoke run)")
   p.add_argument("--no-peak", action="store_true",
                  help="skip the float32 matmul rate that the achieved rates are compared with")
-  p.add_argument("--cpu-convolutions", default="xla", choices=onednn_conv.CHOICES,
-                 help="our convolution kernels on the CPU (config.cpu_convolutions): xla or "
-                      "onednn (built with g++ on first use)")
+  p.add_argument("--cpu-convolutions", default="auto", choices=onednn_conv.CHOICES,
+                 help="our convolution kernels on the CPU (config.cpu_convolutions): auto (the "
+                      "library's default), xla or onednn (built with g++ on first use); the rows "
+                      "name the kernels used")
   args = p.parse_args(argv)
   stage_list = [s for s in args.stages.split(",") if s]
   if args.sync_off and "emogen" not in stage_list:
@@ -390,7 +391,7 @@ def main(argv=None) -> int:
   if args.parts and (stage_list != ["emogen"] or not args.compare_torch):
     p.error("--parts times the EmoGen iteration's parts against PyTorch's: use it with "
             "--stages emogen --compare-torch")
-  with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions"):
+  with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions") as kernels:
     rows = []
     for stage in stage_list:
       if stage not in STAGE_CONFIGS:
@@ -402,7 +403,7 @@ def main(argv=None) -> int:
         row = bench(stage, size, batch=batch, steps=max(1, args.steps), dtype=args.dtype,
                     compare_torch=args.compare_torch, peak=not args.no_peak,
                     sync_on=not args.sync_off, parts=args.parts)
-        row["cpu_convolutions"] = args.cpu_convolutions
+        row["cpu_convolutions"] = kernels
         rows.append(row)
         print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
               f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "

@@ -1,8 +1,9 @@
-"""The opt-in oneDNN convolutions as a user meets them (emogen_jax/onednn_conv): a training run
+"""The oneDNN convolutions as a user meets them (emogen_jax/onednn_conv): a training run
 with --config.cpu_convolutions=onednn calls oneDNN and ends where the same run on XLA's kernels
 ends; EmoGen trains and validates on it; the inference CLI's --cpu-convolutions onednn writes the
-same video; two processes build the binding together; a wrong choice, no g++ and an unwritable
-cache get one-line errors. (tests/test_bench_onednn.py checks the binding's parts
+same video; the default, auto, takes oneDNN's where built on an AVX-512 CPU and XLA's (saying why,
+building nothing) elsewhere; `python -m emogen_jax.onednn_conv` builds; two processes build the
+binding together; a wrong choice, no g++ and an unwritable cache get one-line errors. (tests/test_bench_onednn.py checks the binding's parts
 against lax's and the benchmark.)
 
 The binding is built once into the user's cache (oneDNN's wheels from the package index, g++):
@@ -106,7 +107,7 @@ def test_unknown_choice_is_one_line(tmp_path):
                     "--config.cpu_convolutions=mkl", "--workdir", str(tmp_path / "w")], check=False)
   assert proc.returncode == 2
   last = proc.stderr.strip().splitlines()[-1]
-  assert "config.cpu_convolutions='mkl'; use xla" in last and "Traceback" not in proc.stderr
+  assert "config.cpu_convolutions='mkl'; use auto" in last and "Traceback" not in proc.stderr
 
 
 def test_no_compiler_is_one_line(tmp_path):
@@ -182,3 +183,112 @@ def test_cli_unknown_choice_is_one_line(module, tmp_path):
   (line,) = proc.stderr.strip().splitlines()
   assert "--cpu-convolutions: invalid choice: 'mkl'" in line, line
   assert not os.listdir(tmp_path)  # nothing started, nothing written
+
+
+def _auto(monkeypatch, cache_home, choice="auto"):
+  """(kernels, log lines, whether the models' conv2d was routed inside) of cpu_convolutions(choice)
+  with the binding's cache under ``cache_home``."""
+  from emogen_jax import onednn_conv
+  from emogen_jax.models import layers
+
+  monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+  own, lines = layers.conv2d, []
+  with onednn_conv.cpu_convolutions(choice, log=lines.append, where="config.cpu_convolutions") as k:
+    routed = layers.conv2d is not own
+  assert layers.conv2d is own  # undone after the block
+  return k, lines, routed
+
+
+def test_auto_uses_onednn_where_built_and_xla_elsewhere(built, monkeypatch, tmp_path):
+  from emogen_jax.onednn_conv import binding
+
+  if not binding.has_avx512():
+    k, lines, routed = _auto(monkeypatch, tmp_path)
+    assert (k, routed) == ("xla", False) and "this CPU has no AVX-512" in lines[-1]
+    return
+  # The built binding (the default cache, as scripts/install.sh leaves it): oneDNN's.
+  home = os.path.dirname(os.path.dirname(os.path.dirname(built)))
+  k, lines, routed = _auto(monkeypatch, home)
+  assert (k, routed) == ("onednn", True), lines
+  assert "oneDNN's kernels on XLA's threads (config.cpu_convolutions=auto; auto: AVX-512" in lines[-1]
+  # A fresh cache: XLA's, with the command that builds it, and nothing fetched or built.
+  k, lines, routed = _auto(monkeypatch, tmp_path / "fresh")
+  assert (k, routed) == ("xla", False)
+  (line,) = lines
+  assert "XLA's kernels (config.cpu_convolutions=auto; auto: oneDNN's binding is not built" in line
+  assert "python -m emogen_jax.onednn_conv" in line
+  assert not os.path.exists(tmp_path / "fresh")
+  # A cached library that does not load: auto falls back to XLA's and says so; onednn fails.
+  broken = binding.library_path(str(tmp_path / "broken" / "emogen_jax" / "onednn_conv"))
+  os.makedirs(os.path.dirname(broken))
+  with open(broken, "w") as f:
+    f.write("not a library")
+  # (In a fresh process: this one may hold the good build's handlers already, which XLA keeps.)
+  code = ("from emogen_jax import onednn_conv\n"
+          "with onednn_conv.cpu_convolutions('{}') as k:\n  print('KERNELS', k)\n")
+  env = dict(subprocess_env(1), XDG_CACHE_HOME=str(tmp_path / "broken"))
+  proc = subprocess.run([sys.executable, "-c", code.format("auto")], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and "KERNELS xla" in proc.stdout, proc.stdout + proc.stderr
+  assert "(cpu_convolutions=auto; the built binding failed: cannot load" in proc.stdout
+  proc = subprocess.run([sys.executable, "-c", code.format("onednn")], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0 and "cannot load the oneDNN binding" in proc.stderr
+
+
+def test_training_default_is_auto(built, tmp_path):
+  """No --config.cpu_convolutions: the run's log names the kernels it got; on an AVX-512 CPU with
+  the binding built (here: the fixture built it) they are oneDNN's, which computed the steps."""
+  from emogen_jax.onednn_conv import binding
+
+  workdir = tmp_path / "w"
+  proc = train_cli(["--config", "configs/syncnet.py:smoke", "--config.synthetic_data=True",
+                    "--config.num_train_steps=1", "--config.eval_batches=1",
+                    "--workdir", str(workdir)], extra_env={"EMOGEN_ONEDNN_STATS": "1"})
+  log = proc.stdout + proc.stderr
+  if binding.has_avx512():
+    assert "convolutions: oneDNN's kernels on XLA's threads (config.cpu_convolutions=auto" in log
+    assert all(int(n) > 0 for n in _STATS.search(log).groups())
+  else:
+    assert "convolutions: XLA's kernels (config.cpu_convolutions=auto; auto: this CPU has no " \
+           "AVX-512" in log
+  assert _final(workdir)["step"] == 1
+
+
+def test_build_command(tmp_path):
+  """`python -m emogen_jax.onednn_conv` (what scripts/install.sh runs): without g++ one line and
+  exit 1, nothing fetched; built already and --quiet, nothing said."""
+  env = dict(subprocess_env(1), PATH=os.path.dirname(sys.executable) + os.pathsep + str(tmp_path))
+  cache = str(tmp_path / "cache")
+  cmd = [sys.executable, "-m", "emogen_jax.onednn_conv", "--cache-dir", cache, "--quiet"]
+  proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  if os.path.exists(os.path.join(os.path.dirname(sys.executable), "g++")):
+    pytest.skip("g++ lives beside this python: PATH cannot leave it out")
+  assert proc.returncode == 1 and "Traceback" not in proc.stderr
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.startswith("oneDNN binding not built: g++ not found"), line
+  assert not os.path.exists(os.path.join(cache, "wheels-2023.2.0"))
+  # Built already (a library at the path the build would write): the quiet run says nothing.
+  from emogen_jax.onednn_conv import binding
+  os.makedirs(cache)
+  open(binding.library_path(cache), "w").close()
+  proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+  assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", ""), proc
+  proc = subprocess.run(cmd[:-1], cwd=tmp_path, env=env, capture_output=True, text=True,
+                        timeout=120)
+  assert proc.returncode == 0 and proc.stdout.strip() == f"oneDNN binding: {binding.library_path(cache)}"
+
+
+def test_one_build_per_process(built, tmp_path):
+  """XLA keeps the first registration of a handler name: the same build from another cache
+  folder (the benchmark's tests build their own) loads as a no-op; another build is one line."""
+  import shutil
+
+  from emogen_jax.onednn_conv import binding
+
+  binding.load(built)
+  copy = tmp_path / os.path.basename(built)
+  shutil.copy(built, copy)
+  binding.load(str(copy))
+  with pytest.raises(binding.BuildError, match="already runs another build of the oneDNN binding"):
+    binding.load(str(tmp_path / "libonednn_conv-000000000000.so"))

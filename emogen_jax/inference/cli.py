@@ -14,6 +14,7 @@ import time
 _IMPORTS_START = time.perf_counter()  # the imports below (JAX, Flax, OpenCV, ...) are startup too
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import os  # noqa: E402
 import sys  # noqa: E402
 
@@ -61,9 +62,10 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--fps", type=float, default=None,
                  help=f"frame rate for a still image (default {DEFAULT_IMAGE_FPS:g}); "
                       "videos keep their own rate")
-  p.add_argument("--cpu-convolutions", default="xla", choices=onednn_conv.CHOICES,
-                 help="convolution kernels on the CPU backend: xla (XLA's own, the default) or "
-                      "onednn (oneDNN's, built with g++ on first use; faster on AVX-512 CPUs)")
+  p.add_argument("--cpu-convolutions", default="auto", choices=onednn_conv.CHOICES,
+                 help="convolution kernels on the CPU backend: auto (the default: oneDNN's on an "
+                      "AVX-512 CPU where scripts/install.sh built them, else XLA's), xla (XLA's "
+                      "own) or onednn (oneDNN's, built with g++ on first use)")
   p.add_argument("--batch-size", type=int, default=16, help="faces per generator call (default 16)")
   p.add_argument("--detector", default="haar", choices=face_detection.DETECTORS,
                  help="face detector (haar: offline; s3fd: needs --s3fd-weights)")
@@ -106,6 +108,11 @@ def check_flags(args: argparse.Namespace) -> FaceOptions:
 def run(args: argparse.Namespace, log=None) -> dict:
   """The CLI's work; returns a summary dict (frames, seconds, startup, compilations, path, stats)."""
   log = log or (lambda msg: print(msg, file=sys.stderr))
+  with contextlib.ExitStack() as scope:
+    return _run(args, log, scope)
+
+
+def _run(args: argparse.Namespace, log, scope: contextlib.ExitStack) -> dict:
   t_start = time.perf_counter()
   emotions = parse_emotions(args.emotion)
   opts = check_flags(args)
@@ -122,6 +129,12 @@ def run(args: argparse.Namespace, log=None) -> dict:
   timing.inference_chunk_starts(audio_lib.mel_steps(len(wav)), source.fps)  # too short: say so now
   detector = None if args.box is not None else face_detection.make_detector(
       args.detector, weights=opts.s3fd_weights)
+  # The convolution kernels, once the inputs are checked (a user error stays one line); which
+  # ones and why ends the startup line, a build on the way (--cpu-convolutions onednn) says so now.
+  kernels = []
+  scope.enter_context(onednn_conv.cpu_convolutions(
+      args.cpu_convolutions, where="--cpu-convolutions",
+      log=lambda m: kernels.append(m) if m.startswith("convolutions:") else log(m)))
   # Startup, reported apart from the generation speed: imports, checkpoint, compile, and the
   # imports librosa defers to its first STFT (in a thread beside the checkpoint load and compile).
   warm_up = audio_lib.WarmUp()
@@ -137,7 +150,8 @@ def run(args: argparse.Namespace, log=None) -> dict:
   log(f"startup {startup:.1f} s: imports {_IMPORTS_SECONDS:.1f} s, checkpoint {t_load:.1f} s, "
       f"compile {renderer.compile_seconds:.1f} s, librosa's deferred imports "
       f"{warm_up.seconds:.1f} s beside them (waited {t_wait:.1f} s), inputs and checks "
-      f"{startup - _IMPORTS_SECONDS - t_load - renderer.compile_seconds - t_wait:.1f} s")
+      f"{startup - _IMPORTS_SECONDS - t_load - renderer.compile_seconds - t_wait:.1f} s"
+      + "".join(f"; {k}" for k in kernels))
 
   def no_face(k, frame):
     png = _noface_png(out, k)
@@ -165,9 +179,7 @@ def run(args: argparse.Namespace, log=None) -> dict:
 @cli_main
 def main(argv=None) -> int:
   args = _parser().parse_args(argv)
-  with onednn_conv.cpu_convolutions(args.cpu_convolutions, log=lambda m: print(m, file=sys.stderr),
-                                    where="--cpu-convolutions"):
-    s = run(args)
+  s = run(args)
   st = s["stats"]
   print(f"wrote {s['out']}: {s['frames']} frames at {s['fps']:g} fps, {s['faces']} faces generated in "
         f"{s['seconds']:.1f} s ({s['faces'] / max(s['seconds'], 1e-9):.1f} faces/s end to end, after "

@@ -1,11 +1,16 @@
-"""oneDNN's convolution kernels inside our jitted steps on the CPU backend (opt-in).
+"""oneDNN's convolution kernels inside our jitted steps on the CPU backend.
 
 XLA:CPU computes convolutions with its own kernels; on an x86 CPU with AVX-512 they ran 0.71-0.80x
 the speed of oneDNN's (the library PyTorch uses) over SyncNet's layers, per part (docs/design.md
-"Another CPU: an Intel Xeon with AVX-512"). This package puts
-oneDNN's kernels under our models instead, through XLA's FFI, for runs that opt in:
-``--config.cpu_convolutions=onednn`` for training, ``--cpu-convolutions onednn`` for inference,
-or ``with cpu_convolutions("onednn"):`` in a notebook. The default stays XLA's kernels.
+"Another CPU: an Intel Xeon with AVX-512"). This package puts oneDNN's kernels under our models
+instead, through XLA's FFI. The choice (``config.cpu_convolutions`` for training,
+``--cpu-convolutions`` for inference and the quickstart, ``with cpu_convolutions(choice):`` in a
+notebook) is one of
+- ``auto`` (the default): oneDNN's on a CPU with AVX-512 when the binding is already built
+  (``scripts/install.sh`` builds it there: ``python -m emogen_jax.onednn_conv``), XLA's otherwise;
+  it never builds or downloads anything itself, and the run's log says which kernels it got and why;
+- ``onednn``: oneDNN's, built on first use if needed;
+- ``xla``: XLA's own.
 
 What lives here:
 - ``onednn_conv.cc``: three FFI handlers (forward, input gradient, weight gradient of a float32
@@ -13,52 +18,79 @@ What lives here:
 - ``binding.py``: fetches oneDNN 3.2 from PyPI and compiles the handlers with g++ once (cached
   under ``~/.cache/emogen_jax/onednn_conv``, keyed by the source), registers them, and routes the
   models' convolutions to them with a custom VJP.
+- ``__main__.py``: the build as a command (what the install script runs).
 
 Results equal XLA's to float32 rounding (the sums inside each convolution run in another order);
-other backends, dtypes, dilated and grouped convolutions keep XLA's kernels.
+other backends, dtypes, dilated and grouped convolutions keep XLA's kernels. The models called
+directly (``model.apply`` outside these scopes, as the parity tests do) always run XLA's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Callable, Iterator
 
 from emogen_jax.errors import UserError
-from emogen_jax.onednn_conv.binding import BuildError, build, default_cache_dir, route_convolutions
+from emogen_jax.onednn_conv.binding import (BuildError, build, default_cache_dir, has_avx512,
+                                            library_path, route_convolutions)
 
-CHOICES = ("xla", "onednn")
+CHOICES = ("auto", "xla", "onednn")
 
-__all__ = ["CHOICES", "BuildError", "build", "cpu_convolutions", "default_cache_dir",
-           "route_convolutions"]
+__all__ = ["CHOICES", "BuildError", "build", "check_choice", "cpu_convolutions",
+           "default_cache_dir", "resolve", "route_convolutions"]
 
 
 def check_choice(choice: str, where: str) -> None:
   if choice not in CHOICES:
-    raise UserError(f"{where}={choice!r}; use xla (XLA's own kernels, the default) or onednn "
-                    "(oneDNN's, built with g++ on first use; faster on AVX-512 CPUs)")
+    raise UserError(f"{where}={choice!r}; use auto (the default: oneDNN's kernels where built on "
+                    "an AVX-512 CPU, else XLA's), xla (XLA's own) or onednn (oneDNN's, built with "
+                    "g++ on first use)")
+
+
+def resolve(choice: str, backend: str) -> tuple[str, str]:
+  """(kernels, why) for ``choice`` on ``backend``: kernels is "xla" or "onednn"; why is the reason
+  in a few words (for the log). Builds nothing."""
+  if backend != "cpu":
+    return "xla", f"oneDNN's apply to the CPU backend only; this run is on {backend}"
+  if choice != "auto":
+    return choice, "as asked"
+  if not has_avx512():
+    return "xla", ("auto: this CPU has no AVX-512, where oneDNN's were not measured faster; "
+                   "=onednn to use them anyway")
+  library = library_path()
+  if not os.path.exists(library):
+    return "xla", (f"auto: oneDNN's binding is not built ({library}); build it with "
+                   "`python -m emogen_jax.onednn_conv` (scripts/install.sh does) or pass =onednn")
+  return "onednn", "auto: AVX-512 and the binding built; =xla for XLA's"
 
 
 @contextlib.contextmanager
 def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
                      where: str = "cpu_convolutions") -> Iterator[str]:
-  """Within the block the models' convolutions run on ``choice``'s kernels (``"xla"`` or
-  ``"onednn"``); yields the kernels actually used. oneDNN applies to the CPU backend only: on
-  another backend the block runs on XLA's, and ``log`` says so. Route once, before the first
-  jitted call: a function traced inside the block keeps oneDNN's calls after it."""
+  """Within the block the models' convolutions run on ``choice``'s kernels (``"auto"``, ``"xla"``
+  or ``"onednn"``, see above); yields the kernels actually used, "xla" or "onednn", and ``log``
+  hears which and why. Route once, before the first jitted call: a function traced inside the
+  block keeps oneDNN's calls after it."""
   check_choice(choice, where)
-  if choice == "xla":
-    yield "xla"
-    return
   import jax
-  backend = jax.default_backend()
-  if backend != "cpu":
-    log(f"{where}=onednn applies to the CPU backend only; this run is on {backend}: XLA's "
-        "convolutions")
+  kernels, why = resolve(choice, jax.default_backend())
+  if kernels == "xla":
+    if choice == "onednn" or (choice == "auto" and jax.default_backend() == "cpu"):
+      log(f"convolutions: XLA's kernels ({where}={choice}; {why})")
     yield "xla"
     return
-  library = build(log=log)
-  undo = route_convolutions(library)
-  log(f"convolutions: oneDNN's kernels on XLA's threads ({library})")
+  try:
+    library = build(log=log)
+    undo = route_convolutions(library)
+  except BuildError as e:
+    if choice != "auto":
+      raise
+    # A cached library that no longer loads must not stop a run that did not ask for oneDNN.
+    log(f"convolutions: XLA's kernels ({where}=auto; the built binding failed: {e})")
+    yield "xla"
+    return
+  log(f"convolutions: oneDNN's kernels on XLA's threads ({where}={choice}; {why}; {library})")
   try:
     yield "onednn"
   finally:

@@ -37,14 +37,33 @@ def default_cache_dir() -> str:
   return os.path.join(base, "emogen_jax", "onednn_conv")
 
 
+def library_path(cache_dir: str | None = None) -> str:
+  """Where `build` puts the binding of this source and oneDNN version (built or not)."""
+  cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+  with open(SOURCE, "rb") as f:
+    digest = hashlib.sha256(f.read() + ONEDNN_VERSION.encode()).hexdigest()[:12]
+  return os.path.join(cache_dir, f"libonednn_conv-{digest}.so")
+
+
+def has_avx512() -> bool:
+  """Whether this CPU has AVX-512 (Linux's /proc/cpuinfo flags; False where it cannot tell), the
+  CPUs on which oneDNN's kernels were measured faster than XLA's."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return "avx512f" in line.split()
+  except OSError:
+    pass
+  return False
+
+
 def build(cache_dir: str | None = None, log=None) -> str:
   """Path of the compiled binding under ``cache_dir``, built if missing (the name carries a hash
   of the source and of oneDNN's version, so an edited source builds anew); ``log`` hears of a
   build before it starts (under a minute: two wheels fetched, one C++ file compiled)."""
   cache_dir = os.path.abspath(cache_dir or default_cache_dir())
-  with open(SOURCE, "rb") as f:
-    digest = hashlib.sha256(f.read() + ONEDNN_VERSION.encode()).hexdigest()[:12]
-  library = os.path.join(cache_dir, f"libonednn_conv-{digest}.so")
+  library = library_path(cache_dir)
   if os.path.exists(library):
     return library
   if log is not None:
@@ -119,11 +138,22 @@ def _build(cache_dir: str, library: str, compiler: str) -> None:
   os.replace(tmp, library)
 
 
-@functools.cache
+# XLA's FFI registry is per process and refuses a second registration of a name: the handlers
+# registered first stay. Another copy of the same build (the same file name: the same source and
+# oneDNN version, in another cache folder) is the same code and is not registered again.
+_loaded: list[str] = []
+
+
 def load(library: str) -> None:
-  """Registers the handlers of the compiled ``library`` with XLA's CPU platform (once)."""
+  """Registers the handlers of the compiled ``library`` with XLA's CPU platform (once per
+  process)."""
   import jax
 
+  if _loaded:
+    if os.path.basename(_loaded[0]) != os.path.basename(library):
+      raise BuildError(f"this process already runs another build of the oneDNN binding "
+                       f"({_loaded[0]}); start a new process to use {library}")
+    return
   try:
     lib = ctypes.cdll.LoadLibrary(library)
   except OSError as e:
@@ -131,6 +161,7 @@ def load(library: str) -> None:
                      f"{os.path.dirname(library)} to build it again") from None
   for name in TARGETS:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+  _loaded.append(library)
 
 
 THREADS = ("xla", "omp")

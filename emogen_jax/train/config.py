@@ -22,11 +22,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.batch_size = 16             # global batch: divided evenly over jax.device_count() devices
   c.width = 1.0                 # channel multiplier of every network (1.0 = reference size)
   c.compute_dtype = "float32"   # or "bfloat16": activations; params and optimizer stay float32
-  # Convolution kernels on the CPU backend: "xla" (XLA's own) or "onednn" (oneDNN's through
-  # XLA's FFI, built with g++ on first use; on an AVX-512 CPU SyncNet and EmoGen steps 1.2-1.3x
-  # faster at full width, 1.2-1.6x at smoke width, the disc's 1.03-1.08x: emogen_jax/onednn_conv).
-  # Other backends always run XLA's.
-  c.cpu_convolutions = "xla"
+  # Convolution kernels on the CPU backend: "auto" (oneDNN's on an AVX-512 CPU where
+  # scripts/install.sh built them, XLA's otherwise; the log says which), "xla" (XLA's own) or
+  # "onednn" (oneDNN's through XLA's FFI, built with g++ on first use). On an AVX-512 CPU
+  # oneDNN's make SyncNet and EmoGen steps 1.2-1.3x faster at full width, 1.2-1.6x at smoke
+  # width, the disc's 1.03-1.08x (emogen_jax/onednn_conv). Other backends always run XLA's.
+  c.cpu_convolutions = "auto"
   # Adam, as the original (lr per stage below).
   c.learning_rate = 1e-4
   c.b1 = 0.5
@@ -102,7 +103,7 @@ def validate(c: ml_collections.ConfigDict, *, device_count: int) -> None:
                     f"{', '.join(stages.STAGE_NAMES)} (configs/<stage>.py)")
   if c.compute_dtype not in COMPUTE_DTYPES:
     raise UserError(f"config.compute_dtype={c.compute_dtype!r}; use float32 or bfloat16")
-  onednn_conv.check_choice(c.get("cpu_convolutions", "xla"), "config.cpu_convolutions")
+  onednn_conv.check_choice(c.get("cpu_convolutions", "auto"), "config.cpu_convolutions")
   for name in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps",
                "eval_batches", "eval_windows", "checkpoint_every_steps", "keep_checkpoints", "sample_every_steps",
                "data_segment_steps", "eval_batch_size", "shuffle_buffer", "windows_per_clip"):

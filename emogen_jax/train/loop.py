@@ -319,7 +319,7 @@ def train_and_evaluate(config, workdir: str, *, log: Callable[[str], None] | Non
     config.data_dir = files.user_path(config.data_dir)
   # Every config value is checked before the convolutions are routed (which may build oneDNN).
   train_config.validate(config, device_count=jax.device_count())
-  with onednn_conv.cpu_convolutions(config.get("cpu_convolutions", "xla"), log=log,
+  with onednn_conv.cpu_convolutions(config.get("cpu_convolutions", "auto"), log=log,
                                     where="config.cpu_convolutions"):
     return _train_and_evaluate(config, workdir, log)
 

@@ -349,7 +349,7 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
                  eval_batches: int = 0, progress: bool = True, parallel: bool = True,
                  banner: Callable[[str], None] | None = None,
                  after_emogen_training: Callable[[dict[str, str]], Any] | None = None,
-                 cpu_convolutions: str = "xla") -> dict[str, Any]:
+                 cpu_convolutions: str = "auto") -> dict[str, Any]:
   """Runs the stages into W/{syncnet,emotion_disc,emotion_judge,emogen}; returns the figures,
   per-stage wall times, the targets and which were met (also written to W/stages.json).
 
@@ -365,7 +365,7 @@ def train_stages(data_dir: str, workdir: str, *, syncnet_steps: int, emotion_ste
   expert's tail alone leaves. Its wall time (``results["after_emogen_training_s"]``) counts as
   beside the expert's. Not called when EmoGen did not train beside the expert now.
 
-  cpu_convolutions: every training's config.cpu_convolutions ("xla" or "onednn").
+  cpu_convolutions: every training's config.cpu_convolutions ("auto", "xla" or "onednn").
   """
   if not os.path.isdir(data_dir):
     raise UserError(f"data dir {data_dir!r} not found; preprocess a corpus first "
