@@ -218,7 +218,7 @@ def contact_sheet(frames: np.ndarray, names: list[str], per_row: int = 5) -> np.
 
 
 def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion: str = "all",
-                progress: bool = True) -> dict:
+                progress: bool = True, cpu_convolutions: str = "auto") -> dict:
   """The generator of ``workdir`` re-voicing a held-out clip (its face and its own audio)."""
   import cv2
   import numpy as np
@@ -226,7 +226,7 @@ def render_demo(workdir: str, data_dir: str, videos: str, out_path: str, emotion
   from emogen_jax.inference import api, renderer as infer
   if not os.path.isdir(workdir):
     raise UserError(f"generator workdir {workdir} not found; train EmoGen first")
-  talking = api.TalkingFace.load(workdir)
+  talking = api.TalkingFace.load(workdir, cpu_convolutions=cpu_convolutions)
   tried = []
   for split in ("test", "validation"):
     for cid in demo_candidates(data_dir, split):
@@ -339,7 +339,8 @@ def run_quickstart(out_dir: str = "quickstart_out", *, actors: int = DEFAULTS["a
   def demo_and_eval(workdirs: dict, emogen_trained: bool) -> None:
     def demo() -> dict:
       info = render_demo(workdirs["emogen"], paths["data_dir"], paths["corpus_25fps"],
-                         paths["demo_video"], emotion=emotion, progress=progress)
+                         paths["demo_video"], emotion=emotion, progress=progress,
+                         cpu_convolutions=cpu_convolutions)
       # Stored relative to --out, so that a moved or copied output folder stays consistent.
       return {**info, "emotion": emotion, "video": os.path.relpath(info["video"], out_dir),
               "contact_sheet": os.path.relpath(info["contact_sheet"], out_dir),
@@ -591,7 +592,7 @@ def _parser() -> ArgumentParser:
   p.add_argument("--jobs", type=int, default=None, help="worker processes (default: all cores)")
   p.add_argument("--no-progress", action="store_true", help="plain log lines instead of bars")
   p.add_argument("--cpu-convolutions", default="auto", choices=onednn_conv.CHOICES,
-                 help="the trainings' convolution kernels: auto (the default: "
+                 help="the trainings' and the demo's convolution kernels: auto (the default: "
                       "oneDNN's on an AVX-512 CPU where scripts/install.sh built them, else "
                       "XLA's), xla or onednn (oneDNN's, built with g++ on first use)")
   return p

@@ -200,14 +200,18 @@ def _auto(monkeypatch, cache_home, choice="auto"):
 
 
 def test_auto_uses_onednn_where_built_and_xla_elsewhere(built, monkeypatch, tmp_path):
+  from emogen_jax import onednn_conv
   from emogen_jax.onednn_conv import binding
 
+  home = os.path.dirname(os.path.dirname(os.path.dirname(built)))
+  # A CPU without AVX-512 (as this one, seen by auto): XLA's, built or not, and it says why.
+  with monkeypatch.context() as m:
+    m.setattr(onednn_conv, "has_avx512", lambda: False)
+    k, lines, routed = _auto(monkeypatch, home)
+  assert (k, routed) == ("xla", False) and "this CPU has no AVX-512" in lines[-1]
   if not binding.has_avx512():
-    k, lines, routed = _auto(monkeypatch, tmp_path)
-    assert (k, routed) == ("xla", False) and "this CPU has no AVX-512" in lines[-1]
     return
   # The built binding (the default cache, as scripts/install.sh leaves it): oneDNN's.
-  home = os.path.dirname(os.path.dirname(os.path.dirname(built)))
   k, lines, routed = _auto(monkeypatch, home)
   assert (k, routed) == ("onednn", True), lines
   assert "oneDNN's kernels on XLA's threads (config.cpu_convolutions=auto; auto: AVX-512" in lines[-1]
@@ -292,3 +296,23 @@ def test_one_build_per_process(built, tmp_path):
   binding.load(str(copy))
   with pytest.raises(binding.BuildError, match="already runs another build of the oneDNN binding"):
     binding.load(str(tmp_path / "libonednn_conv-000000000000.so"))
+
+
+def test_notebook_api_default_is_auto(built, tmp_path):
+  """TalkingFace compiles its generator with cpu_convolutions="auto" (oneDNN's here, where built
+  on an AVX-512 CPU) and says which; its frames equal those of XLA's kernels to rounding."""
+  from emogen_jax.inference.api import TalkingFace
+  from emogen_jax.onednn_conv import binding
+  from tests._infer_fixtures import face_image, make_generator_checkpoint
+
+  ckpt = make_generator_checkpoint(str(tmp_path / "gen"))
+  wav = np.sin(2 * np.pi * 220 * np.arange(16000) / 16000).astype(np.float32) * 0.3
+  out = {}
+  for choice in ("auto", "xla"):
+    tf = TalkingFace.load(ckpt, batch_size=4, cpu_convolutions=choice)
+    out[choice] = (tf.convolutions, tf.generate(face=face_image(), audio=wav, emotion="HAP",
+                                                fps=25, progress=False)[0].astype(np.float32))
+  assert out["auto"][0] == ("onednn" if binding.has_avx512() else "xla") and out["xla"][0] == "xla"
+  a, b = out["auto"][1], out["xla"][1]
+  assert a.shape == b.shape and len(a) >= 20
+  assert np.abs(a - b).max() <= 1.0, np.abs(a - b).max()  # uint8 frames: rounding at most

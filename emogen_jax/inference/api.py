@@ -4,6 +4,11 @@
     tf = TalkingFace.load("checkpoints/emogen")          # loads and compiles once
     frames, fps = tf.generate(face="face.mp4", audio="speech.wav", emotion="HAP")
     show(tf.to_video(frames, "speech.wav", "out.mp4", fps))
+    tf.convolutions                                      # "onednn" or "xla": the CPU kernels it got
+
+On the CPU the generator compiles with ``cpu_convolutions="auto"`` by default (oneDNN's kernels on
+an AVX-512 CPU where the install built them, else XLA's; emogen_jax.onednn_conv); pass "xla" or
+"onednn" to ``load`` to choose.
 
 Colour order: frames are BGR (OpenCV's order, as everywhere in the project) by default; pass
 ``rgb=True`` to ``generate``/``to_video`` to give and get RGB arrays (e.g. for matplotlib).
@@ -17,6 +22,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
+from emogen_jax import onednn_conv
 from emogen_jax.data import audio as audio_lib
 from emogen_jax.data import face_detection
 from emogen_jax.data import files
@@ -68,11 +74,18 @@ class TalkingFace:
   """A loaded generator with its compiled function; ``generate`` as often as you like."""
 
   def __init__(self, model, variables, meta: dict | None = None, batch_size: int = 16,
-               detector: str = "haar", s3fd_weights: str | None = None):
+               detector: str = "haar", s3fd_weights: str | None = None,
+               cpu_convolutions: str = "auto"):
     self.meta = dict(meta or {})
     warm_up = audio_lib.WarmUp()  # librosa's deferred imports beside the compile, not in generate
     warm_up.start()
-    self.renderer = infer.Renderer(model, variables, batch_size)
+    # The generator is compiled here, once: the kernels it is compiled with stay its kernels.
+    # ``self.convolutions`` says which ("onednn" or "xla"; see emogen_jax.onednn_conv).
+    with onednn_conv.cpu_convolutions(
+        cpu_convolutions, where="cpu_convolutions",
+        log=lambda m: None if m.startswith("convolutions:") else print(m)) as kernels:
+      self.renderer = infer.Renderer(model, variables, batch_size)
+    self.convolutions = kernels
     warm_up.join()
     self.detector_name = detector
     self.s3fd_weights = s3fd_weights
@@ -81,10 +94,12 @@ class TalkingFace:
 
   @classmethod
   def load(cls, checkpoint: str, batch_size: int = 16, detector: str = "haar",
-           s3fd_weights: str | None = None) -> TalkingFace:
-    """From a training workdir (latest step) or a converted checkpoint; width read from its meta."""
+           s3fd_weights: str | None = None, cpu_convolutions: str = "auto") -> TalkingFace:
+    """From a training workdir (latest step) or a converted checkpoint; width read from its meta.
+    cpu_convolutions: the generator's convolution kernels on the CPU backend ("auto", "xla" or
+    "onednn", as ``python -m emogen_jax.infer --cpu-convolutions``)."""
     model, variables, meta = infer.load_generator(checkpoint)
-    return cls(model, variables, meta, batch_size, detector, s3fd_weights)
+    return cls(model, variables, meta, batch_size, detector, s3fd_weights, cpu_convolutions)
 
   @property
   def detector(self):
