@@ -50,8 +50,10 @@ def child(variant: str, cache_dir: str, bench_args: list[str]) -> int:
 
 
 def run_variant(variant: str, args, json_path: str) -> dict:
+  # The child routes its own convolutions (or not, for "xla"): bench_train must leave them as
+  # they are, not apply its default (auto, which would route to oneDNN's again).
   bench_args = ["--stages", args.stage, "--sizes", args.size, "--steps", str(args.steps),
-                "--no-peak", "--json", json_path]
+                "--no-peak", "--json", json_path, "--cpu-convolutions", "xla"]
   if args.batch is not None:
     bench_args += [f"--{args.size}-batch", str(args.batch)]
   if variant == "xla":
@@ -66,6 +68,7 @@ def run_variant(variant: str, args, json_path: str) -> dict:
   with open(json_path) as f:
     row = json.load(f)[0]
   m = _STATS.search(proc.stderr)
+  row["onednn_calls"] = [int(m.group(2 * i + 1)) for i in range(3)] if m else [0, 0, 0]
   if variant.startswith("onednn"):
     if not m:
       raise SystemExit("bench_onednn: the onednn run printed no handler statistics: were its "
@@ -121,7 +124,8 @@ def main(argv=None) -> int:
       rows = {v: run_variant(v, args, os.path.join(tmp, f"{v}{r}.json")) for v in order}
       xla = rows["xla"]
       result = {"round": r + 1, "order": order, "xla_s": xla["step_s"],
-                "torch_s": xla["torch_step_s"], "onednn": {}}
+                "torch_s": xla["torch_step_s"], "xla_onednn_calls": xla["onednn_calls"],
+                "onednn": {}}
       parts = []
       for v in variants[1:]:
         one = rows[v]

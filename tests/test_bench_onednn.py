@@ -132,6 +132,8 @@ def test_bench_runs_every_variant(library, tmp_path):
   assert proc.returncode == 0, proc.stdout + proc.stderr
   (row,) = json.loads(out.read_text())
   assert row["xla_s"] > 0 and row["torch_s"] > 0
+  # The baseline ran on XLA's kernels, whatever the library's default would take here.
+  assert row["xla_onednn_calls"] == [0, 0, 0]
   assert row["order"] == ["xla", "onednn-omp", "onednn-xla"] and set(row["onednn"]) == {"omp", "xla"}
   for mode in row["onednn"].values():
     assert mode["step_s"] > 0

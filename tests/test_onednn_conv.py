@@ -1,13 +1,15 @@
 """The oneDNN convolutions as a user meets them (emogen_jax/onednn_conv): a training run
 with --config.cpu_convolutions=onednn calls oneDNN and ends where the same run on XLA's kernels
 ends; EmoGen trains and validates on it; the inference CLI's --cpu-convolutions onednn writes the
-same video; the default, auto, takes oneDNN's where built on an AVX-512 CPU and XLA's (saying why,
-building nothing) elsewhere; `python -m emogen_jax.onednn_conv` builds; two processes build the
-binding together; a wrong choice, no g++ and an unwritable cache get one-line errors. (tests/test_bench_onednn.py checks the binding's parts
-against lax's and the benchmark.)
+same video; the default, auto, takes oneDNN's where built on an AVX-512 CPU and XLA's (saying
+why, building nothing) elsewhere, in the trainer and the notebook API; nested blocks agree;
+`python -m emogen_jax.onednn_conv` builds; two processes build the binding together; a wrong
+choice, no g++, an unwritable cache and a file that is not the binding get one-line errors.
+(tests/test_bench_onednn.py checks the binding's parts against lax's and the benchmark.)
 
-The binding is built once into the user's cache (oneDNN's wheels from the package index, g++):
-skipped where either is missing, with the reason."""
+The binding is built once for this module into a cache of its own (oneDNN's wheels from the
+package index, g++), never into the user's, which the rest of the suite's runs read: skipped
+where either is missing, with the reason."""
 
 import json
 import os
@@ -26,12 +28,25 @@ _STATS = re.compile(r"onednn_conv stats: forward (\d+) calls .* input gradient (
 
 
 @pytest.fixture(scope="module")
-def built():
+def built(tmp_path_factory):
+  """The binding, built into a cache home of this module's own (XDG_CACHE_HOME = built.home), so
+  that the user's cache, which `auto` reads in the other tests' runs, does not change under them."""
   from emogen_jax import onednn_conv
+  home = tmp_path_factory.mktemp("cache_home")
   try:
-    return onednn_conv.build()
+    library = onednn_conv.build(os.path.join(home, "emogen_jax", "onednn_conv"))
   except onednn_conv.BuildError as e:
     pytest.skip(f"the oneDNN binding cannot be built here: {e}")
+  return Built(library, str(home))
+
+
+class Built(str):
+  """The library's path, with ``home`` (its XDG_CACHE_HOME) and ``env`` (that setting)."""
+
+  def __new__(cls, library: str, home: str):
+    self = super().__new__(cls, library)
+    self.home, self.env = home, {"XDG_CACHE_HOME": home}
+    return self
 
 
 def _final(workdir) -> dict:
@@ -52,7 +67,7 @@ def test_training_on_onednn_calls_it_and_matches_xla(built, tmp_path):
                       # the forward of both; the gradients are checked in test_bench_onednn.
                       "--config.learning_rate=1e-8",
                       f"--config.cpu_convolutions={choice}", "--workdir", str(workdir)],
-                     extra_env={"EMOGEN_ONEDNN_STATS": "1"})
+                     extra_env={"EMOGEN_ONEDNN_STATS": "1", **built.env})
     runs[choice] = (proc.stdout + proc.stderr, _final(workdir))
   xla_log, xla_final = runs["xla"]
   one_log, one_final = runs["onednn"]
@@ -84,7 +99,8 @@ def test_infer_cli_on_onednn_writes_the_same_video(built, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "emogen_jax.infer", "--checkpoint", ckpt, "--face", "face.png",
          "--audio", "speech.wav", "--emotion", "HAP", "--out", out, "--cpu-convolutions", choice],
-        cwd=tmp_path, env=dict(subprocess_env(1), EMOGEN_ONEDNN_STATS="1"), capture_output=True,
+        cwd=tmp_path, env=dict(subprocess_env(1), EMOGEN_ONEDNN_STATS="1", **built.env),
+        capture_output=True,
         text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     if choice == "onednn":
@@ -164,7 +180,7 @@ def test_emogen_trains_and_validates_on_onednn(built, tmp_path):
                     "--config.num_train_steps=1", "--config.eval_batches=1",
                     "--config.batch_size=2", "--config.eval_batch_size=2",
                     "--config.cpu_convolutions=onednn", "--workdir", str(workdir)],
-                   extra_env={"EMOGEN_ONEDNN_STATS": "1"}, timeout=600)
+                   extra_env={"EMOGEN_ONEDNN_STATS": "1", **built.env}, timeout=600)
   log = proc.stdout + proc.stderr
   assert "convolutions: oneDNN's kernels" in log
   assert all(int(n) > 0 for n in _STATS.search(log).groups())
@@ -199,19 +215,25 @@ def _auto(monkeypatch, cache_home, choice="auto"):
   return k, lines, routed
 
 
-def test_auto_uses_onednn_where_built_and_xla_elsewhere(built, monkeypatch, tmp_path):
+def test_auto_without_avx512_is_xla(monkeypatch, tmp_path):
+  """A CPU without AVX-512 (as auto sees this one here): XLA's, whatever is built, and why."""
   from emogen_jax import onednn_conv
+
+  monkeypatch.setattr(onednn_conv, "has_avx512", lambda: False)
+  k, lines, routed = _auto(monkeypatch, tmp_path)
+  assert (k, routed) == ("xla", False)
+  (line,) = lines
+  assert "XLA's kernels (config.cpu_convolutions=auto; auto: this CPU has no AVX-512" in line
+  assert not os.listdir(tmp_path)  # nothing built
+
+
+def test_auto_uses_onednn_where_built_and_xla_elsewhere(built, monkeypatch, tmp_path):
   from emogen_jax.onednn_conv import binding
 
-  home = os.path.dirname(os.path.dirname(os.path.dirname(built)))
-  # A CPU without AVX-512 (as this one, seen by auto): XLA's, built or not, and it says why.
-  with monkeypatch.context() as m:
-    m.setattr(onednn_conv, "has_avx512", lambda: False)
-    k, lines, routed = _auto(monkeypatch, home)
-  assert (k, routed) == ("xla", False) and "this CPU has no AVX-512" in lines[-1]
   if not binding.has_avx512():
-    return
-  # The built binding (the default cache, as scripts/install.sh leaves it): oneDNN's.
+    pytest.skip("auto takes XLA's kernels on this CPU (test_auto_without_avx512_is_xla)")
+  home = built.home
+  # The built binding (as scripts/install.sh leaves it in the user's cache): oneDNN's.
   k, lines, routed = _auto(monkeypatch, home)
   assert (k, routed) == ("onednn", True), lines
   assert "oneDNN's kernels on XLA's threads (config.cpu_convolutions=auto; auto: AVX-512" in lines[-1]
@@ -248,7 +270,7 @@ def test_training_default_is_auto(built, tmp_path):
   workdir = tmp_path / "w"
   proc = train_cli(["--config", "configs/syncnet.py:smoke", "--config.synthetic_data=True",
                     "--config.num_train_steps=1", "--config.eval_batches=1",
-                    "--workdir", str(workdir)], extra_env={"EMOGEN_ONEDNN_STATS": "1"})
+                    "--workdir", str(workdir)], extra_env={"EMOGEN_ONEDNN_STATS": "1", **built.env})
   log = proc.stdout + proc.stderr
   if binding.has_avx512():
     assert "convolutions: oneDNN's kernels on XLA's threads (config.cpu_convolutions=auto" in log
@@ -259,21 +281,25 @@ def test_training_default_is_auto(built, tmp_path):
   assert _final(workdir)["step"] == 1
 
 
-def test_build_command(tmp_path):
+def test_build_command(tmp_path, monkeypatch, capsys):
   """`python -m emogen_jax.onednn_conv` (what scripts/install.sh runs): without g++ one line and
-  exit 1, nothing fetched; built already and --quiet, nothing said."""
-  env = dict(subprocess_env(1), PATH=os.path.dirname(sys.executable) + os.pathsep + str(tmp_path))
+  exit 1, nothing fetched; built already and --quiet, nothing said; --if-avx512 on a CPU
+  without AVX-512 builds nothing, --quiet silently."""
+  from emogen_jax.onednn_conv import __main__ as command
+  from emogen_jax.onednn_conv import binding
+
+  # A PATH with nothing on it: no g++ (python by its full path).
+  bin_dir = tmp_path / "bin"
+  bin_dir.mkdir()
+  env = dict(subprocess_env(1), PATH=str(bin_dir))
   cache = str(tmp_path / "cache")
   cmd = [sys.executable, "-m", "emogen_jax.onednn_conv", "--cache-dir", cache, "--quiet"]
   proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-  if os.path.exists(os.path.join(os.path.dirname(sys.executable), "g++")):
-    pytest.skip("g++ lives beside this python: PATH cannot leave it out")
   assert proc.returncode == 1 and "Traceback" not in proc.stderr
   (line,) = proc.stderr.strip().splitlines()
   assert line.startswith("oneDNN binding not built: g++ not found"), line
   assert not os.path.exists(os.path.join(cache, "wheels-2023.2.0"))
   # Built already (a library at the path the build would write): the quiet run says nothing.
-  from emogen_jax.onednn_conv import binding
   os.makedirs(cache)
   open(binding.library_path(cache), "w").close()
   proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
@@ -281,6 +307,56 @@ def test_build_command(tmp_path):
   proc = subprocess.run(cmd[:-1], cwd=tmp_path, env=env, capture_output=True, text=True,
                         timeout=120)
   assert proc.returncode == 0 and proc.stdout.strip() == f"oneDNN binding: {binding.library_path(cache)}"
+  # --if-avx512 where there is none: nothing built, one line (none with --quiet), exit 0.
+  monkeypatch.setattr(binding, "has_avx512", lambda: False)
+  fresh = str(tmp_path / "fresh")
+  assert command.main(["--if-avx512", "--cache-dir", fresh]) == 0
+  assert "not built: this CPU has no AVX-512" in capsys.readouterr().out
+  assert command.main(["--if-avx512", "--quiet", "--cache-dir", fresh]) == 0
+  assert capsys.readouterr() == ("", "") and not os.path.exists(fresh)
+
+
+def test_nested_blocks_agree(built, monkeypatch):
+  """Routing is process-wide: inside a cpu_convolutions block, auto (a training's or a
+  TalkingFace's default) takes the block's kernels, and another explicit choice is one line."""
+  from emogen_jax import onednn_conv
+  from emogen_jax.errors import UserError
+  from emogen_jax.models import layers
+
+  monkeypatch.setenv("XDG_CACHE_HOME", built.home)
+  own = layers.conv2d
+  with onednn_conv.cpu_convolutions("xla", log=lambda m: None):
+    with onednn_conv.cpu_convolutions("auto", log=lambda m: None) as k:
+      assert k == "xla" and layers.conv2d is own  # not routed, whatever auto takes alone
+    with pytest.raises(UserError, match=r"=onednn inside a cpu_convolutions\('xla'\) block"):
+      with onednn_conv.cpu_convolutions("onednn", log=lambda m: None):
+        pass
+  with onednn_conv.cpu_convolutions("onednn", log=lambda m: None):
+    routed = layers.conv2d
+    with onednn_conv.cpu_convolutions("auto", log=lambda m: None) as k:
+      assert k == "onednn" and layers.conv2d is routed
+    assert layers.conv2d is routed  # the inner block undid nothing
+  assert layers.conv2d is own
+
+
+def test_library_without_the_handlers_is_one_line(tmp_path):
+  """A file at the binding's name that loads but is not the binding (here: the C library)."""
+  import ctypes.util
+  import shutil
+
+  libc = ctypes.util.find_library("c")
+  path = next((os.path.join(d, libc) for d in ("/lib/x86_64-linux-gnu", "/usr/lib64", "/lib64",
+                                               "/usr/lib/x86_64-linux-gnu")
+               if libc and os.path.exists(os.path.join(d, libc))), None)
+  if path is None:
+    pytest.skip("no C library file found to stand in")
+  fake = tmp_path / "libonednn_conv-000000000000.so"
+  shutil.copy(path, fake)
+  code = f"from emogen_jax.onednn_conv import binding\nbinding.load({str(fake)!r})\n"
+  proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=subprocess_env(1),
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode != 0
+  assert "lacks OnednnConvFwd, OnednnConvBwdData, OnednnConvBwdWeights" in proc.stderr.strip().splitlines()[-1]
 
 
 def test_one_build_per_process(built, tmp_path):
@@ -298,7 +374,7 @@ def test_one_build_per_process(built, tmp_path):
     binding.load(str(tmp_path / "libonednn_conv-000000000000.so"))
 
 
-def test_notebook_api_default_is_auto(built, tmp_path):
+def test_notebook_api_default_is_auto(built, monkeypatch, tmp_path):
   """TalkingFace compiles its generator with cpu_convolutions="auto" (oneDNN's here, where built
   on an AVX-512 CPU) and says which; its frames equal those of XLA's kernels to rounding."""
   from emogen_jax.inference.api import TalkingFace
@@ -307,9 +383,12 @@ def test_notebook_api_default_is_auto(built, tmp_path):
 
   ckpt = make_generator_checkpoint(str(tmp_path / "gen"))
   wav = np.sin(2 * np.pi * 220 * np.arange(16000) / 16000).astype(np.float32) * 0.3
+  monkeypatch.setenv("XDG_CACHE_HOME", built.home)
   out = {}
   for choice in ("auto", "xla"):
     tf = TalkingFace.load(ckpt, batch_size=4, cpu_convolutions=choice)
+    # The compiled generator is what the kernels' name says (the routing covered the compile).
+    assert ("OnednnConvFwd" in tf.renderer._forward.as_text()) == (tf.convolutions == "onednn")
     out[choice] = (tf.convolutions, tf.generate(face=face_image(), audio=wav, emotion="HAP",
                                                 fps=25, progress=False)[0].astype(np.float32))
   assert out["auto"][0] == ("onednn" if binding.has_avx512() else "xla") and out["xla"][0] == "xla"

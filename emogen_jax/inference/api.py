@@ -80,10 +80,12 @@ class TalkingFace:
     warm_up = audio_lib.WarmUp()  # librosa's deferred imports beside the compile, not in generate
     warm_up.start()
     # The generator is compiled here, once: the kernels it is compiled with stay its kernels.
-    # ``self.convolutions`` says which ("onednn" or "xla"; see emogen_jax.onednn_conv).
+    # ``self.convolutions`` says which ("onednn" or "xla"; see emogen_jax.onednn_conv); a build
+    # on the way, or a built binding that failed to load, is printed.
     with onednn_conv.cpu_convolutions(
         cpu_convolutions, where="cpu_convolutions",
-        log=lambda m: None if m.startswith("convolutions:") else print(m)) as kernels:
+        log=lambda m: print(m) if not m.startswith("convolutions:") or "failed" in m
+        else None) as kernels:
       self.renderer = infer.Renderer(model, variables, batch_size)
     self.convolutions = kernels
     warm_up.join()

@@ -132,9 +132,11 @@ def _run(args: argparse.Namespace, log, scope: contextlib.ExitStack) -> dict:
   # The convolution kernels, once the inputs are checked (a user error stays one line); which
   # ones and why ends the startup line, a build on the way (--cpu-convolutions onednn) says so now.
   kernels = []
+  t0 = time.perf_counter()
   scope.enter_context(onednn_conv.cpu_convolutions(
       args.cpu_convolutions, where="--cpu-convolutions",
       log=lambda m: kernels.append(m) if m.startswith("convolutions:") else log(m)))
+  t_kernels = time.perf_counter() - t0  # a first-use build of --cpu-convolutions onednn: long
   # Startup, reported apart from the generation speed: imports, checkpoint, compile, and the
   # imports librosa defers to its first STFT (in a thread beside the checkpoint load and compile).
   warm_up = audio_lib.WarmUp()
@@ -149,8 +151,9 @@ def _run(args: argparse.Namespace, log, scope: contextlib.ExitStack) -> dict:
   startup = time.perf_counter() - t_start + _IMPORTS_SECONDS
   log(f"startup {startup:.1f} s: imports {_IMPORTS_SECONDS:.1f} s, checkpoint {t_load:.1f} s, "
       f"compile {renderer.compile_seconds:.1f} s, librosa's deferred imports "
-      f"{warm_up.seconds:.1f} s beside them (waited {t_wait:.1f} s), inputs and checks "
-      f"{startup - _IMPORTS_SECONDS - t_load - renderer.compile_seconds - t_wait:.1f} s"
+      f"{warm_up.seconds:.1f} s beside them (waited {t_wait:.1f} s), convolution kernels "
+      f"{t_kernels:.1f} s, inputs and checks "
+      f"{startup - _IMPORTS_SECONDS - t_load - renderer.compile_seconds - t_wait - t_kernels:.1f} s"
       + "".join(f"; {k}" for k in kernels))
 
   def no_face(k, frame):

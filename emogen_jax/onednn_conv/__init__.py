@@ -65,20 +65,38 @@ def resolve(choice: str, backend: str) -> tuple[str, str]:
   return "onednn", "auto: AVX-512 and the binding built; =xla for XLA's"
 
 
+# The kernels of the open `cpu_convolutions` scopes, innermost last. Routing swaps the models'
+# conv2d for the whole process, so a scope opened inside another (a training or a TalkingFace in
+# a notebook's `with cpu_convolutions("xla"):`) must agree with it: auto takes the outer choice.
+_open_scopes: list[str] = []
+
+
 @contextlib.contextmanager
 def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
                      where: str = "cpu_convolutions") -> Iterator[str]:
   """Within the block the models' convolutions run on ``choice``'s kernels (``"auto"``, ``"xla"``
   or ``"onednn"``, see above); yields the kernels actually used, "xla" or "onednn", and ``log``
   hears which and why. Route once, before the first jitted call: a function traced inside the
-  block keeps oneDNN's calls after it."""
+  block keeps oneDNN's calls after it. Inside another such block, ``auto`` (or the same choice)
+  takes that block's kernels; another explicit choice is a UserError."""
   check_choice(choice, where)
+  if _open_scopes:
+    outer = _open_scopes[-1]
+    if choice not in ("auto", outer):
+      raise UserError(f"{where}={choice} inside a cpu_convolutions({outer!r}) block, which "
+                      f"already chose the kernels; pass auto or {outer} there, or choose outside")
+    log(f"convolutions: {_NAMES[outer]} ({where}={choice}; as the enclosing cpu_convolutions "
+        "block chose)")
+    with _scope(outer):
+      yield outer
+    return
   import jax
   kernels, why = resolve(choice, jax.default_backend())
   if kernels == "xla":
     if choice == "onednn" or (choice == "auto" and jax.default_backend() == "cpu"):
       log(f"convolutions: XLA's kernels ({where}={choice}; {why})")
-    yield "xla"
+    with _scope("xla"):
+      yield "xla"
     return
   try:
     library = build(log=log)
@@ -88,10 +106,24 @@ def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
       raise
     # A cached library that no longer loads must not stop a run that did not ask for oneDNN.
     log(f"convolutions: XLA's kernels ({where}=auto; the built binding failed: {e})")
-    yield "xla"
+    with _scope("xla"):
+      yield "xla"
     return
-  log(f"convolutions: oneDNN's kernels on XLA's threads ({where}={choice}; {why}; {library})")
+  log(f"convolutions: {_NAMES['onednn']} ({where}={choice}; {why}; {library})")
   try:
-    yield "onednn"
+    with _scope("onednn"):
+      yield "onednn"
   finally:
     undo()
+
+
+_NAMES = {"xla": "XLA's kernels", "onednn": "oneDNN's kernels on XLA's threads"}
+
+
+@contextlib.contextmanager
+def _scope(kernels: str) -> Iterator[None]:
+  _open_scopes.append(kernels)
+  try:
+    yield
+  finally:
+    _open_scopes.pop()

@@ -38,10 +38,17 @@ def default_cache_dir() -> str:
 
 
 def library_path(cache_dir: str | None = None) -> str:
-  """Where `build` puts the binding of this source and oneDNN version (built or not)."""
+  """Where `build` puts the binding of this source, oneDNN version and jaxlib (whose FFI headers
+  it is compiled against), built or not."""
+  import importlib.metadata
+
   cache_dir = os.path.abspath(cache_dir or default_cache_dir())
+  try:
+    jaxlib = importlib.metadata.version("jaxlib")
+  except importlib.metadata.PackageNotFoundError:
+    jaxlib = "none"
   with open(SOURCE, "rb") as f:
-    digest = hashlib.sha256(f.read() + ONEDNN_VERSION.encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f.read() + ONEDNN_VERSION.encode() + jaxlib.encode()).hexdigest()[:12]
   return os.path.join(cache_dir, f"libonednn_conv-{digest}.so")
 
 
@@ -60,17 +67,18 @@ def has_avx512() -> bool:
 
 def build(cache_dir: str | None = None, log=None) -> str:
   """Path of the compiled binding under ``cache_dir``, built if missing (the name carries a hash
-  of the source and of oneDNN's version, so an edited source builds anew); ``log`` hears of a
-  build before it starts (under a minute: two wheels fetched, one C++ file compiled)."""
+  of the source, oneDNN's version and jaxlib's, so an edited source or a new jaxlib builds anew);
+  ``log`` hears of a build before it starts (under a minute: two wheels fetched, one C++ file
+  compiled)."""
   cache_dir = os.path.abspath(cache_dir or default_cache_dir())
   library = library_path(cache_dir)
   if os.path.exists(library):
     return library
-  if log is not None:
-    log(f"building oneDNN's convolutions for XLA into {cache_dir} (once, under a minute)")
   compiler = shutil.which("g++")
   if compiler is None:
     raise BuildError("g++ not found: the oneDNN binding is C++; install it (apt-get install g++)")
+  if log is not None:
+    log(f"building oneDNN's convolutions for XLA into {cache_dir} (once, under a minute)")
   try:
     os.makedirs(cache_dir, exist_ok=True)
     lock = open(os.path.join(cache_dir, ".build.lock"), "w")
@@ -97,7 +105,9 @@ def _build(cache_dir: str, library: str, compiler: str) -> None:
   if not os.path.exists(marker):
     os.makedirs(wheels, exist_ok=True)
     pip = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", wheels,
+        # Short timeouts: offline, the install script's every run tries this (and goes on).
+        [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "--timeout", "15",
+         "--retries", "1", "-d", wheels,
          f"onednn-cpu-gomp=={ONEDNN_VERSION}", f"onednn-devel-cpu-gomp=={ONEDNN_VERSION}"],
         capture_output=True, text=True)
     if pip.returncode != 0:
@@ -159,6 +169,10 @@ def load(library: str) -> None:
   except OSError as e:
     raise BuildError(f"cannot load the oneDNN binding {library} ({e}); delete "
                      f"{os.path.dirname(library)} to build it again") from None
+  missing = [name for name in TARGETS if not hasattr(lib, name)]
+  if missing:
+    raise BuildError(f"the oneDNN binding {library} lacks {', '.join(missing)}; delete "
+                     f"{os.path.dirname(library)} to build it again")
   for name in TARGETS:
     jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
   _loaded.append(library)
