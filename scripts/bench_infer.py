@@ -40,7 +40,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   import jax
   import jax.numpy as jnp
   import numpy as np
-  from bench_train import _flops, _load, interleaved, matmul_rate, torch_device
+  from bench_train import _flops, _load, interleaved, matmul_math, matmul_rate, torch_device
   from emogen_jax.models import Generator
   from emogen_jax.train.state import init_variables
 
@@ -60,6 +60,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   ours = lambda: jax.block_until_ready(compiled(*args))
   ours()
   theirs = None
+  math = matmul_math()
   if compare_torch:
     import torch_baseline as tb
     device = torch_device(jax.devices()[0].platform)
@@ -72,7 +73,8 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   medians = interleaved(fns, repeats)
   step = medians["ours"]
   flops = _flops(compiled)
-  row = {"batch": batch, "width": width, "dtype": dtype, "platform": jax.devices()[0].platform,
+  row = {"batch": batch, "width": width, "dtype": dtype, "matmul_math": math,
+         "platform": jax.devices()[0].platform,
          "compile_s": round(compile_s, 2), "call_s": round(step, 4),
          "frames_per_s": round(batch / step, 2),
          "achieved_gflop_per_s": round(flops / step / 1e9, 1), "loadavg": _load()}
@@ -119,7 +121,9 @@ def main(argv=None) -> int:
                   not args.no_peak, max(1, args.calls))
       row["cpu_convolutions"] = kernels
       rows.append(row)
-      print(f"generator width {row['width']} batch {b:>4} {row['dtype']} on {row['platform']}: "
+      print(f"generator width {row['width']} batch {b:>4} {row['dtype']}"
+            + (" (products at bfloat16, both)" if row["matmul_math"] == "bfloat16" else "")
+            + f" on {row['platform']}: "
             f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
             + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
                f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")

@@ -224,6 +224,25 @@ def torch_nets(ours: dict, device: str) -> dict:
                                   device, trainable=False) if setup.get("use_vgg") else None)}
 
 
+def matmul_math() -> str:
+  """The products' precision both sides run at: "bfloat16" under JAX's
+  default_matmul_precision("bfloat16") (JAX_DEFAULT_MATMUL_PRECISION=bfloat16; our oneDNN
+  convolutions honour it, emogen_jax/onednn_conv), and then PyTorch's oneDNN is set to the same
+  (torch.backends.mkldnn's fp32_precision "bf16"), so that the ratio compares like with like;
+  else "float32"."""
+  import jax
+  value = jax.config.jax_default_matmul_precision
+  if not (isinstance(value, str) and value.lower() in ("bfloat16", "bf16")):
+    return "float32"
+  try:
+    import torch
+    torch.backends.mkldnn.conv.fp32_precision = "bf16"
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+  except (ImportError, AttributeError):
+    pass
+  return "bfloat16"
+
+
 def torch_device(platform: str) -> str:
   """PyTorch's device for our JAX platform: the GPU where both have one, else the CPU."""
   import torch
@@ -329,6 +348,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   flops_per_step = _flops(ours["compiled"]) * ours["devices"]
   loss = ours["run"]()  # warm-up (also checks the step runs)
   torch_step = None
+  math = matmul_math()
   if compare_torch:
     torch_step, their_device = build_torch(stage, ours)
     torch_step()
@@ -337,7 +357,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   loss = ours["run"]()
   step_s = medians["ours"]
   row = {"stage": stage, "size": size, "width": float(config.width), "dtype": dtype,
-         **({"w_sync": float(config.w_sync)} if stage == "emogen" else {}),
+         "matmul_math": math, **({"w_sync": float(config.w_sync)} if stage == "emogen" else {}),
          "devices": ours["devices"], "platform": ours["platform"], "batch": config.batch_size,
          "compile_s": round(ours["compile_s"], 2), "step_s": round(step_s, 4),
          "examples_per_s": round(config.batch_size / step_s, 3),
@@ -406,7 +426,8 @@ def main(argv=None) -> int:
         row["cpu_convolutions"] = kernels
         rows.append(row)
         print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
-              f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
+              + ("(products at bfloat16, both) " if row["matmul_math"] == "bfloat16" else "")
+              + f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
               f"{row['examples_per_s']:.2f} examples/s, {row['gflop_per_step']:.1f} GFLOP/step, "
               f"{row['achieved_gflop_per_s']:.1f} GFLOP/s achieved (compile {row['compile_s']:.0f} s)"
               + (f"; PyTorch ({row['torch_device']}, {row['torch_threads']} threads) "

@@ -81,6 +81,49 @@ def test_parts_equal_lax(library, x_shape, k_shape, strides, pads, threads):
     assert err < 1e-5, err
 
 
+def _cpu_has_bf16_products() -> bool:
+  with open("/proc/cpuinfo") as f:
+    flags = next((line.split() for line in f if line.startswith("flags")), [])
+  return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@pytest.mark.parametrize("x_shape,k_shape,strides,pads", [GEOMETRIES[0], GEOMETRIES[-3]])
+def test_bfloat16_products(library, x_shape, k_shape, strides, pads):
+  """math="bfloat16" (jax.default_matmul_precision("bfloat16")): each part within bfloat16's
+  rounding of its float32 result, and, on a CPU with bfloat16 products, the forward and the input
+  gradient not float32's result (the mode took effect; oneDNN 3.2 keeps the weight gradient in
+  float32); the routed convolution takes it from JAX's setting at trace time."""
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.models import layers
+  from emogen_jax.onednn_conv import binding
+
+  rng = np.random.default_rng(7)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal(k_shape), jnp.float32)
+  y = binding.forward(x, k, strides, pads)
+  dy = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+  parts = lambda math: jax.jit(lambda x_, k_, dy_: (
+      binding.forward(x_, k_, strides, pads, "xla", math),
+      binding.input_grad(dy_, k_, x_.shape, strides, pads, "xla", math),
+      binding.weight_grad(x_, dy_, k_.shape, strides, pads, "xla", math)))(x, k, dy)
+  for i, (full, half) in enumerate(zip(parts("float32"), parts("bfloat16"))):
+    err = float(jnp.max(jnp.abs(half - full)) / jnp.max(jnp.abs(full)))
+    assert err < 2e-2, err  # bfloat16 keeps 8 bits: products within ~0.4 %, sums in float32
+    if i < 2 and _cpu_has_bf16_products():
+      assert err > 1e-4, (i, err)
+  undo = binding.route_convolutions(library[0])
+  try:
+    conv = lambda x_, k_: layers.conv2d(x_, k_, strides, pads,
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    assert "bf16 = 0" in jax.jit(conv).lower(x, k).as_text()
+    with jax.default_matmul_precision("bfloat16"):
+      assert "bf16 = 1" in jax.jit(conv).lower(x, k).as_text()
+  finally:
+    undo()
+
+
 @pytest.mark.parametrize("threads", ["xla", "omp"])
 def test_routed_step_has_lax_gradients_and_calls_onednn(library, threads):
   import flax.linen as nn
@@ -184,7 +227,7 @@ def test_bench_counts_onednn_flops_as_xla_counts_its_convolutions(library):
       return jax.grad(loss, argnums=(0, 1))
 
     def routed(x, k):
-      y = binding._make_conv("xla")(x, k, strides, pads)
+      y = binding._make_conv("xla")(x, k, strides, pads, "float32")
       return jnp.sum(jnp.sin(y))
 
     args = (jnp.ones(x_shape), jnp.ones(k_shape))

@@ -395,3 +395,26 @@ def test_notebook_api_default_is_auto(built, monkeypatch, tmp_path):
   a, b = out["auto"][1], out["xla"][1]
   assert a.shape == b.shape and len(a) >= 20
   assert np.abs(a - b).max() <= 1.0, np.abs(a - b).max()  # uint8 frames: rounding at most
+
+
+def test_bfloat16_products_in_the_notebook_api(built, monkeypatch, tmp_path):
+  """Under jax.default_matmul_precision("bfloat16") the generator compiles with oneDNN's
+  bfloat16 products; its frames stay within a few grey levels of float32's."""
+  import jax
+
+  from emogen_jax.inference.api import TalkingFace
+  from tests._infer_fixtures import face_image, make_generator_checkpoint
+
+  ckpt = make_generator_checkpoint(str(tmp_path / "gen"))
+  wav = np.sin(2 * np.pi * 220 * np.arange(16000) / 16000).astype(np.float32) * 0.3
+  monkeypatch.setenv("XDG_CACHE_HOME", built.home)
+  frames = {}
+  for math in ("float32", "bfloat16"):
+    with jax.default_matmul_precision(math):
+      tf = TalkingFace.load(ckpt, batch_size=4, cpu_convolutions="onednn")
+    hlo = tf.renderer._forward.as_text()
+    assert ("bf16 = 1" in hlo) == (math == "bfloat16") and "OnednnConvFwd" in hlo
+    frames[math] = tf.generate(face=face_image(), audio=wav, emotion="HAP", fps=25,
+                               progress=False)[0].astype(np.float32)
+  d = np.abs(frames["float32"] - frames["bfloat16"])
+  assert d.max() <= 8 and d.mean() < 0.5, (d.max(), d.mean())

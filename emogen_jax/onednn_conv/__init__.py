@@ -20,7 +20,11 @@ What lives here:
   models' convolutions to them with a custom VJP.
 - ``__main__.py``: the build as a command (what the install script runs).
 
-Results equal XLA's to float32 rounding (the sums inside each convolution run in another order);
+Under JAX's ``default_matmul_precision("bfloat16")`` (or JAX_DEFAULT_MATMUL_PRECISION=bfloat16)
+oneDNN's forward and input-gradient convolutions take the products of the operands' bfloat16
+roundings, summed in float32 (AMX on CPUs that have it; what one TPU pass does); XLA:CPU's kernels
+ignore that setting. Otherwise
+results equal XLA's to float32 rounding (the sums inside each convolution run in another order);
 other backends, dtypes, dilated and grouped convolutions keep XLA's kernels. The models called
 directly (``model.apply`` outside these scopes, as the parity tests do) always run XLA's.
 """
@@ -32,6 +36,7 @@ import os
 from typing import Callable, Iterator
 
 from emogen_jax.errors import UserError
+from emogen_jax.onednn_conv import binding
 from emogen_jax.onednn_conv.binding import (BuildError, build, default_cache_dir, has_avx512,
                                             library_path, route_convolutions)
 
@@ -92,9 +97,11 @@ def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
     return
   import jax
   kernels, why = resolve(choice, jax.default_backend())
+  bf16 = binding.products_math(None) == "bfloat16" and jax.default_backend() == "cpu"
   if kernels == "xla":
     if choice == "onednn" or (choice == "auto" and jax.default_backend() == "cpu"):
-      log(f"convolutions: XLA's kernels ({where}={choice}; {why})")
+      log(f"convolutions: XLA's kernels ({where}={choice}; {why})"
+          + ("; JAX's default_matmul_precision=bfloat16 does not change them" if bf16 else ""))
     with _scope("xla"):
       yield "xla"
     return
@@ -109,7 +116,9 @@ def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
     with _scope("xla"):
       yield "xla"
     return
-  log(f"convolutions: {_NAMES['onednn']} ({where}={choice}; {why}; {library})")
+  log(f"convolutions: {_NAMES['onednn']} ({where}={choice}; {why}; {library})"
+      + ("; products of bfloat16 roundings, summed in float32 (JAX's default_matmul_precision="
+         "bfloat16)" if bf16 else ""))
   try:
     with _scope("onednn"):
       yield "onednn"

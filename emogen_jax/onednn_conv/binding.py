@@ -179,17 +179,22 @@ def load(library: str) -> None:
 
 
 THREADS = ("xla", "omp")
+# The products' precision: "float32", or "bfloat16" (the float32 operands' bfloat16 roundings,
+# float32 sums: what jax.default_matmul_precision("bfloat16") asks for; AMX runs it).
+MATH = ("float32", "bfloat16")
 
 
-def _attrs(strides, pads, threads) -> dict:
+def _attrs(strides, pads, threads, math="float32") -> dict:
   import numpy as np
 
   if threads not in THREADS:
     raise ValueError(f"threads={threads!r}; use one of {', '.join(THREADS)}")
+  if math not in MATH:
+    raise ValueError(f"math={math!r}; use one of {', '.join(MATH)}")
   (pt, pb), (pl, pr) = pads
   return dict(sh=np.int64(strides[0]), sw=np.int64(strides[1]), pt=np.int64(pt),
               pb=np.int64(pb), pl=np.int64(pl), pr=np.int64(pr),
-              pool=np.int64(threads == "xla"))
+              pool=np.int64(threads == "xla"), bf16=np.int64(math == "bfloat16"))
 
 
 def _out_shape(x_shape, kernel_shape, strides, pads) -> tuple:
@@ -199,30 +204,31 @@ def _out_shape(x_shape, kernel_shape, strides, pads) -> tuple:
           o)
 
 
-def _call(target: str, shape, *operands, strides, pads, threads):
+def _call(target: str, shape, *operands, strides, pads, threads, math):
   import jax
   import jax.numpy as jnp
 
   return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))(
-      *operands, **_attrs(strides, pads, threads))
+      *operands, **_attrs(strides, pads, threads, math))
 
 
 # Each part takes `threads`: "xla" (oneDNN without threads of its own, each call split over XLA's
-# thread pool) or "omp" (oneDNN's OpenMP team per call, as PyTorch runs it). Under jax.vmap (the
-# validation steps compute their metrics per example) the rules of `_parts` apply.
-def forward(x, kernel, strides, pads, threads="xla"):
+# thread pool) or "omp" (oneDNN's OpenMP team per call, as PyTorch runs it), and `math` (MATH).
+# Under jax.vmap (the validation steps compute their metrics per example) the rules of `_parts`
+# apply.
+def forward(x, kernel, strides, pads, threads="xla", math="float32"):
   """y = conv(x, kernel): x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), float32."""
-  return _parts(_key(strides), _key(pads), threads, None, None)[0](x, kernel)
+  return _parts(_key(strides), _key(pads), threads, None, None, math)[0](x, kernel)
 
 
-def input_grad(dy, kernel, x_shape, strides, pads, threads="xla"):
+def input_grad(dy, kernel, x_shape, strides, pads, threads="xla", math="float32"):
   """dx (x_shape) of y = conv(x, kernel), from dy."""
-  return _parts(_key(strides), _key(pads), threads, tuple(x_shape[1:]), None)[1](dy, kernel)
+  return _parts(_key(strides), _key(pads), threads, tuple(x_shape[1:]), None, math)[1](dy, kernel)
 
 
-def weight_grad(x, dy, kernel_shape, strides, pads, threads="xla"):
+def weight_grad(x, dy, kernel_shape, strides, pads, threads="xla", math="float32"):
   """dkernel (kernel_shape) of y = conv(x, kernel), from x and dy."""
-  return _parts(_key(strides), _key(pads), threads, None, tuple(kernel_shape))[2](x, dy)
+  return _parts(_key(strides), _key(pads), threads, None, tuple(kernel_shape), math)[2](x, dy)
 
 
 def _key(value):
@@ -247,7 +253,7 @@ def _batched(part, axis_size, in_batched, a, b):
 
 
 @functools.cache
-def _parts(strides, pads, threads, x_tail, kernel_shape):
+def _parts(strides, pads, threads, x_tail, kernel_shape, math="float32"):
   """The three FFI calls for one geometry, each with its vmap rule (``x_tail``: the input's
   shape without its batch, for the input gradient; ``kernel_shape`` for the weight gradient)."""
   from jax import custom_batching
@@ -255,7 +261,8 @@ def _parts(strides, pads, threads, x_tail, kernel_shape):
   def make(target, shape_of, merges):
     @custom_batching.custom_vmap
     def part(a, b):
-      return _call(target, shape_of(a, b), a, b, strides=strides, pads=pads, threads=threads)
+      return _call(target, shape_of(a, b), a, b, strides=strides, pads=pads, threads=threads,
+                   math=math)
 
     part.merges = merges
     part.def_vmap(functools.partial(_batched, part))
@@ -269,20 +276,31 @@ def _parts(strides, pads, threads, x_tail, kernel_shape):
 def _make_conv(threads):
   import jax
 
-  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
-  def conv(x, kernel, strides, pads):
-    return forward(x, kernel, strides, pads, threads)
+  @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+  def conv(x, kernel, strides, pads, math):
+    return forward(x, kernel, strides, pads, threads, math)
 
-  def conv_fwd(x, kernel, strides, pads):
-    return forward(x, kernel, strides, pads, threads), (x, kernel)
+  def conv_fwd(x, kernel, strides, pads, math):
+    return forward(x, kernel, strides, pads, threads, math), (x, kernel)
 
-  def conv_bwd(strides, pads, res, dy):
+  def conv_bwd(strides, pads, math, res, dy):
     x, kernel = res
-    return (input_grad(dy, kernel, x.shape, strides, pads, threads),
-            weight_grad(x, dy, kernel.shape, strides, pads, threads))
+    return (input_grad(dy, kernel, x.shape, strides, pads, threads, math),
+            weight_grad(x, dy, kernel.shape, strides, pads, threads, math))
 
   conv.defvjp(conv_fwd, conv_bwd)
   return conv
+
+
+def products_math(precision) -> str:
+  """"bfloat16" where the caller allows products of bfloat16 roundings: the conv's own
+  ``precision="bfloat16"`` or, without one, jax.default_matmul_precision("bfloat16") (the
+  JAX_DEFAULT_MATMUL_PRECISION setting) at trace time; XLA:CPU's own kernels ignore both."""
+  import jax
+
+  value = precision if precision is not None else jax.config.jax_default_matmul_precision
+  return "bfloat16" if isinstance(value, str) and value.lower() in ("bfloat16", "bf16") \
+      else "float32"
 
 
 def route_convolutions(library: str, threads: str = "xla"):
@@ -313,7 +331,7 @@ def route_convolutions(library: str, threads: str = "xla"):
       return own_conv2d(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation,
                         dimension_numbers, feature_group_count, precision)
     return conv(lhs, rhs, tuple(int(s) for s in window_strides),
-                tuple((int(lo), int(hi)) for lo, hi in padding))
+                tuple((int(lo), int(hi)) for lo, hi in padding), products_math(precision))
 
   # Every models module that took `layers.conv2d` by name (the emotion disc imports it).
   import emogen_jax.models  # noqa: F401  (its submodules, so that they are in sys.modules)

@@ -5,8 +5,9 @@
 //   OnednnConvFwd(x, w) -> y            forward
 //   OnednnConvBwdData(dy, w) -> dx      input gradient (dx's shape comes from the result)
 //   OnednnConvBwdWeights(x, dy) -> dw   weight gradient
-// attributes sh, sw (strides), pt, pb, pl, pr (zero padding: top, bottom, left, right) and pool
-// (which threads run oneDNN, below).
+// attributes sh, sw (strides), pt, pb, pl, pr (zero padding: top, bottom, left, right), pool
+// (which threads run oneDNN, below) and bf16 (1: the products may take the operands' bfloat16
+// roundings, JAX's default_matmul_precision("bfloat16"); on AMX CPUs much faster).
 // Activations go to oneDNN in NHWC as they are; the kernel goes through the layout the
 // primitive asks for (a reorder per call, both ways for the weight gradient). Primitives are
 // built once per shape and kept. With pool = 0 oneDNN runs its own threads (the OpenMP build from
@@ -50,11 +51,13 @@ enum Part { kFwd = 0, kBwdData = 1, kBwdWeights = 2 };
 
 struct Geometry {
   int64_t n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr;
+  int64_t bf16 = 0;  // float32 tensors, products of their bfloat16 roundings (AMX where present)
 
   std::string Key(Part part) const {
     char buf[320];
-    std::snprintf(buf, sizeof buf, "%d:%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld",
-                  part, n, h, w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr);
+    std::snprintf(buf, sizeof buf,
+                  "%d:%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld,%ld", part, n, h,
+                  w, c, kh, kw, o, oh, ow, sh, sw, pt, pb, pl, pr, bf16);
     return buf;
   }
   memory::desc Src() const { return {{n, c, h, w}, dt::f32, tag::nhwc}; }
@@ -83,6 +86,9 @@ std::shared_ptr<Plan> BuildPlan(Part part, const Geometry& g) {
   // several of XLA's threads at once.
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  // JAX's default_matmul_precision("bfloat16"): oneDNN may round the float32 operands to
+  // bfloat16 for the products (accumulating in float32), as one TPU pass does.
+  if (g.bf16) attr.set_fpmath_mode(dnnl::fpmath_mode::bf16);
   const auto any = g.Weights(tag::any), hwio = g.Weights(tag::hwio);
   auto fwd = dnnl::convolution_forward::primitive_desc(
       eng, dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, g.Src(), any,
@@ -409,8 +415,8 @@ ffi::Error RunOnXlaThreads(Part part, const Geometry& g, float* a, float* b, flo
 
 Geometry MakeGeometry(ffi::Span<const int64_t> x, ffi::Span<const int64_t> w,
                       ffi::Span<const int64_t> y, int64_t sh, int64_t sw, int64_t pt, int64_t pb,
-                      int64_t pl, int64_t pr) {
-  return {x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2], sh, sw, pt, pb, pl, pr};
+                      int64_t pl, int64_t pr, int64_t bf16) {
+  return {x[0], x[1], x[2], x[3], w[0], w[1], w[3], y[1], y[2], sh, sw, pt, pb, pl, pr, bf16};
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
@@ -427,21 +433,26 @@ ffi::Error Dispatch(Part part, const Geometry& g, float* a, float* b, float* out
 }
 
 ffi::Error Fwd(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y, int64_t sh,
-               int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
-  const auto g = MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr);
+               int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool,
+               int64_t bf16) {
+  const auto g =
+      MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), sh, sw, pt, pb, pl, pr, bf16);
   return Dispatch(kFwd, g, x.typed_data(), w.typed_data(), y->typed_data(), on_pool, pool);
 }
 
 ffi::Error BwdData(ffi::ThreadPool pool, F32 dy, F32 w, ffi::ResultBuffer<ffi::F32> dx, int64_t sh,
-                   int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool) {
-  const auto g = MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+                   int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t on_pool,
+                   int64_t bf16) {
+  const auto g =
+      MakeGeometry(dx->dimensions(), w.dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, bf16);
   return Dispatch(kBwdData, g, dy.typed_data(), w.typed_data(), dx->typed_data(), on_pool, pool);
 }
 
 ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi::F32> dw,
                       int64_t sh, int64_t sw, int64_t pt, int64_t pb, int64_t pl, int64_t pr,
-                      int64_t on_pool) {
-  const auto g = MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr);
+                      int64_t on_pool, int64_t bf16) {
+  const auto g =
+      MakeGeometry(x.dimensions(), dw->dimensions(), dy.dimensions(), sh, sw, pt, pb, pl, pr, bf16);
   return Dispatch(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data(), on_pool, pool);
 }
 
@@ -450,7 +461,7 @@ ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi
 #define ONEDNN_CONV_BINDING                                                                    \
   ffi::Ffi::Bind().Ctx<ffi::ThreadPool>().Arg<F32>().Arg<F32>().Ret<F32>().Attr<int64_t>("sh").Attr<int64_t>("sw")   \
       .Attr<int64_t>("pt").Attr<int64_t>("pb").Attr<int64_t>("pl").Attr<int64_t>("pr")   \
-      .Attr<int64_t>("pool")
+      .Attr<int64_t>("pool").Attr<int64_t>("bf16")
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, Fwd, ONEDNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, BwdData, ONEDNN_CONV_BINDING);
