@@ -276,7 +276,7 @@ def test_parts_under_vmap_equal_lax(library):
                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
   conv = binding._make_conv("xla")
-  ours = lambda x_, k_: conv(x_, k_, strides, pads)
+  ours = lambda x_, k_: conv(x_, k_, strides, pads, "float32")
 
   def close(got, want):
     err = float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
