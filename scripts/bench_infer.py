@@ -60,7 +60,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   ours = lambda: jax.block_until_ready(compiled(*args))
   ours()
   theirs = None
-  math = matmul_math()
+  math, torch_math = matmul_math()
   if compare_torch:
     import torch_baseline as tb
     device = torch_device(jax.devices()[0].platform)
@@ -74,6 +74,8 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   step = medians["ours"]
   flops = _flops(compiled)
   row = {"batch": batch, "width": width, "dtype": dtype, "matmul_math": math,
+         **({"torch_matmul_math": torch_math if device == "cpu" else "float32"}
+            if theirs is not None else {}),
          "platform": jax.devices()[0].platform,
          "compile_s": round(compile_s, 2), "call_s": round(step, 4),
          "frames_per_s": round(batch / step, 2),
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
                       "name the kernels used")
   p.add_argument("--json", default=None)
   args = p.parse_args(argv)
+  from bench_train import _math_label
   from emogen_jax import allocator
   with onednn_conv.cpu_convolutions(args.cpu_convolutions, where="--cpu-convolutions") as kernels:
     rows = []
@@ -122,7 +125,7 @@ def main(argv=None) -> int:
       row["cpu_convolutions"] = kernels
       rows.append(row)
       print(f"generator width {row['width']} batch {b:>4} {row['dtype']}"
-            + (" (products at bfloat16, both)" if row["matmul_math"] == "bfloat16" else "")
+            + (" " + _math_label(row, kernels).strip() if row["matmul_math"] == "bfloat16" else "")
             + f" on {row['platform']}: "
             f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
             + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "

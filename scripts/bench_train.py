@@ -224,23 +224,34 @@ def torch_nets(ours: dict, device: str) -> dict:
                                   device, trainable=False) if setup.get("use_vgg") else None)}
 
 
-def matmul_math() -> str:
-  """The products' precision both sides run at: "bfloat16" under JAX's
-  default_matmul_precision("bfloat16") (JAX_DEFAULT_MATMUL_PRECISION=bfloat16; our oneDNN
-  convolutions honour it, emogen_jax/onednn_conv), and then PyTorch's oneDNN is set to the same
-  (torch.backends.mkldnn's fp32_precision "bf16"), so that the ratio compares like with like;
-  else "float32"."""
-  import jax
-  value = jax.config.jax_default_matmul_precision
-  if not (isinstance(value, str) and value.lower() in ("bfloat16", "bf16")):
-    return "float32"
+def matmul_math() -> tuple[str, str]:
+  """(ours, PyTorch's) products' precision: under JAX's default_matmul_precision("bfloat16")
+  (JAX_DEFAULT_MATMUL_PRECISION=bfloat16; our oneDNN convolutions honour it, XLA's kernels do
+  not: emogen_jax/onednn_conv) PyTorch's CPU oneDNN is set to the same (torch.backends.mkldnn's
+  fp32_precision "bf16"), so that the ratio compares like with like; otherwise it is set back to
+  its default. "bfloat16" on PyTorch's side only where that setting took."""
+  from emogen_jax.onednn_conv import binding
+  ours = binding.products_math(None)
   try:
     import torch
-    torch.backends.mkldnn.conv.fp32_precision = "bf16"
-    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    value = "bf16" if ours == "bfloat16" else "none"
+    torch.backends.mkldnn.conv.fp32_precision = value
+    torch.backends.mkldnn.matmul.fp32_precision = value
+    theirs = ours
   except (ImportError, AttributeError):
-    pass
-  return "bfloat16"
+    theirs = "float32"
+  return ours, theirs
+
+
+def _math_label(row: dict, kernels: str) -> str:
+  """"(products at bfloat16: ...) " for a row measured under JAX's bfloat16 setting, naming
+  which side actually ran them; "" otherwise."""
+  if row["matmul_math"] != "bfloat16":
+    return ""
+  ours = "ours" if kernels == "onednn" else "not ours (XLA's kernels ignore it)"
+  theirs = {"bfloat16": "PyTorch's", "float32": "not PyTorch's", None: ""}[
+      row.get("torch_matmul_math")]
+  return f"(products at bfloat16: {', '.join(filter(None, (ours, theirs)))}) "
 
 
 def torch_device(platform: str) -> str:
@@ -348,9 +359,10 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   flops_per_step = _flops(ours["compiled"]) * ours["devices"]
   loss = ours["run"]()  # warm-up (also checks the step runs)
   torch_step = None
-  math = matmul_math()
+  math, torch_math = matmul_math()
   if compare_torch:
     torch_step, their_device = build_torch(stage, ours)
+    torch_math = torch_math if their_device == "cpu" else "float32"
     torch_step()
   medians = interleaved({"ours": ours["run"], **({"torch": torch_step} if torch_step else {})},
                         steps)
@@ -358,6 +370,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   step_s = medians["ours"]
   row = {"stage": stage, "size": size, "width": float(config.width), "dtype": dtype,
          "matmul_math": math, **({"w_sync": float(config.w_sync)} if stage == "emogen" else {}),
+         **({"torch_matmul_math": torch_math} if torch_step else {}),
          "devices": ours["devices"], "platform": ours["platform"], "batch": config.batch_size,
          "compile_s": round(ours["compile_s"], 2), "step_s": round(step_s, 4),
          "examples_per_s": round(config.batch_size / step_s, 3),
@@ -426,7 +439,7 @@ def main(argv=None) -> int:
         row["cpu_convolutions"] = kernels
         rows.append(row)
         print(f"{row['stage']:>12} {row['size']:>9} width {row['width']:<5} batch {row['batch']:>4} "
-              + ("(products at bfloat16, both) " if row["matmul_math"] == "bfloat16" else "")
+              + _math_label(row, kernels)
               + f"on {row['devices']} {row['platform']}: step {row['step_s']:.3f} s, "
               f"{row['examples_per_s']:.2f} examples/s, {row['gflop_per_step']:.1f} GFLOP/step, "
               f"{row['achieved_gflop_per_s']:.1f} GFLOP/s achieved (compile {row['compile_s']:.0f} s)"

@@ -294,13 +294,18 @@ def _make_conv(threads):
 
 def products_math(precision) -> str:
   """"bfloat16" where the caller allows products of bfloat16 roundings: the conv's own
-  ``precision="bfloat16"`` or, without one, jax.default_matmul_precision("bfloat16") (the
-  JAX_DEFAULT_MATMUL_PRECISION setting) at trace time; XLA:CPU's own kernels ignore both."""
+  ``precision="bfloat16"`` (or "BF16_BF16_F32") or, without one, jax.default_matmul_precision
+  set so (the JAX_DEFAULT_MATMUL_PRECISION setting) at trace time; else "float32". XLA:CPU's own
+  kernels ignore both."""
   import jax
 
   value = precision if precision is not None else jax.config.jax_default_matmul_precision
-  return "bfloat16" if isinstance(value, str) and value.lower() in ("bfloat16", "bf16") \
-      else "float32"
+  value = getattr(value, "name", value)  # a lax.DotAlgorithmPreset
+  return "bfloat16" if isinstance(value, str) and value.lower() in _BF16_NAMES else "float32"
+
+
+# JAX's names for bfloat16 products summed in float32 (a precision, or the dot algorithm).
+_BF16_NAMES = ("bfloat16", "bf16", "bf16_bf16_f32")
 
 
 def route_convolutions(library: str, threads: str = "xla"):
@@ -335,7 +340,9 @@ def route_convolutions(library: str, threads: str = "xla"):
 
   # Every models module that took `layers.conv2d` by name (the emotion disc imports it).
   import emogen_jax.models  # noqa: F401  (its submodules, so that they are in sys.modules)
-  holders = [m for name, m in list(sys.modules.items())
+  # A copy taken in one step: another thread may import while we look (the quickstart's demo
+  # routes beside its other work; iterating sys.modules itself then failed once).
+  holders = [m for name, m in sys.modules.copy().items()
              if name.startswith("emogen_jax.models") and getattr(m, "conv2d", None) is own_conv2d]
   for m in holders:
     m.conv2d = conv2d
