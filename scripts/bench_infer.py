@@ -60,7 +60,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   ours = lambda: jax.block_until_ready(compiled(*args))
   ours()
   theirs = None
-  math, torch_math = matmul_math()
+  our_math, torch_math = matmul_math()
   if compare_torch:
     import torch_baseline as tb
     device = torch_device(jax.devices()[0].platform)
@@ -73,7 +73,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   medians = interleaved(fns, repeats)
   step = medians["ours"]
   flops = _flops(compiled)
-  row = {"batch": batch, "width": width, "dtype": dtype, "matmul_math": math,
+  row = {"batch": batch, "width": width, "dtype": dtype, "matmul_math": our_math,
          **({"torch_matmul_math": torch_math if device == "cpu" else "float32"}
             if theirs is not None else {}),
          "platform": jax.devices()[0].platform,
@@ -124,9 +124,8 @@ def main(argv=None) -> int:
                   not args.no_peak, max(1, args.calls))
       row["cpu_convolutions"] = kernels
       rows.append(row)
-      print(f"generator width {row['width']} batch {b:>4} {row['dtype']}"
-            + (" " + _math_label(row, kernels).strip() if row["matmul_math"] == "bfloat16" else "")
-            + f" on {row['platform']}: "
+      print(f"generator width {row['width']} batch {b:>4} {row['dtype']} "
+            + _math_label(row, kernels) + f"on {row['platform']}: "
             f"{row['frames_per_s']:.1f} frames/s ({row['achieved_gflop_per_s']:.0f} GFLOP/s)"
             + (f"; PyTorch ({row['torch_device']}) {row['torch_frames_per_s']:.1f} frames/s: "
                f"ours {row['speedup_vs_torch']:.2f}x" if "torch_call_s" in row else "")

@@ -75,7 +75,6 @@ def run_variant(variant: str, args, json_path: str) -> dict:
                        "convolutions routed to oneDNN?")
     row["onednn_ms_per_step"] = {part: float(m.group(2 * i + 2)) / row["step_runs"]
                                  for i, part in enumerate(("forward", "input_grad", "weight_grad"))}
-    row["onednn_calls"] = [int(m.group(2 * i + 1)) for i in range(3)]
   return row
 
 

@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import re
 import sys
@@ -359,7 +358,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   flops_per_step = _flops(ours["compiled"]) * ours["devices"]
   loss = ours["run"]()  # warm-up (also checks the step runs)
   torch_step = None
-  math, torch_math = matmul_math()
+  our_math, torch_math = matmul_math()
   if compare_torch:
     torch_step, their_device = build_torch(stage, ours)
     torch_math = torch_math if their_device == "cpu" else "float32"
@@ -369,7 +368,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   loss = ours["run"]()
   step_s = medians["ours"]
   row = {"stage": stage, "size": size, "width": float(config.width), "dtype": dtype,
-         "matmul_math": math, **({"w_sync": float(config.w_sync)} if stage == "emogen" else {}),
+         "matmul_math": our_math, **({"w_sync": float(config.w_sync)} if stage == "emogen" else {}),
          **({"torch_matmul_math": torch_math} if torch_step else {}),
          "devices": ours["devices"], "platform": ours["platform"], "batch": config.batch_size,
          "compile_s": round(ours["compile_s"], 2), "step_s": round(step_s, 4),

@@ -81,12 +81,6 @@ def test_parts_equal_lax(library, x_shape, k_shape, strides, pads, threads):
     assert err < 1e-5, err
 
 
-def _cpu_has_amx_bf16() -> bool:
-  with open("/proc/cpuinfo") as f:
-    flags = next((line.split() for line in f if line.startswith("flags")), [])
-  return "amx_bf16" in flags
-
-
 # The plain case, a batch split with split reorders, and a weight gradient split by channels
 # over an uneven batch.
 @pytest.mark.parametrize("x_shape,k_shape,strides,pads",
@@ -115,7 +109,7 @@ def test_bfloat16_products(library, x_shape, k_shape, strides, pads):
   for i, (full, half) in enumerate(zip(parts("float32"), parts("bfloat16"))):
     err = float(jnp.max(jnp.abs(half - full)) / jnp.max(jnp.abs(full)))
     assert err < 2e-2, err  # bfloat16 keeps 8 bits: products within ~0.4 %, sums in float32
-    if _cpu_has_amx_bf16():
+    if "amx_bf16" in binding.cpu_flags():
       assert err > 1e-4 if i < 2 else err < 1e-6, (i, err)
   undo = binding.route_convolutions(library[0])
   try:

@@ -314,6 +314,13 @@ def test_build_command(tmp_path, monkeypatch, capsys):
   assert "not built: this CPU has no AVX-512" in capsys.readouterr().out
   assert command.main(["--if-avx512", "--quiet", "--cache-dir", fresh]) == 0
   assert capsys.readouterr() == ("", "") and not os.path.exists(fresh)
+  # A --cache-dir that cannot be a folder: one line naming it, exit 1, no "building" said.
+  proc = subprocess.run(cmd[:3] + ["--cache-dir", os.path.join(cache, os.path.basename(
+      binding.library_path(cache)), "sub")], cwd=tmp_path, env=dict(subprocess_env(1)),
+      capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 1 and proc.stdout == "", proc
+  (line,) = proc.stderr.strip().splitlines()
+  assert "cannot write the binding's cache folder" in line and "give a writable folder" in line
 
 
 def test_nested_blocks_agree(built, monkeypatch):
@@ -395,6 +402,9 @@ def test_notebook_api_default_is_auto(built, monkeypatch, tmp_path):
   a, b = out["auto"][1], out["xla"][1]
   assert a.shape == b.shape and len(a) >= 20
   assert np.abs(a - b).max() <= 1.0, np.abs(a - b).max()  # uint8 frames: rounding at most
+  from emogen_jax.errors import UserError
+  with pytest.raises(UserError, match=r"^cpu_convolutions='mkl'; use auto"):
+    TalkingFace.load(ckpt, cpu_convolutions="mkl")
 
 
 def test_bfloat16_products_in_the_notebook_api(built, monkeypatch, tmp_path):

@@ -96,10 +96,11 @@ def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
       yield outer
     return
   import jax
-  kernels, why = resolve(choice, jax.default_backend())
-  bf16 = binding.products_math(None) == "bfloat16" and jax.default_backend() == "cpu"
+  backend = jax.default_backend()
+  kernels, why = resolve(choice, backend)
+  bf16 = binding.products_math(None) == "bfloat16" and backend == "cpu"
   if kernels == "xla":
-    if choice == "onednn" or (choice == "auto" and jax.default_backend() == "cpu"):
+    if choice == "onednn" or (choice == "auto" and backend == "cpu"):
       log(f"convolutions: XLA's kernels ({where}={choice}; {why})"
           + ("; JAX's default_matmul_precision=bfloat16 does not change them" if bf16 else ""))
     with _scope("xla"):

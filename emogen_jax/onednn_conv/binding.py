@@ -52,17 +52,22 @@ def library_path(cache_dir: str | None = None) -> str:
   return os.path.join(cache_dir, f"libonednn_conv-{digest}.so")
 
 
-def has_avx512() -> bool:
-  """Whether this CPU has AVX-512 (Linux's /proc/cpuinfo flags; False where it cannot tell), the
-  CPUs on which oneDNN's kernels were measured faster than XLA's."""
+def cpu_flags() -> frozenset[str]:
+  """This CPU's feature flags as Linux's /proc/cpuinfo names them (empty where it cannot tell)."""
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
         if line.startswith("flags"):
-          return "avx512f" in line.split()
+          return frozenset(line.split(":", 1)[1].split())
   except OSError:
     pass
-  return False
+  return frozenset()
+
+
+def has_avx512() -> bool:
+  """Whether this CPU has AVX-512 (False where it cannot tell), the CPUs on which oneDNN's kernels
+  were measured faster than XLA's."""
+  return "avx512f" in cpu_flags()
 
 
 def build(cache_dir: str | None = None, log=None) -> str:
@@ -70,6 +75,7 @@ def build(cache_dir: str | None = None, log=None) -> str:
   of the source, oneDNN's version and jaxlib's, so an edited source or a new jaxlib builds anew);
   ``log`` hears of a build before it starts (under a minute: two wheels fetched, one C++ file
   compiled)."""
+  fix = "give a writable folder" if cache_dir else "set XDG_CACHE_HOME to a writable folder"
   cache_dir = os.path.abspath(cache_dir or default_cache_dir())
   library = library_path(cache_dir)
   if os.path.exists(library):
@@ -77,20 +83,21 @@ def build(cache_dir: str | None = None, log=None) -> str:
   compiler = shutil.which("g++")
   if compiler is None:
     raise BuildError("g++ not found: the oneDNN binding is C++; install it (apt-get install g++)")
-  if log is not None:
-    log(f"building oneDNN's convolutions for XLA into {cache_dir} (once, under a minute)")
   try:
     os.makedirs(cache_dir, exist_ok=True)
     lock = open(os.path.join(cache_dir, ".build.lock"), "w")
   except OSError as e:
     raise BuildError(f"cannot write the binding's cache folder {cache_dir} ({e.strerror}); "
-                     "set XDG_CACHE_HOME to a writable folder") from None
+                     f"{fix}") from None
   # Processes that start together (the quickstart trains two stages at once) build it once:
   # the first builds, the others wait for it and find the library.
   with lock:
     fcntl.flock(lock, fcntl.LOCK_EX)
     if os.path.exists(library):
       return library
+    # Said once the build is certain to start here (not by a process that found it built).
+    if log is not None:
+      log(f"building oneDNN's convolutions for XLA into {cache_dir} (once, under a minute)")
     _build(cache_dir, library, compiler)
   return library
 
