@@ -64,7 +64,8 @@ def _config(stage: str, size: str, batch: int | None):
 
 
 _ONEDNN_CALL = re.compile(  # a compiled HLO line: result shape, part, both operands' shapes
-    r"= f32\[([\d,]*)\]\S* custom-call\(.*?custom_call_target=\"OnednnConv(Fwd|BwdData|BwdWeights)\""
+    r"= f32\[([\d,]*)\]\S* custom-call\(.*?custom_call_target=\"Onednn(?:Conv|Winograd)"
+    r"(Fwd|BwdData|BwdWeights)\""
     r", operand_layout_constraints=\{f32\[([\d,]*)\]\S*, f32\[([\d,]*)\].*backend_config=\{([^}]*)\}")
 
 
@@ -76,14 +77,16 @@ def _taps(size: int, out: int, k: int, stride: int, pad_lo: int) -> int:
 def _onednn_flops(hlo: str) -> float:
   """FLOPs of the oneDNN convolutions in ``hlo`` (config.cpu_convolutions=onednn), which XLA's
   cost analysis counts as none; counted as XLA counts its own convolutions (multiply-adds on
-  real input only, padding left out), the same for each of the three parts."""
+  real input only, padding left out), the same for each of the three parts. Winograd's calls
+  count as the direct convolution they compute (the model's FLOPs, not the fewer products)."""
   total = 0.0
   for out, part, a, b, attrs in _ONEDNN_CALL.findall(hlo):
     dims = lambda text: [int(d) for d in text.split(",") if d]
     x, y, w = {"Fwd": (a, out, b), "BwdData": (out, a, b), "BwdWeights": (a, b, out)}[part]
     (n, h, wd, c), (_, oh, ow, o), (kh, kw, _, _) = dims(x), dims(y), dims(w)
     at = {k: int(v) for k, v in re.findall(r"(\w+) = (-?\d+) : i64", attrs)}
-    total += 2.0 * n * c * o * _taps(h, oh, kh, at["sh"], at["pt"]) * _taps(wd, ow, kw, at["sw"], at["pl"])
+    total += 2.0 * n * c * o * (_taps(h, oh, kh, at.get("sh", 1), at["pt"])
+                                * _taps(wd, ow, kw, at.get("sw", 1), at["pl"]))
   return total
 
 
@@ -93,7 +96,7 @@ def _flops(compiled) -> float:
     cost = cost[0] if cost else {}
   flops = float((cost or {}).get("flops", float("nan")))
   hlo = compiled.as_text()
-  return flops + _onednn_flops(hlo) if "OnednnConv" in hlo else flops
+  return flops + _onednn_flops(hlo) if "custom_call_target=\"Onednn" in hlo else flops
 
 
 def write_rows(path: str | None, rows: list[dict]) -> None:

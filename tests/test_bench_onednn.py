@@ -311,3 +311,146 @@ def test_crops_and_empty_outputs_stay_on_lax(library):
       np.testing.assert_allclose(jax.jit(f)(x, k), want, rtol=1e-6)
   finally:
     undo()
+
+
+def _avx512_or_skip():
+  from emogen_jax.onednn_conv import binding
+  if not binding.has_avx512():
+    pytest.skip("Winograd's transforms are compiled for AVX-512, which this CPU lacks")
+
+
+def _rel_err(got, want) -> float:
+  import jax.numpy as jnp
+  assert got.shape == want.shape, (got.shape, want.shape)
+  return float(jnp.max(jnp.abs(got - want)) / jnp.max(jnp.abs(want)))
+
+
+# (x shape, Cout, pads, block): tiles cut by the image's edge (13, 11, 17 not multiples of 4 or
+# 2), channel counts that leave a short group of the transforms' 64 (72, 80, 100), uneven and no
+# padding, blocks of 3 tiles (many blocks over both threads, the last one short) and of more
+# tiles than the call has.
+WINOGRAD_CASES = [
+    ((2, 13, 11, 64), 64, ((1, 1), (1, 1)), 64),
+    ((3, 12, 17, 72), 80, ((0, 2), (2, 1)), 3),
+    ((1, 9, 10, 100), 64, ((0, 0), (0, 0)), 5),
+    ((2, 8, 8, 16), 8, ((1, 1), (1, 1)), 1000),
+]
+
+
+@pytest.mark.parametrize("tile", [2, 4])
+@pytest.mark.parametrize("x_shape,cout,pads,block", WINOGRAD_CASES)
+def test_winograd_equals_lax(library, x_shape, cout, pads, block, tile):
+  """Winograd's F(2x2) and F(4x4, 3x3) compute lax's convolution: F(2x2) to the direct
+  kernels' rounding (1e-5 of the largest output, as test_parts_equal_lax), F(4x4), whose
+  transforms multiply by up to 8 and 1/24, to 5e-5 (measured 1e-5 on the generator's layers)."""
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.onednn_conv import binding
+
+  _avx512_or_skip()
+  rng = np.random.default_rng(sum(x_shape) + cout + block)
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 3, x_shape[-1], cout)), jnp.float32)
+  want = jax.lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                      precision="highest")
+  got = jax.jit(lambda x_, k_: binding.winograd(x_, k_, pads, tile=tile, block=block))(x, k)
+  assert _rel_err(got, want) < (1e-5 if tile == 2 else 5e-5)
+
+
+def test_winograd_is_float32_only(library):
+  """Under bfloat16 products (JAX's default_matmul_precision) a layer that Winograd would take
+  keeps oneDNN's direct kernels: the transformed operands' bfloat16 roundings lost 5.8 % of the
+  largest output where the direct bfloat16 products lose under 2 %."""
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.onednn_conv import binding
+
+  _avx512_or_skip()
+  x, k, pads = jnp.ones((2, 12, 12, 64)), jnp.ones((3, 3, 64, 64)), ((1, 1), (1, 1))
+  conv = binding._make_conv("xla")
+  loss = lambda math: lambda x_, k_: jnp.sum(jnp.sin(conv(x_, k_, (1, 1), pads, math)))
+  grad = lambda math: jax.jit(jax.grad(loss(math), argnums=(0, 1))).lower(x, k).as_text()
+  assert grad("float32").count("OnednnWinogradFwd") == 2
+  text = grad("bfloat16")
+  assert "OnednnWinograd" not in text and "OnednnConvFwd" in text and "OnednnConvBwdData" in text
+
+
+def test_routed_layers_take_winograd_where_the_rule_says(library, monkeypatch):
+  """Through the models' conv2d: a 3x3 stride-1 layer of >= 64 channels on a >= 12x12 image runs
+  its forward and input gradient by Winograd (the weight gradient stays oneDNN's direct), with
+  lax's values and gradients, also under vmap (one call for the examples); smaller layers,
+  strided ones and EMOGEN_ONEDNN_WINOGRAD=0 keep the direct kernels."""
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.models import layers
+  from emogen_jax.onednn_conv import binding
+
+  _avx512_or_skip()
+  nhwc = ("NHWC", "HWIO", "NHWC")
+  rng = np.random.default_rng(11)
+  x = jnp.asarray(rng.standard_normal((2, 12, 14, 64)), jnp.float32)
+  # Outputs of about unit size, as the models' (the loss's sine would magnify the rounding of
+  # large ones into its gradient).
+  k = jnp.asarray(rng.standard_normal((3, 3, 64, 72)) / 24, jnp.float32)
+  pads = ((1, 1), (1, 1))
+
+  def loss(conv):
+    return lambda x_, k_: jnp.sum(jnp.sin(conv(x_, k_, (1, 1), pads, dimension_numbers=nhwc)))
+
+  def hlo(f, *args):
+    return jax.jit(f).lower(*args).as_text()
+
+  want = jax.value_and_grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, k)
+  undo = binding.route_convolutions(library[0])
+  try:
+    grad = jax.value_and_grad(loss(layers.conv2d), argnums=(0, 1))
+    text = hlo(grad, x, k)
+    assert text.count("OnednnWinogradFwd") == 2 and text.count("OnednnConvBwdWeights") == 1
+    assert "OnednnConvFwd" not in text and "OnednnConvBwdData" not in text
+    got = jax.jit(grad)(x, k)
+    assert abs(float(got[0] - want[0])) <= 1e-4 * abs(float(want[0]))
+    for g, w in zip(got[1], want[1]):
+      assert _rel_err(g, w) < 5e-5
+    # Per example (the validation steps): the examples join one call.
+    xs = x.reshape(2, 1, 12, 14, 64)
+    per_example = jax.vmap(lambda x_: layers.conv2d(x_, k, (1, 1), pads, dimension_numbers=nhwc))
+    assert hlo(per_example, xs).count("OnednnWinogradFwd") == 1
+    assert _rel_err(jax.jit(per_example)(xs), jax.vmap(
+        lambda x_: jax.lax.conv_general_dilated(x_, k, (1, 1), pads, dimension_numbers=nhwc))(xs)) < 5e-5
+    # Outside the rule: the direct kernels.
+    small = lambda x_, k_: layers.conv2d(x_, k_, (1, 1), pads, dimension_numbers=nhwc)
+    for xs_, ks_, strides in [((2, 11, 14, 64), (3, 3, 64, 72), (1, 1)),   # image under 12
+                              ((2, 12, 14, 32), (3, 3, 32, 72), (1, 1)),   # channels under 64
+                              ((2, 24, 24, 64), (3, 3, 64, 64), (2, 2))]:  # strided
+      f = lambda x_, k_, s=strides: layers.conv2d(x_, k_, s, pads, dimension_numbers=nhwc)
+      assert "OnednnWinograd" not in hlo(f, jnp.ones(xs_), jnp.ones(ks_)), (xs_, ks_, strides)
+    monkeypatch.setenv(binding.WINOGRAD_ENV, "0")
+    assert "OnednnWinograd" not in hlo(small, x, k)
+  finally:
+    undo()
+
+
+def test_bench_counts_winograd_as_the_direct_convolution(library):
+  """bench_train's FLOPs: a layer by Winograd counts as the direct convolution it computes (the
+  model's FLOPs), as XLA counts its own."""
+  import jax
+  import jax.numpy as jnp
+
+  import bench_train
+  from emogen_jax.onednn_conv import binding
+
+  _avx512_or_skip()
+  pads = ((1, 1), (1, 1))
+  args = (jnp.ones((2, 12, 13, 64)), jnp.ones((3, 3, 64, 64)))
+  lax_loss = lambda x, k: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
+      x, k, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))))
+  ours_loss = lambda x, k: jnp.sum(jnp.sin(binding._make_conv("xla")(x, k, (1, 1), pads,
+                                                                      "float32")))
+  want = bench_train._flops(jax.jit(jax.grad(lax_loss, argnums=(0, 1))).lower(*args).compile())
+  compiled = jax.jit(jax.grad(ours_loss, argnums=(0, 1))).lower(*args).compile()
+  assert compiled.as_text().count('custom_call_target="OnednnWinogradFwd"') == 2
+  got = bench_train._flops(compiled)
+  assert abs(got - want) <= 0.02 * want, (got, want)

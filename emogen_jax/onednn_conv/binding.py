@@ -24,7 +24,7 @@ from emogen_jax.errors import UserError
 
 ONEDNN_VERSION = "2023.2.0"        # oneDNN 3.2, the newest OpenMP build on PyPI
 SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "onednn_conv.cc")
-TARGETS = ("OnednnConvFwd", "OnednnConvBwdData", "OnednnConvBwdWeights")
+TARGETS = ("OnednnConvFwd", "OnednnConvBwdData", "OnednnConvBwdWeights", "OnednnWinogradFwd")
 
 
 class BuildError(UserError):
@@ -211,25 +211,27 @@ def _out_shape(x_shape, kernel_shape, strides, pads) -> tuple:
           o)
 
 
-def _call(target: str, shape, *operands, strides, pads, threads, math):
-  import jax
-  import jax.numpy as jnp
-
-  return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape), jnp.float32))(
-      *operands, **_attrs(strides, pads, threads, math))
-
-
 # Each part takes `threads`: "xla" (oneDNN without threads of its own, each call split over XLA's
 # thread pool) or "omp" (oneDNN's OpenMP team per call, as PyTorch runs it), and `math` (MATH).
 # Under jax.vmap (the validation steps compute their metrics per example) the rules of `_parts`
 # apply.
 def forward(x, kernel, strides, pads, threads="xla", math="float32"):
   """y = conv(x, kernel): x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), float32."""
+  if math == "float32" and uses_winograd(x.shape, kernel.shape, strides, pads, threads):
+    return winograd(x, kernel, pads, part="forward")
   return _parts(_key(strides), _key(pads), threads, None, None, math)[0](x, kernel)
 
 
 def input_grad(dy, kernel, x_shape, strides, pads, threads="xla", math="float32"):
   """dx (x_shape) of y = conv(x, kernel), from dy."""
+  # At stride 1, dx is the convolution of dy with the kernel flipped in space and transposed,
+  # padded by kernel size - 1 - the forward's padding on each side.
+  (pt, pb), (pl, pr) = pads
+  flipped = ((2 - pt, 2 - pb), (2 - pl, 2 - pr))
+  if math == "float32" and uses_winograd(dy.shape, kernel.shape[:2] + kernel.shape[2:][::-1],
+                                         strides, flipped, threads):
+    import jax.numpy as jnp
+    return winograd(dy, jnp.swapaxes(kernel[::-1, ::-1], 2, 3), flipped, part="input gradient")
   return _parts(_key(strides), _key(pads), threads, tuple(x_shape[1:]), None, math)[1](dy, kernel)
 
 
@@ -259,25 +261,80 @@ def _batched(part, axis_size, in_batched, a, b):
   return jax.lax.map(lambda ab: part(*ab), (a, b)), True
 
 
+def _part(target, shape_of, merges, attrs):
+  """The FFI call ``target`` on two operands, with its vmap rule (``merges``: see `_batched`)."""
+  import jax
+  import jax.numpy as jnp
+  from jax import custom_batching
+
+  @custom_batching.custom_vmap
+  def part(a, b):
+    return jax.ffi.ffi_call(target, jax.ShapeDtypeStruct(tuple(shape_of(a, b)), jnp.float32))(
+        a, b, **attrs)
+
+  part.merges = merges
+  part.def_vmap(functools.partial(_batched, part))
+  return part
+
+
 @functools.cache
 def _parts(strides, pads, threads, x_tail, kernel_shape, math="float32"):
   """The three FFI calls for one geometry, each with its vmap rule (``x_tail``: the input's
   shape without its batch, for the input gradient; ``kernel_shape`` for the weight gradient)."""
-  from jax import custom_batching
+  attrs = _attrs(strides, pads, threads, math)
+  return (_part("OnednnConvFwd", lambda x, k: _out_shape(x.shape, k.shape, strides, pads), True,
+                attrs),
+          _part("OnednnConvBwdData", lambda dy, k: (dy.shape[0], *x_tail), True, attrs),
+          _part("OnednnConvBwdWeights", lambda x, dy: kernel_shape, False, attrs))
 
-  def make(target, shape_of, merges):
-    @custom_batching.custom_vmap
-    def part(a, b):
-      return _call(target, shape_of(a, b), a, b, strides=strides, pads=pads, threads=threads,
-                   math=math)
 
-    part.merges = merges
-    part.def_vmap(functools.partial(_batched, part))
-    return part
+# Winograd's F(4x4, 3x3) (onednn_conv.cc): a quarter of the direct convolution's products, plus
+# transforms that cost about as much as a matmul over few channels. Measured per layer against
+# oneDNN's direct kernels (docs/design.md "Winograd"): 1.6-2.0x from 64 channels in and out on
+# images of 12x12 and more, slower below either.
+WINOGRAD_TILE = 4
+WINOGRAD_BLOCK = 64          # tiles per matmul: the block's transforms stay in the core's caches
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_SIZE = 12
+# EMOGEN_ONEDNN_WINOGRAD=0 (read when a step is traced): oneDNN's direct kernels for every layer.
+WINOGRAD_ENV = "EMOGEN_ONEDNN_WINOGRAD"
 
-  return (make("OnednnConvFwd", lambda x, k: _out_shape(x.shape, k.shape, strides, pads), True),
-          make("OnednnConvBwdData", lambda dy, k: (dy.shape[0], *x_tail), True),
-          make("OnednnConvBwdWeights", lambda x, dy: kernel_shape, False))
+
+def winograd_enabled() -> bool:
+  """Whether `forward` may take Winograd's F(4x4, 3x3) on this CPU (AVX-512, not switched off)."""
+  return os.environ.get(WINOGRAD_ENV, "1") != "0" and has_avx512()
+
+
+def uses_winograd(x_shape, kernel_shape, strides, pads, threads) -> bool:
+  """Whether `forward` computes this convolution by Winograd's F(4x4, 3x3): oneDNN on XLA's
+  threads, a 3x3 kernel at stride 1 padded by at most 2, both channel counts and the image's
+  sides large enough (above)."""
+  _, h, w, _ = x_shape
+  kh, kw, cin, cout = kernel_shape
+  return (threads == "xla" and (kh, kw) == (3, 3) and tuple(strides) == (1, 1)
+          and min(cin, cout) >= WINOGRAD_MIN_CHANNELS and min(h, w) >= WINOGRAD_MIN_SIZE
+          and all(0 <= int(p) <= 2 for pair in pads for p in pair) and winograd_enabled())
+
+
+def winograd(x, kernel, pads, tile=WINOGRAD_TILE, block=WINOGRAD_BLOCK, part="forward"):
+  """y = conv(x, kernel) for a 3x3 kernel at stride 1 by Winograd's F(tile x tile, 3x3), tile 2
+  or 4, on an AVX-512 CPU: x (B, H, W, Cin), kernel (3, 3, Cin, Cout), pads ((top, bottom),
+  (left, right)) of at most 2, float32 throughout (under bfloat16 products `forward` keeps the
+  direct kernels: the transformed operands' bfloat16 roundings lose too much). ``part`` names
+  what the call computes for EMOGEN_ONEDNN_STATS: "forward" or "input gradient"."""
+  return _winograd_part(_key(pads), tile, block, part)(x, kernel)
+
+
+@functools.cache
+def _winograd_part(pads, tile, block, part):
+  import numpy as np
+
+  (pt, pb), (pl, pr) = pads
+  attrs = dict(pt=np.int64(pt), pb=np.int64(pb), pl=np.int64(pl), pr=np.int64(pr),
+               tile=np.int64(tile), block=np.int64(block),
+               part=np.int64(("forward", "input gradient").index(part)))
+  return _part("OnednnWinogradFwd", lambda x, k: _out_shape(x.shape, k.shape, (1, 1), pads),
+               True, attrs)
 
 
 def _make_conv(threads):

@@ -5,6 +5,8 @@
 //   OnednnConvFwd(x, w) -> y            forward
 //   OnednnConvBwdData(dy, w) -> dx      input gradient (dx's shape comes from the result)
 //   OnednnConvBwdWeights(x, dy) -> dw   weight gradient
+// and a fourth, OnednnWinogradFwd(x, w) -> y, a 3x3 stride-1 convolution by Winograd's
+// algorithm (its section below), which the binding also gives input gradients.
 // attributes sh, sw (strides), pt, pb, pl, pr (zero padding: top, bottom, left, right), pool
 // (which threads run oneDNN, below) and bf16 (1: the products may take the operands' bfloat16
 // roundings, JAX's default_matmul_precision("bfloat16"); on AMX CPUs much faster).
@@ -16,7 +18,8 @@
 // channels) and runs a one-thread primitive on each part there, the kernel reorders split the
 // same way, so that oneDNN's threads and XLA's never compete for the cores.
 //
-// EMOGEN_ONEDNN_STATS=1 prints, at exit, the calls and the time spent inside each handler.
+// EMOGEN_ONEDNN_STATS=1 prints, at exit, the calls and the time spent inside each handler
+// (Winograd's counted as the part they compute, and apart).
 // EMOGEN_ONEDNN_VERBOSE=1 prints each primitive's implementation when it is built.
 
 #include <atomic>
@@ -162,6 +165,7 @@ thread_local Buffer scratch_buffer, kernel_buffer;
 
 struct Stats {
   std::atomic<int64_t> calls[3] = {}, nanos[3] = {}, layout_nanos = 0;
+  std::atomic<int64_t> winograd_calls = 0, winograd_nanos = 0;
   ~Stats() {
     if (!std::getenv("EMOGEN_ONEDNN_STATS")) return;
     std::fprintf(stderr, "onednn_conv kernel layouts: %.1f ms (inside the calls above)\n",
@@ -171,6 +175,8 @@ struct Stats {
                  "weight gradient %ld calls %.1f ms\n",
                  calls[0].load(), nanos[0] / 1e6, calls[1].load(), nanos[1] / 1e6,
                  calls[2].load(), nanos[2] / 1e6);
+    std::fprintf(stderr, "onednn_conv stats: of these by Winograd %ld calls %.1f ms\n",
+                 winograd_calls.load(), winograd_nanos / 1e6);
   }
 } stats;
 
@@ -456,6 +462,337 @@ ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi
   return Dispatch(kBwdWeights, g, x.typed_data(), dy.typed_data(), dw->typed_data(), on_pool, pool);
 }
 
+
+// ------------------------------------------------------------------------------------ Winograd
+// OnednnWinogradFwd(x, w) -> y, attributes pt, pb, pl, pr, tile (2 or 4), block (tiles per
+// matmul), part (what the call computes, for the stats: 0 a forward, 1 an input gradient).
+// A 3x3 stride-1 convolution by Winograd's minimal filtering F(m x m, 3 x 3): every m x m block
+// of outputs comes from the (m + 2) x (m + 2) block of inputs under it (a "tile") as
+//   Y = AT [ sum over input channels of (G g GT) .* (BT d B) ] A,
+// i.e. A * A = (m + 2)^2 matmuls (tiles x Cin) @ (Cin x Cout), one per tile position: (m + 2)^2 /
+// (9 m^2) of the direct convolution's products (1/4 for F(4x4), 4/9 for F(2x2)). oneDNN 3.2 has
+// no float32 Winograd on x86, so the three transforms are ours (vectorised over the channels,
+// which NHWC keeps contiguous; compiled for AVX-512, the only CPUs that route here) and the
+// matmuls are oneDNN's. Interpolation points 0, 1, -1, (2, -2,) infinity: float32 results within a
+// few times the direct convolution's rounding (docs/design.md has the figures). Float32 only: the
+// transformed operands' bfloat16 roundings lose too much (5.8 % of the largest output, measured).
+
+#define WINO_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma"), optimize("O3")))
+
+template <int A>
+struct Wino;
+template <>
+struct Wino<4> {  // F(2x2, 3x3)
+  static constexpr int M = 2;
+  static constexpr float BT[4][4] = {{1, 0, -1, 0}, {0, 1, 1, 0}, {0, -1, 1, 0}, {0, 1, 0, -1}};
+  static constexpr double G[4][3] = {{1, 0, 0}, {.5, .5, .5}, {.5, -.5, .5}, {0, 0, 1}};
+  static constexpr float AT[2][4] = {{1, 1, 1, 0}, {0, 1, -1, -1}};
+};
+template <>
+struct Wino<6> {  // F(4x4, 3x3)
+  static constexpr int M = 4;
+  static constexpr float BT[6][6] = {{4, 0, -5, 0, 1, 0},  {0, -4, -4, 1, 1, 0},
+                                     {0, 4, -4, -1, 1, 0}, {0, -2, -1, 2, 1, 0},
+                                     {0, 2, -1, -2, 1, 0}, {0, 4, 0, -5, 0, 1}};
+  static constexpr double G[6][3] = {{1 / 4., 0, 0},
+                                     {-1 / 6., -1 / 6., -1 / 6.},
+                                     {-1 / 6., 1 / 6., -1 / 6.},
+                                     {1 / 24., 1 / 12., 1 / 6.},
+                                     {1 / 24., -1 / 12., 1 / 6.},
+                                     {0, 0, 1}};
+  static constexpr float AT[4][6] = {{1, 1, 1, 1, 1, 0}, {0, 1, -1, 2, -2, 0},
+                                     {0, 1, 1, 4, 4, 0}, {0, 1, -1, 8, -8, 1}};
+};
+
+constexpr int kLanes = 64;  // channels per step of the transforms (four AVX-512 vectors)
+
+// Which tiles a call covers: tile t is image t / (th * tw), block row (t / tw) % th, column t % tw.
+struct Tiles {
+  int64_t th, tw, count;
+};
+
+// U[p] (Cin x Cout, p = u * A + v) = sum_ij G[u][i] G[v][j] w[i][j] for the kernel's elements
+// [first, last) of each (Cin x Cout) slice (HWIO: w[i][j] is one such slice).
+template <int A>
+WINO_TARGET void KernelTransform(const float* w, int64_t co, int64_t first, int64_t last, float* u) {
+  alignas(64) float rows[A][3][kLanes];
+  for (int64_t e0 = first; e0 < last; e0 += kLanes) {
+    const int64_t n = std::min<int64_t>(kLanes, last - e0);
+    #pragma GCC unroll 8
+    for (int a = 0; a < A; ++a)
+      #pragma GCC unroll 8
+      for (int j = 0; j < 3; ++j) {
+        float* r = rows[a][j];
+        for (int e = 0; e < kLanes; ++e) r[e] = 0;
+        #pragma GCC unroll 8
+        for (int i = 0; i < 3; ++i) {
+          const float gi = static_cast<float>(Wino<A>::G[a][i]);
+          if (gi == 0) continue;
+          const float* src = w + (i * 3 + j) * co + e0;
+          for (int e = 0; e < n; ++e) r[e] += gi * src[e];
+        }
+      }
+    #pragma GCC unroll 8
+    for (int a = 0; a < A; ++a)
+      #pragma GCC unroll 8
+      for (int b = 0; b < A; ++b) {
+        alignas(64) float acc[kLanes] = {};
+        #pragma GCC unroll 8
+        for (int j = 0; j < 3; ++j) {
+          const float gj = static_cast<float>(Wino<A>::G[b][j]);
+          if (gj == 0) continue;
+          for (int e = 0; e < kLanes; ++e) acc[e] += gj * rows[a][j][e];
+        }
+        float* dst = u + (a * A + b) * co + e0;
+        for (int e = 0; e < n; ++e) dst[e] = acc[e];
+      }
+  }
+}
+
+// V[p][k] (Cin) = (BT d B)[p] of tile first + k, for k < count, rows of a (A*A, T, Cin) buffer.
+template <int A>
+WINO_TARGET void InputTransform(const Geometry& g, const Tiles& t, const float* x, int64_t first,
+                                int64_t count, int64_t rows, float* v) {
+  constexpr int M = Wino<A>::M;
+  alignas(64) float d[A][A][kLanes], s[A][A][kLanes];
+  const int64_t c = g.c;
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t tile = first + k, per_image = t.th * t.tw;
+    const int64_t n = tile / per_image, r = tile % per_image;
+    const int64_t y0 = (r / t.tw) * M - g.pt, x0 = (r % t.tw) * M - g.pl;
+    for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
+      const int64_t cb = std::min<int64_t>(kLanes, c - c0);
+      #pragma GCC unroll 8
+      for (int i = 0; i < A; ++i)
+        #pragma GCC unroll 8
+        for (int j = 0; j < A; ++j) {
+          const int64_t yy = y0 + i, xx = x0 + j;
+          float* dst = d[i][j];
+          if (yy >= 0 && yy < g.h && xx >= 0 && xx < g.w && cb == kLanes) {
+            const float* src = x + ((n * g.h + yy) * g.w + xx) * c + c0;
+            for (int e = 0; e < kLanes; ++e) dst[e] = src[e];
+          } else {
+            for (int e = 0; e < kLanes; ++e) dst[e] = 0;
+            if (yy >= 0 && yy < g.h && xx >= 0 && xx < g.w) {
+              const float* src = x + ((n * g.h + yy) * g.w + xx) * c + c0;
+              for (int e = 0; e < cb; ++e) dst[e] = src[e];
+            }
+          }
+        }
+      #pragma GCC unroll 8
+      for (int a = 0; a < A; ++a)  // s = BT d
+        #pragma GCC unroll 8
+        for (int j = 0; j < A; ++j) {
+          float* o = s[a][j];
+          for (int e = 0; e < kLanes; ++e) o[e] = 0;
+          #pragma GCC unroll 8
+          for (int i = 0; i < A; ++i) {
+            const float b = Wino<A>::BT[a][i];
+            if (b == 0) continue;
+            for (int e = 0; e < kLanes; ++e) o[e] += b * d[i][j][e];
+          }
+        }
+      #pragma GCC unroll 8
+      for (int a = 0; a < A; ++a)  // (BT d) B
+        #pragma GCC unroll 8
+        for (int b = 0; b < A; ++b) {
+          alignas(64) float o[kLanes] = {};
+          #pragma GCC unroll 8
+          for (int j = 0; j < A; ++j) {
+            const float bt = Wino<A>::BT[b][j];
+            if (bt == 0) continue;
+            for (int e = 0; e < kLanes; ++e) o[e] += bt * s[a][j][e];
+          }
+          float* dst = v + ((a * A + b) * rows + k) * c + c0;
+          for (int e = 0; e < cb; ++e) dst[e] = o[e];
+        }
+    }
+  }
+}
+
+// y's m x m block of tile first + k = AT m[.][k] A, from the rows of a (A*A, T, Cout) buffer.
+template <int A>
+WINO_TARGET void OutputTransform(const Geometry& g, const Tiles& t, const float* m, int64_t first,
+                                 int64_t count, int64_t rows, float* y) {
+  constexpr int M = Wino<A>::M;
+  alignas(64) float q[A][A][kLanes], s[M][A][kLanes];
+  const int64_t o = g.o;
+  for (int64_t k = 0; k < count; ++k) {
+    const int64_t tile = first + k, per_image = t.th * t.tw;
+    const int64_t n = tile / per_image, r = tile % per_image;
+    const int64_t y0 = (r / t.tw) * M, x0 = (r % t.tw) * M;
+    for (int64_t o0 = 0; o0 < o; o0 += kLanes) {
+      const int64_t ob = std::min<int64_t>(kLanes, o - o0);
+      #pragma GCC unroll 8
+      for (int a = 0; a < A; ++a)
+        #pragma GCC unroll 8
+        for (int b = 0; b < A; ++b) {
+          const float* src = m + ((a * A + b) * rows + k) * o + o0;
+          float* dst = q[a][b];
+          if (ob == kLanes) {
+            for (int e = 0; e < kLanes; ++e) dst[e] = src[e];
+          } else {
+            for (int e = 0; e < kLanes; ++e) dst[e] = 0;
+            for (int e = 0; e < ob; ++e) dst[e] = src[e];
+          }
+        }
+      #pragma GCC unroll 8
+      for (int i = 0; i < M; ++i)  // s = AT q
+        #pragma GCC unroll 8
+        for (int b = 0; b < A; ++b) {
+          float* out = s[i][b];
+          for (int e = 0; e < kLanes; ++e) out[e] = 0;
+          #pragma GCC unroll 8
+          for (int a = 0; a < A; ++a) {
+            const float at = Wino<A>::AT[i][a];
+            if (at == 0) continue;
+            for (int e = 0; e < kLanes; ++e) out[e] += at * q[a][b][e];
+          }
+        }
+      #pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) {  // (AT q) A
+        if (y0 + i >= g.oh) break;
+        #pragma GCC unroll 8
+        for (int j = 0; j < M; ++j) {
+          if (x0 + j >= g.ow) break;
+          alignas(64) float out[kLanes] = {};
+          #pragma GCC unroll 8
+          for (int b = 0; b < A; ++b) {
+            const float at = Wino<A>::AT[j][b];
+            if (at == 0) continue;
+            for (int e = 0; e < kLanes; ++e) out[e] += at * s[i][b][e];
+          }
+          float* dst = y + ((n * g.oh + y0 + i) * g.ow + x0 + j) * o + o0;
+          for (int e = 0; e < ob; ++e) dst[e] = out[e];
+        }
+      }
+    }
+  }
+}
+
+// The batched matmul (A*A, T, Cin) @ (A*A, Cin, Cout) of one block of T tiles, for one thread,
+// and the layout it wants the transformed kernel in.
+struct WinoPlan {
+  dnnl::matmul prim;
+  memory::desc src, plain_kernel, kernel, dst, scratch;
+  bool reorder = false;
+};
+
+std::shared_ptr<WinoPlan> GetWinoPlan(int64_t positions, int64_t rows, int64_t c, int64_t o) {
+  static std::mutex mu;
+  static std::unordered_map<std::string, std::shared_ptr<WinoPlan>> plans;
+  char key[128];
+  std::snprintf(key, sizeof key, "%ld,%ld,%ld,%ld", positions, rows, c, o);
+  std::lock_guard<std::mutex> lock(mu);
+  auto& plan = plans[key];
+  if (plan) return plan;
+  auto& eng = Engine();
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+  const memory::desc src({positions, rows, c}, dt::f32, tag::abc),
+      any({positions, c, o}, dt::f32, tag::any), dst({positions, rows, o}, dt::f32, tag::abc);
+  auto pd = dnnl::matmul::primitive_desc(eng, src, any, dst, attr);
+  plan = std::make_shared<WinoPlan>();
+  plan->prim = dnnl::matmul(pd);
+  plan->src = src;
+  plan->dst = dst;
+  plan->plain_kernel = memory::desc({positions, c, o}, dt::f32, tag::abc);
+  plan->kernel = pd.weights_desc();
+  plan->scratch = pd.scratchpad_desc();
+  plan->reorder = plan->kernel != plan->plain_kernel;
+  if (std::getenv("EMOGEN_ONEDNN_VERBOSE"))
+    std::fprintf(stderr, "onednn_conv: winograd matmul %s -> %s%s\n", key,
+                 pd.impl_info_str(), plan->reorder ? " (kernel reordered)" : "");
+  return plan;
+}
+
+thread_local Buffer wino_v_buffer, wino_m_buffer, wino_u_buffer;
+
+// y = conv(x, w) (3x3, stride 1) by F(m x m, 3 x 3), A = m + 2, in blocks of `block` tiles
+// spread over XLA's pool: each thread transforms its block's tiles, runs the one-thread
+// matmul on them and writes their outputs, all within its own caches.
+template <int A>
+ffi::Error RunWinograd(const Geometry& g, float* x, float* w, float* y, ffi::ThreadPool& pool,
+                       int64_t block, Part role) {
+  const auto start = std::chrono::steady_clock::now();
+  constexpr int M = Wino<A>::M, P = A * A;
+  OneOmpThread one_thread;
+  const int64_t threads = std::max<int64_t>(1, pool.num_threads());
+  Tiles t;
+  t.th = (g.oh + M - 1) / M;
+  t.tw = (g.ow + M - 1) / M;
+  t.count = g.n * t.th * t.tw;
+  const int64_t rows = std::max<int64_t>(1, std::min(block, (t.count + threads - 1) / threads));
+  auto plan = GetWinoPlan(P, rows, g.c, g.o);
+  auto& eng = Engine();
+  // The kernel's transform, split over its elements, then into the matmul's layout.
+  const int64_t co = g.c * g.o;
+  float* u = static_cast<float*>(wino_u_buffer.Get(P * co * sizeof(float)));
+  const int64_t per = (co + threads * kLanes - 1) / (threads * kLanes) * kLanes;
+  ParallelFor(pool, (co + per - 1) / per, [&](int64_t i) {
+    KernelTransform<A>(w, co, i * per, std::min(co, (i + 1) * per), u);
+  });
+  void* kernel = u;
+  if (plan->reorder) {
+    kernel = kernel_buffer.Get(plan->kernel.get_size());
+    const int64_t pp = (P + threads - 1) / threads;
+    ParallelFor(pool, (P + pp - 1) / pp, [&](int64_t i) {
+      const int64_t lo = i * pp, hi = std::min<int64_t>(P, lo + pp);
+      const auto from = plan->plain_kernel.submemory_desc({hi - lo, g.c, g.o}, {lo, 0, 0});
+      const auto to = plan->kernel.submemory_desc({hi - lo, g.c, g.o}, {lo, 0, 0});
+      memory fm(from, eng, u), tm(to, eng, kernel);
+      dnnl::stream stream(eng);
+      dnnl::reorder(fm, tm).execute(stream, fm, tm);
+      stream.wait();
+    });
+  }
+  const int64_t blocks = (t.count + rows - 1) / rows;
+  std::atomic<int64_t> next{0};
+  ParallelFor(pool, std::min(threads, blocks), [&](int64_t) {
+    float* v = static_cast<float*>(wino_v_buffer.Get(P * rows * g.c * sizeof(float)));
+    float* m = static_cast<float*>(wino_m_buffer.Get(P * rows * g.o * sizeof(float)));
+    dnnl::stream stream(eng);
+    memory v_m(plan->src, eng, v), m_m(plan->dst, eng, m), k_m(plan->kernel, eng, kernel);
+    memory scratch(plan->scratch, eng, scratch_buffer.Get(plan->scratch.get_size() + 1));
+    for (int64_t b; (b = next++) < blocks;) {
+      const int64_t first = b * rows, count = std::min(rows, t.count - first);
+      // Rows past the last tile: zeros, not whatever the buffer held (never read back).
+      if (count < rows)
+        for (int p = 0; p < P; ++p)
+          std::memset(v + (p * rows + count) * g.c, 0, (rows - count) * g.c * sizeof(float));
+      InputTransform<A>(g, t, x, first, count, rows, v);
+      plan->prim.execute(stream, {{DNNL_ARG_SRC, v_m}, {DNNL_ARG_WEIGHTS, k_m},
+                                  {DNNL_ARG_DST, m_m}, {DNNL_ARG_SCRATCHPAD, scratch}});
+      stream.wait();
+      OutputTransform<A>(g, t, m, first, count, rows, y);
+    }
+  });
+  Count(role, start);
+  stats.winograd_calls++;
+  stats.winograd_nanos += std::chrono::duration_cast<std::chrono::nanoseconds>(
+                              std::chrono::steady_clock::now() - start).count();
+  return ffi::Error::Success();
+}
+
+ffi::Error WinogradFwd(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi::F32> y,
+                       int64_t pt, int64_t pb, int64_t pl, int64_t pr, int64_t tile,
+                       int64_t block, int64_t part) {
+  const auto g =
+      MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), 1, 1, pt, pb, pl, pr, 0);
+  if (g.kh != 3 || g.kw != 3 || !(tile == 2 || tile == 4))
+    return ffi::Error::InvalidArgument("onednn_conv: Winograd takes 3x3 kernels, tiles 2 or 4");
+  if (!__builtin_cpu_supports("avx512f"))
+    return ffi::Error::InvalidArgument("onednn_conv: Winograd's transforms need AVX-512");
+  try {
+    const Part role = part == 1 ? kBwdData : kFwd;
+    return tile == 4
+               ? RunWinograd<6>(g, x.typed_data(), w.typed_data(), y->typed_data(), pool, block, role)
+               : RunWinograd<4>(g, x.typed_data(), w.typed_data(), y->typed_data(), pool, block, role);
+  } catch (const std::exception& e) {
+    return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
+  }
+}
+
 }  // namespace
 
 #define ONEDNN_CONV_BINDING                                                                    \
@@ -466,3 +803,17 @@ ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvFwd, Fwd, ONEDNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdData, BwdData, ONEDNN_CONV_BINDING);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnConvBwdWeights, BwdWeights, ONEDNN_CONV_BINDING);
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(OnednnWinogradFwd, WinogradFwd,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<F32>()
+                                  .Arg<F32>()
+                                  .Ret<F32>()
+                                  .Attr<int64_t>("pt")
+                                  .Attr<int64_t>("pb")
+                                  .Attr<int64_t>("pl")
+                                  .Attr<int64_t>("pr")
+                                  .Attr<int64_t>("tile")
+                                  .Attr<int64_t>("block")
+                                  .Attr<int64_t>("part"));
