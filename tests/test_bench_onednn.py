@@ -6,6 +6,7 @@ run reports its rounds.
 Builds the binding once (oneDNN's wheels from the package index, g++): skipped where either is
 missing, with the reason."""
 
+import functools
 import json
 import os
 import subprocess
@@ -379,9 +380,10 @@ def test_winograd_is_float32_only(library):
 
 def test_routed_layers_take_winograd_where_the_rule_says(library, monkeypatch):
   """Through the models' conv2d: a 3x3 stride-1 layer of >= 64 channels on a >= 12x12 image runs
-  its forward and input gradient by Winograd (the weight gradient stays oneDNN's direct), with
-  lax's values and gradients, also under vmap (one call for the examples); smaller layers,
-  strided ones and EMOGEN_ONEDNN_WINOGRAD=0 keep the direct kernels."""
+  its forward and input gradient by Winograd's F(4x4) (the weight gradient stays oneDNN's
+  direct), with lax's values and gradients, also under vmap (one call for the examples); on 6x6
+  to 11x11 images with >= 256 channels by F(2x2); smaller layers, strided ones and
+  EMOGEN_ONEDNN_WINOGRAD=0 keep the direct kernels."""
   import jax
   import jax.numpy as jnp
 
@@ -420,15 +422,20 @@ def test_routed_layers_take_winograd_where_the_rule_says(library, monkeypatch):
     assert hlo(per_example, xs).count("OnednnWinogradFwd") == 1
     assert _rel_err(jax.jit(per_example)(xs), jax.vmap(
         lambda x_: jax.lax.conv_general_dilated(x_, k, (1, 1), pads, dimension_numbers=nhwc))(xs)) < 5e-5
+    assert "tile = 4" in text
+    # Images from 6x6 to 11x11 with >= 256 channels: F(2x2, 3x3).
+    plain = lambda x_, k_, s=(1, 1): layers.conv2d(x_, k_, s, pads, dimension_numbers=nhwc)
+    six = hlo(plain, jnp.ones((2, 6, 6, 256)), jnp.ones((3, 3, 256, 256)))
+    assert "OnednnWinogradFwd" in six and "tile = 2" in six
     # Outside the rule: the direct kernels.
-    small = lambda x_, k_: layers.conv2d(x_, k_, (1, 1), pads, dimension_numbers=nhwc)
-    for xs_, ks_, strides in [((2, 11, 14, 64), (3, 3, 64, 72), (1, 1)),   # image under 12
-                              ((2, 12, 14, 32), (3, 3, 32, 72), (1, 1)),   # channels under 64
-                              ((2, 24, 24, 64), (3, 3, 64, 64), (2, 2))]:  # strided
-      f = lambda x_, k_, s=strides: layers.conv2d(x_, k_, s, pads, dimension_numbers=nhwc)
-      assert "OnednnWinograd" not in hlo(f, jnp.ones(xs_), jnp.ones(ks_)), (xs_, ks_, strides)
+    for xs_, ks_, strides in [((2, 11, 14, 64), (3, 3, 64, 72), (1, 1)),    # under 12, few channels
+                              ((2, 5, 5, 256), (3, 3, 256, 256), (1, 1)),   # image under 6
+                              ((2, 12, 14, 32), (3, 3, 32, 72), (1, 1)),    # channels under 64
+                              ((2, 24, 24, 64), (3, 3, 64, 64), (2, 2))]:   # strided
+      text = hlo(functools.partial(plain, s=strides), jnp.ones(xs_), jnp.ones(ks_))
+      assert "OnednnWinograd" not in text and "OnednnConvFwd" in text, (xs_, ks_, strides)
     monkeypatch.setenv(binding.WINOGRAD_ENV, "0")
-    assert "OnednnWinograd" not in hlo(small, x, k)
+    assert "OnednnWinograd" not in hlo(plain, x, k)
   finally:
     undo()
 

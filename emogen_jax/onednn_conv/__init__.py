@@ -119,7 +119,7 @@ def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
     return
   log(f"convolutions: {_NAMES['onednn']} ({where}={choice}; {why}; {library})"
       + (f"; 3x3 stride-1 layers of >= {binding.WINOGRAD_MIN_CHANNELS} channels by Winograd's "
-         f"F(4x4, 3x3) ({binding.WINOGRAD_ENV}=0 for the direct kernels)"
+         f"algorithm ({binding.WINOGRAD_ENV}=0 for the direct kernels)"
          if binding.winograd_enabled() else "")
       + ("; products of bfloat16 roundings, summed in float32 (JAX's default_matmul_precision="
          "bfloat16)" if bf16 else ""))

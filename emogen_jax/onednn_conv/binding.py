@@ -217,8 +217,9 @@ def _out_shape(x_shape, kernel_shape, strides, pads) -> tuple:
 # apply.
 def forward(x, kernel, strides, pads, threads="xla", math="float32"):
   """y = conv(x, kernel): x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), float32."""
-  if math == "float32" and uses_winograd(x.shape, kernel.shape, strides, pads, threads):
-    return winograd(x, kernel, pads, part="forward")
+  tile = winograd_tile(x.shape, kernel.shape, strides, pads, threads) if math == "float32" else 0
+  if tile:
+    return winograd(x, kernel, pads, tile, part="forward")
   return _parts(_key(strides), _key(pads), threads, None, None, math)[0](x, kernel)
 
 
@@ -228,10 +229,12 @@ def input_grad(dy, kernel, x_shape, strides, pads, threads="xla", math="float32"
   # padded by kernel size - 1 - the forward's padding on each side.
   (pt, pb), (pl, pr) = pads
   flipped = ((2 - pt, 2 - pb), (2 - pl, 2 - pr))
-  if math == "float32" and uses_winograd(dy.shape, kernel.shape[:2] + kernel.shape[2:][::-1],
-                                         strides, flipped, threads):
+  tile = winograd_tile(dy.shape, kernel.shape[:2] + kernel.shape[2:][::-1], strides, flipped,
+                       threads) if math == "float32" else 0
+  if tile:
     import jax.numpy as jnp
-    return winograd(dy, jnp.swapaxes(kernel[::-1, ::-1], 2, 3), flipped, part="input gradient")
+    return winograd(dy, jnp.swapaxes(kernel[::-1, ::-1], 2, 3), flipped, tile,
+                    part="input gradient")
   return _parts(_key(strides), _key(pads), threads, tuple(x_shape[1:]), None, math)[1](dy, kernel)
 
 
@@ -290,33 +293,39 @@ def _parts(strides, pads, threads, x_tail, kernel_shape, math="float32"):
 
 # Winograd's F(4x4, 3x3) (onednn_conv.cc): a quarter of the direct convolution's products, plus
 # transforms that cost about as much as a matmul over few channels. Measured per layer against
-# oneDNN's direct kernels (docs/design.md "Winograd"): 1.6-2.0x from 64 channels in and out on
-# images of 12x12 and more, slower below either.
-WINOGRAD_TILE = 4
+# oneDNN's direct kernels (docs/design.md "Winograd"): 1.2-2.0x from 64 channels in and out on
+# images of 12x12 and more, slower with fewer channels; on the 6x6 images of 256 channels and
+# more F(2x2, 3x3) (4/9 of the products, over smaller tiles that waste less at the edge) 1.3x.
 WINOGRAD_BLOCK = 64          # tiles per matmul: the block's transforms stay in the core's caches
 WINOGRAD_MIN_CHANNELS = 64
-WINOGRAD_MIN_SIZE = 12
+WINOGRAD_MIN_SIZE = 12       # F(4x4) from here
+WINOGRAD_SMALL = (6, 256)    # F(2x2) on images from 6x6 with this many channels
 # EMOGEN_ONEDNN_WINOGRAD=0 (read when a step is traced): oneDNN's direct kernels for every layer.
 WINOGRAD_ENV = "EMOGEN_ONEDNN_WINOGRAD"
 
 
 def winograd_enabled() -> bool:
-  """Whether `forward` may take Winograd's F(4x4, 3x3) on this CPU (AVX-512, not switched off)."""
+  """Whether `forward` may take Winograd's algorithm on this CPU (AVX-512, not switched off)."""
   return os.environ.get(WINOGRAD_ENV, "1") != "0" and has_avx512()
 
 
-def uses_winograd(x_shape, kernel_shape, strides, pads, threads) -> bool:
-  """Whether `forward` computes this convolution by Winograd's F(4x4, 3x3): oneDNN on XLA's
-  threads, a 3x3 kernel at stride 1 padded by at most 2, both channel counts and the image's
-  sides large enough (above)."""
+def winograd_tile(x_shape, kernel_shape, strides, pads, threads) -> int:
+  """The output tile (4 or 2) of the Winograd F(tile x tile, 3x3) that `forward` computes this
+  convolution by, 0 for the direct kernels: oneDNN on XLA's threads, a 3x3 kernel at stride 1
+  padded by at most 2, channel counts and the image's sides as above."""
   _, h, w, _ = x_shape
   kh, kw, cin, cout = kernel_shape
-  return (threads == "xla" and (kh, kw) == (3, 3) and tuple(strides) == (1, 1)
-          and min(cin, cout) >= WINOGRAD_MIN_CHANNELS and min(h, w) >= WINOGRAD_MIN_SIZE
-          and all(0 <= int(p) <= 2 for pair in pads for p in pair) and winograd_enabled())
+  channels, side = min(cin, cout), min(h, w)
+  if not (threads == "xla" and (kh, kw) == (3, 3) and tuple(strides) == (1, 1)
+          and all(0 <= int(p) <= 2 for pair in pads for p in pair)
+          and channels >= WINOGRAD_MIN_CHANNELS and winograd_enabled()):
+    return 0
+  if side >= WINOGRAD_MIN_SIZE:
+    return 4
+  return 2 if side >= WINOGRAD_SMALL[0] and channels >= WINOGRAD_SMALL[1] else 0
 
 
-def winograd(x, kernel, pads, tile=WINOGRAD_TILE, block=WINOGRAD_BLOCK, part="forward"):
+def winograd(x, kernel, pads, tile=4, block=WINOGRAD_BLOCK, part="forward"):
   """y = conv(x, kernel) for a 3x3 kernel at stride 1 by Winograd's F(tile x tile, 3x3), tile 2
   or 4, on an AVX-512 CPU: x (B, H, W, Cin), kernel (3, 3, Cin, Cout), pads ((top, bottom),
   (left, right)) of at most 2, float32 throughout (under bfloat16 products `forward` keeps the

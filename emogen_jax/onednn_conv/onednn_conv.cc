@@ -722,7 +722,10 @@ ffi::Error RunWinograd(const Geometry& g, float* x, float* w, float* y, ffi::Thr
   t.th = (g.oh + M - 1) / M;
   t.tw = (g.ow + M - 1) / M;
   t.count = g.n * t.th * t.tw;
-  const int64_t rows = std::max<int64_t>(1, std::min(block, (t.count + threads - 1) / threads));
+  // Blocks of at most `block` tiles, as many for every thread (a thread with one more block
+  // than the others would set the call's time).
+  const int64_t blocks = ((t.count + block - 1) / block + threads - 1) / threads * threads;
+  const int64_t rows = (t.count + blocks - 1) / blocks;
   auto plan = GetWinoPlan(P, rows, g.c, g.o);
   auto& eng = Engine();
   // The kernel's transform, split over its elements, then into the matmul's layout.
@@ -746,7 +749,6 @@ ffi::Error RunWinograd(const Geometry& g, float* x, float* w, float* y, ffi::Thr
       stream.wait();
     });
   }
-  const int64_t blocks = (t.count + rows - 1) / rows;
   std::atomic<int64_t> next{0};
   ParallelFor(pool, std::min(threads, blocks), [&](int64_t) {
     float* v = static_cast<float*>(wino_v_buffer.Get(P * rows * g.c * sizeof(float)));
