@@ -461,3 +461,32 @@ def test_bench_counts_winograd_as_the_direct_convolution(library):
   assert compiled.as_text().count('custom_call_target="OnednnWinogradFwd"') == 2
   got = bench_train._flops(compiled)
   assert abs(got - want) <= 0.02 * want, (got, want)
+
+
+def test_bench_winograd_reports_each_layer(library, tmp_path):
+  """scripts/bench_winograd.py: per layer, the direct and both Winograd forms timed, their
+  errors against lax's (F(4x4) within 5e-5, the others 1e-5) and the tile the rule takes."""
+  _avx512_or_skip()
+  out = tmp_path / "rows.json"
+  proc = subprocess.run(
+      [sys.executable, os.path.join(REPO, "scripts", "bench_winograd.py"), "--layers",
+       "12x13x64x72", "6x6x256x256", "8x8x32x32", "--batch", "2", "--repeats", "1", "--block",
+       "8", "64", "--cache-dir", library[1], "--json", str(out)],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stdout + proc.stderr
+  rows = json.loads(out.read_text())
+  assert [r["layer"] for r in rows] == ["12x13x64x72", "6x6x256x256", "8x8x32x32"]
+  assert [r["rule_tile"] for r in rows] == [4, 2, 0]
+  for row in rows:
+    assert row["direct_s"] > 0 and row["direct_error"] < 1e-5
+    assert set(row["winograd"]) == {"F2/8", "F2/64", "F4/8", "F4/64"}
+    for name, v in row["winograd"].items():
+      assert v["seconds"] > 0 and v["vs_direct"] > 0
+      assert v["error"] < (5e-5 if name.startswith("F4") else 1e-5), (row["layer"], name, v)
+  assert "the rule takes F(4x4)" in proc.stdout and "the rule takes direct" in proc.stdout
+
+
+def test_bench_winograd_usage_errors():
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_winograd.py"),
+                         "--layers", "12x12x64"], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 2 and "give HxWxCINxCOUT" in proc.stderr.strip().splitlines()[-1]

@@ -428,3 +428,35 @@ def test_bfloat16_products_in_the_notebook_api(built, monkeypatch, tmp_path):
                                progress=False)[0].astype(np.float32)
   d = np.abs(frames["float32"] - frames["bfloat16"])
   assert d.max() <= 8 and d.mean() < 0.5, (d.max(), d.mean())
+
+
+def test_full_width_generator_by_winograd_matches_xla(built, monkeypatch):
+  """The reference generator routed to oneDNN on an AVX-512 CPU runs its large 3x3 layers by
+  Winograd (F(4x4) and, on the 6x6 images, F(2x2)), and its frames stay within the parity tests'
+  2e-5 of XLA's (the forward at batch 2, inference mode, random weights that keep BatchNorm from
+  being an identity)."""
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.models.generator import Generator
+  from emogen_jax.onednn_conv import binding, cpu_convolutions
+  from tests._model_fixtures import random_variables
+
+  if not binding.has_avx512():
+    pytest.skip("Winograd's layers run on AVX-512 CPUs only; this one has none")
+  rng = np.random.default_rng(5)
+  mel = jnp.asarray(rng.standard_normal((2, 80, 16, 1)), jnp.float32)
+  face = jnp.asarray(rng.uniform(size=(2, 96, 96, 6)), jnp.float32)
+  emotion = jnp.asarray([1, 4], jnp.int32)
+  model = Generator()
+  variables = random_variables(model, mel, face, emotion, seed=3)
+  run = lambda v, m, f, e: model.apply(v, m, f, e, train=False)
+  want = np.asarray(jax.jit(run)(variables, mel, face, emotion))
+  monkeypatch.setenv("XDG_CACHE_HOME", built.home)
+  with cpu_convolutions("onednn", log=lambda line: None):
+    routed = jax.jit(lambda *a: run(*a))
+    text = routed.lower(variables, mel, face, emotion).as_text()
+    got = np.asarray(routed(variables, mel, face, emotion))
+  assert text.count("OnednnWinogradFwd") >= 10 and "tile = 4" in text and "tile = 2" in text
+  assert want.std() > 0.05  # frames that vary, not a saturated sigmoid
+  np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)

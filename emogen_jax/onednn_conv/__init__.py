@@ -14,7 +14,11 @@ notebook) is one of
 
 What lives here:
 - ``onednn_conv.cc``: three FFI handlers (forward, input gradient, weight gradient of a float32
-  NHWC / HWIO convolution) on oneDNN primitives, run on XLA's own thread pool.
+  NHWC / HWIO convolution) on oneDNN primitives, run on XLA's own thread pool, and a fourth that
+  computes a 3x3 stride-1 convolution by Winograd's algorithm (our transforms, oneDNN's matmuls),
+  which the binding takes for the forward and input gradient of the layers with >= 64 channels
+  where it was measured faster (``binding.winograd_tile``; float32 within a few times the direct
+  kernels' rounding; ``EMOGEN_ONEDNN_WINOGRAD=0`` for the direct kernels everywhere).
 - ``binding.py``: fetches oneDNN 3.2 from PyPI and compiles the handlers with g++ once (cached
   under ``~/.cache/emogen_jax/onednn_conv``, keyed by the source), registers them, and routes the
   models' convolutions to them with a custom VJP.
