@@ -314,9 +314,13 @@ def test_crops_and_empty_outputs_stay_on_lax(library):
     undo()
 
 
-def _avx512_or_skip():
+@pytest.fixture
+def winograd_on(library, monkeypatch):
+  """Winograd as the binding's default has it: on an AVX-512 CPU (else skipped), whatever
+  EMOGEN_ONEDNN_WINOGRAD the developer's shell holds."""
   from emogen_jax.onednn_conv import binding
-  if not binding.has_avx512():
+  monkeypatch.delenv(binding.WINOGRAD_ENV, raising=False)
+  if not binding.winograd_enabled():
     pytest.skip("Winograd's transforms are compiled for AVX-512, which this CPU lacks")
 
 
@@ -328,11 +332,14 @@ def _rel_err(got, want) -> float:
 
 # (x shape, Cout, pads, block): tiles cut by the image's edge (13, 11, 17 not multiples of 4 or
 # 2), channel counts that leave a short group of the transforms' 64 (72, 80, 100), uneven and no
-# padding, blocks of 3 tiles (many blocks over both threads, the last one short) and of more
-# tiles than the call has.
+# padding; blocks of 3 tiles (many blocks over both threads), of 4 and 2 (a last block of one
+# tile; with 2, also planned blocks left without tiles, which once wrote before the buffer) and
+# of more tiles than the call has.
 WINOGRAD_CASES = [
     ((2, 13, 11, 64), 64, ((1, 1), (1, 1)), 64),
     ((3, 12, 17, 72), 80, ((0, 2), (2, 1)), 3),
+    ((3, 12, 17, 72), 80, ((0, 2), (2, 1)), 4),
+    ((1, 12, 12, 64), 64, ((1, 1), (1, 1)), 2),
     ((1, 9, 10, 100), 64, ((0, 0), (0, 0)), 5),
     ((2, 8, 8, 16), 8, ((1, 1), (1, 1)), 1000),
 ]
@@ -340,16 +347,16 @@ WINOGRAD_CASES = [
 
 @pytest.mark.parametrize("tile", [2, 4])
 @pytest.mark.parametrize("x_shape,cout,pads,block", WINOGRAD_CASES)
-def test_winograd_equals_lax(library, x_shape, cout, pads, block, tile):
+def test_winograd_equals_lax(winograd_on, x_shape, cout, pads, block, tile):
   """Winograd's F(2x2) and F(4x4, 3x3) compute lax's convolution: F(2x2) to the direct
   kernels' rounding (1e-5 of the largest output, as test_parts_equal_lax), F(4x4), whose
-  transforms multiply by up to 8 and 1/24, to 5e-5 (measured 1e-5 on the generator's layers)."""
+  transforms multiply by up to 8 and 1/24, to 5e-5 (measured 0.8-2e-5 on the generator's
+  layers)."""
   import jax
   import jax.numpy as jnp
 
   from emogen_jax.onednn_conv import binding
 
-  _avx512_or_skip()
   rng = np.random.default_rng(sum(x_shape) + cout + block)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
   k = jnp.asarray(rng.standard_normal((3, 3, x_shape[-1], cout)), jnp.float32)
@@ -359,7 +366,7 @@ def test_winograd_equals_lax(library, x_shape, cout, pads, block, tile):
   assert _rel_err(got, want) < (1e-5 if tile == 2 else 5e-5)
 
 
-def test_winograd_is_float32_only(library):
+def test_winograd_is_float32_only(winograd_on):
   """Under bfloat16 products (JAX's default_matmul_precision) a layer that Winograd would take
   keeps oneDNN's direct kernels: the transformed operands' bfloat16 roundings lost 5.8 % of the
   largest output where the direct bfloat16 products lose under 2 %."""
@@ -368,7 +375,6 @@ def test_winograd_is_float32_only(library):
 
   from emogen_jax.onednn_conv import binding
 
-  _avx512_or_skip()
   x, k, pads = jnp.ones((2, 12, 12, 64)), jnp.ones((3, 3, 64, 64)), ((1, 1), (1, 1))
   conv = binding._make_conv("xla")
   loss = lambda math: lambda x_, k_: jnp.sum(jnp.sin(conv(x_, k_, (1, 1), pads, math)))
@@ -378,7 +384,7 @@ def test_winograd_is_float32_only(library):
   assert "OnednnWinograd" not in text and "OnednnConvFwd" in text and "OnednnConvBwdData" in text
 
 
-def test_routed_layers_take_winograd_where_the_rule_says(library, monkeypatch):
+def test_routed_layers_take_winograd_where_the_rule_says(library, winograd_on, monkeypatch):
   """Through the models' conv2d: a 3x3 stride-1 layer of >= 64 channels on a >= 12x12 image runs
   its forward and input gradient by Winograd's F(4x4) (the weight gradient stays oneDNN's
   direct), with lax's values and gradients, also under vmap (one call for the examples); on 6x6
@@ -390,7 +396,6 @@ def test_routed_layers_take_winograd_where_the_rule_says(library, monkeypatch):
   from emogen_jax.models import layers
   from emogen_jax.onednn_conv import binding
 
-  _avx512_or_skip()
   nhwc = ("NHWC", "HWIO", "NHWC")
   rng = np.random.default_rng(11)
   x = jnp.asarray(rng.standard_normal((2, 12, 14, 64)), jnp.float32)
@@ -434,13 +439,56 @@ def test_routed_layers_take_winograd_where_the_rule_says(library, monkeypatch):
                               ((2, 24, 24, 64), (3, 3, 64, 64), (2, 2))]:   # strided
       text = hlo(functools.partial(plain, s=strides), jnp.ones(xs_), jnp.ones(ks_))
       assert "OnednnWinograd" not in text and "OnednnConvFwd" in text, (xs_, ks_, strides)
+    wide = lambda x_, k_: layers.conv2d(x_, k_, (1, 1), ((3, 3), (3, 3)), dimension_numbers=nhwc)
+    assert "OnednnWinograd" not in hlo(wide, x, k)  # padded by more than 2
     monkeypatch.setenv(binding.WINOGRAD_ENV, "0")
+    assert "OnednnWinograd" not in hlo(plain, x, k)
+  finally:
+    undo()
+  # oneDNN on its own OpenMP threads (bench_onednn's omp mode): the direct kernels.
+  undo = binding.route_convolutions(library[0], "omp")
+  try:
+    monkeypatch.delenv(binding.WINOGRAD_ENV)
     assert "OnednnWinograd" not in hlo(plain, x, k)
   finally:
     undo()
 
 
-def test_bench_counts_winograd_as_the_direct_convolution(library):
+# Uneven and no padding (the input gradient's padding is 2 minus the forward's on each side, so
+# these swap sides), and the 6x6 images that F(2x2) takes.
+@pytest.mark.parametrize("x_shape,pads,tile", [
+    ((2, 12, 14, 64), ((0, 2), (2, 1)), "tile = 4"),
+    ((2, 15, 14, 64), ((0, 0), (0, 0)), "tile = 4"),  # output 13x12: both sides >= 12
+    ((2, 6, 7, 256), ((1, 1), (1, 0)), "tile = 2"),
+])
+def test_winograd_gradients_equal_lax(winograd_on, x_shape, pads, tile):
+  """The routed convolution's forward and input gradient by Winograd (both calls in its HLO, of
+  the tile the rule takes), its values and both gradients lax's to 5e-5."""
+  import jax
+  import jax.numpy as jnp
+
+  from emogen_jax.onednn_conv import binding
+
+  rng = np.random.default_rng(sum(x_shape))
+  cin = x_shape[-1]
+  x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+  k = jnp.asarray(rng.standard_normal((3, 3, cin, cin)) / np.sqrt(9 * cin), jnp.float32)
+  lax_conv = lambda x_, k_: jax.lax.conv_general_dilated(
+      x_, k_, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  conv = binding._make_conv("xla")
+  ours = lambda x_, k_: conv(x_, k_, (1, 1), pads, "float32")
+  loss = lambda f: (lambda x_, k_: jnp.sum(jnp.sin(f(x_, k_))))
+  grad = jax.value_and_grad(loss(ours), argnums=(0, 1))
+  text = jax.jit(grad).lower(x, k).as_text()
+  assert text.count("OnednnWinogradFwd") == 2 and text.count(tile) == 2
+  (value, grads), (want_value, want_grads) = jax.jit(grad)(x, k), jax.value_and_grad(
+      loss(lax_conv), argnums=(0, 1))(x, k)
+  assert abs(float(value - want_value)) <= 1e-4 * abs(float(want_value))
+  for g, w in zip(grads, want_grads):
+    assert _rel_err(g, w) < 5e-5
+
+
+def test_bench_counts_winograd_as_the_direct_convolution(winograd_on):
   """bench_train's FLOPs: a layer by Winograd counts as the direct convolution it computes (the
   model's FLOPs), as XLA counts its own."""
   import jax
@@ -449,7 +497,6 @@ def test_bench_counts_winograd_as_the_direct_convolution(library):
   import bench_train
   from emogen_jax.onednn_conv import binding
 
-  _avx512_or_skip()
   pads = ((1, 1), (1, 1))
   args = (jnp.ones((2, 12, 13, 64)), jnp.ones((3, 3, 64, 64)))
   lax_loss = lambda x, k: jnp.sum(jnp.sin(jax.lax.conv_general_dilated(
@@ -463,16 +510,16 @@ def test_bench_counts_winograd_as_the_direct_convolution(library):
   assert abs(got - want) <= 0.02 * want, (got, want)
 
 
-def test_bench_winograd_reports_each_layer(library, tmp_path):
+def test_bench_winograd_reports_each_layer(library, winograd_on, tmp_path):
   """scripts/bench_winograd.py: per layer, the direct and both Winograd forms timed, their
   errors against lax's (F(4x4) within 5e-5, the others 1e-5) and the tile the rule takes."""
-  _avx512_or_skip()
   out = tmp_path / "rows.json"
   proc = subprocess.run(
       [sys.executable, os.path.join(REPO, "scripts", "bench_winograd.py"), "--layers",
        "12x13x64x72", "6x6x256x256", "8x8x32x32", "--batch", "2", "--repeats", "1", "--block",
        "8", "64", "--cache-dir", library[1], "--json", str(out)],
-      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+      cwd=tmp_path, capture_output=True, text=True, timeout=600,
+      env={k: v for k, v in os.environ.items() if k != "EMOGEN_ONEDNN_WINOGRAD"})
   assert proc.returncode == 0, proc.stdout + proc.stderr
   rows = json.loads(out.read_text())
   assert [r["layer"] for r in rows] == ["12x13x64x72", "6x6x256x256", "8x8x32x32"]

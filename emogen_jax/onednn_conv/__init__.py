@@ -16,9 +16,10 @@ What lives here:
 - ``onednn_conv.cc``: three FFI handlers (forward, input gradient, weight gradient of a float32
   NHWC / HWIO convolution) on oneDNN primitives, run on XLA's own thread pool, and a fourth that
   computes a 3x3 stride-1 convolution by Winograd's algorithm (our transforms, oneDNN's matmuls),
-  which the binding takes for the forward and input gradient of the layers with >= 64 channels
-  where it was measured faster (``binding.winograd_tile``; float32 within a few times the direct
-  kernels' rounding; ``EMOGEN_ONEDNN_WINOGRAD=0`` for the direct kernels everywhere).
+  which the binding takes for the forward and input gradient of the layers where it was measured
+  faster (``binding.winograd_tile``: >= 64 channels on images from 12x12, >= 256 from 6x6; in
+  float32 only, its rounding about ten times the direct kernels'; ``EMOGEN_ONEDNN_WINOGRAD=0``
+  for the direct kernels everywhere).
 - ``binding.py``: fetches oneDNN 3.2 from PyPI and compiles the handlers with g++ once (cached
   under ``~/.cache/emogen_jax/onednn_conv``, keyed by the source), registers them, and routes the
   models' convolutions to them with a custom VJP.
@@ -122,9 +123,8 @@ def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
       yield "xla"
     return
   log(f"convolutions: {_NAMES['onednn']} ({where}={choice}; {why}; {library})"
-      + (f"; 3x3 stride-1 layers of >= {binding.WINOGRAD_MIN_CHANNELS} channels by Winograd's "
-         f"algorithm ({binding.WINOGRAD_ENV}=0 for the direct kernels)"
-         if binding.winograd_enabled() else "")
+      + (f"; {binding.winograd_rule()} ({binding.WINOGRAD_ENV}=0 for the direct kernels)"
+         if binding.winograd_enabled() and not bf16 else "")
       + ("; products of bfloat16 roundings, summed in float32 (JAX's default_matmul_precision="
          "bfloat16)" if bf16 else ""))
   try:

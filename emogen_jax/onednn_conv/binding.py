@@ -2,9 +2,10 @@
 
 `build(cache_dir)` fetches oneDNN (the PyPI wheels ``onednn-cpu-gomp`` and
 ``onednn-devel-cpu-gomp``, version ``ONEDNN_VERSION``) and compiles ``onednn_conv.cc`` against it
-and jaxlib's FFI headers with g++; `load(library)` registers the three handlers with XLA;
+and jaxlib's FFI headers with g++; `load(library)` registers its four handlers with XLA;
 `route_convolutions()` sends every plain float32 NHWC convolution of the models (those that
-`models.layers.conv2d` and VGG-19's layers compute) to them, with the custom VJP below.
+`models.layers.conv2d` and VGG-19's layers compute) to them, with the custom VJP below: oneDNN's
+direct kernels, or for the layers `winograd_tile` names Winograd's (forward and input gradient).
 """
 
 from __future__ import annotations
@@ -293,9 +294,10 @@ def _parts(strides, pads, threads, x_tail, kernel_shape, math="float32"):
 
 # Winograd's F(4x4, 3x3) (onednn_conv.cc): a quarter of the direct convolution's products, plus
 # transforms that cost about as much as a matmul over few channels. Measured per layer against
-# oneDNN's direct kernels (docs/design.md "Winograd"): 1.2-2.0x from 64 channels in and out on
-# images of 12x12 and more, slower with fewer channels; on the 6x6 images of 256 channels and
-# more F(2x2, 3x3) (4/9 of the products, over smaller tiles that waste less at the edge) 1.3x.
+# oneDNN's direct kernels (docs/design.md "Winograd's F(4x4, 3x3) in the binding";
+# scripts/bench_winograd.py): 1.1-2.2x from 64 channels in and out on images of 12x12 and more,
+# slower with fewer channels; on the 6x6 images of 256 channels and more F(2x2, 3x3) (4/9 of the
+# products, over smaller tiles that waste less at the edge) 1.1-1.3x, F(4x4) there 0.7-0.8x.
 WINOGRAD_BLOCK = 64          # tiles per matmul: the block's transforms stay in the core's caches
 WINOGRAD_MIN_CHANNELS = 64
 WINOGRAD_MIN_SIZE = 12       # F(4x4) from here
@@ -305,8 +307,16 @@ WINOGRAD_ENV = "EMOGEN_ONEDNN_WINOGRAD"
 
 
 def winograd_enabled() -> bool:
-  """Whether `forward` may take Winograd's algorithm on this CPU (AVX-512, not switched off)."""
-  return os.environ.get(WINOGRAD_ENV, "1") != "0" and has_avx512()
+  """Whether `forward` may take Winograd's algorithm on this CPU (AVX-512 and FMA, for which its
+  transforms are compiled; not switched off)."""
+  return os.environ.get(WINOGRAD_ENV, "1") != "0" and {"avx512f", "fma"} <= cpu_flags()
+
+
+def winograd_rule() -> str:
+  """`winograd_tile`'s rule in a few words (for the logs and messages)."""
+  return (f"3x3 stride-1 layers of >= {WINOGRAD_MIN_CHANNELS} channels on images from "
+          f"{WINOGRAD_MIN_SIZE}x{WINOGRAD_MIN_SIZE} by Winograd's F(4x4, 3x3), from "
+          f"{WINOGRAD_SMALL[0]}x{WINOGRAD_SMALL[0]} with >= {WINOGRAD_SMALL[1]} channels by F(2x2)")
 
 
 def winograd_tile(x_shape, kernel_shape, strides, pads, threads) -> int:

@@ -473,11 +473,11 @@ ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi
 // (9 m^2) of the direct convolution's products (1/4 for F(4x4), 4/9 for F(2x2)). oneDNN 3.2 has
 // no float32 Winograd on x86, so the three transforms are ours (vectorised over the channels,
 // which NHWC keeps contiguous; compiled for AVX-512, the only CPUs that route here) and the
-// matmuls are oneDNN's. Interpolation points 0, 1, -1, (2, -2,) infinity: float32 results within a
-// few times the direct convolution's rounding (docs/design.md has the figures). Float32 only: the
+// matmuls are oneDNN's. Interpolation points 0, 1, -1, (2, -2,) infinity: float32 results within
+// about ten times the direct convolution's rounding (docs/design.md has the figures). Float32 only: the
 // transformed operands' bfloat16 roundings lose too much (5.8 % of the largest output, measured).
 
-#define WINO_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma"), optimize("O3")))
+#define WINO_TARGET __attribute__((target("avx512f,fma"), optimize("O3")))
 
 template <int A>
 struct Wino;
@@ -722,10 +722,12 @@ ffi::Error RunWinograd(const Geometry& g, float* x, float* w, float* y, ffi::Thr
   t.th = (g.oh + M - 1) / M;
   t.tw = (g.ow + M - 1) / M;
   t.count = g.n * t.th * t.tw;
-  // Blocks of at most `block` tiles, as many for every thread (a thread with one more block
-  // than the others would set the call's time).
-  const int64_t blocks = ((t.count + block - 1) / block + threads - 1) / threads * threads;
-  const int64_t rows = (t.count + blocks - 1) / blocks;
+  // Blocks of at most `block` tiles, as many for every thread where the tiles allow (a thread
+  // with one more block than the others would set the call's time). Rounding the rows up can
+  // leave the last planned blocks without tiles: only the `blocks` that have some are run.
+  const int64_t planned = ((t.count + block - 1) / block + threads - 1) / threads * threads;
+  const int64_t rows = (t.count + planned - 1) / planned;
+  const int64_t blocks = (t.count + rows - 1) / rows;
   auto plan = GetWinoPlan(P, rows, g.c, g.o);
   auto& eng = Engine();
   // The kernel's transform, split over its elements, then into the matmul's layout.
@@ -781,10 +783,16 @@ ffi::Error WinogradFwd(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi
                        int64_t block, int64_t part) {
   const auto g =
       MakeGeometry(x.dimensions(), w.dimensions(), y->dimensions(), 1, 1, pt, pb, pl, pr, 0);
-  if (g.kh != 3 || g.kw != 3 || !(tile == 2 || tile == 4))
-    return ffi::Error::InvalidArgument("onednn_conv: Winograd takes 3x3 kernels, tiles 2 or 4");
-  if (!__builtin_cpu_supports("avx512f"))
+  if (g.kh != 3 || g.kw != 3 || !(tile == 2 || tile == 4) || block < 1)
+    return ffi::Error::InvalidArgument(
+        "onednn_conv: Winograd takes 3x3 kernels, tiles 2 or 4, blocks of at least 1 tile");
+  if (!__builtin_cpu_supports("avx512f") || !__builtin_cpu_supports("fma"))
     return ffi::Error::InvalidArgument("onednn_conv: Winograd's transforms need AVX-512");
+  if (g.n * g.oh * g.ow * g.o == 0) return ffi::Error::Success();  // nothing to write
+  if (g.c == 0) {  // no input channels: a sum of nothing
+    std::memset(y->typed_data(), 0, g.n * g.oh * g.ow * g.o * sizeof(float));
+    return ffi::Error::Success();
+  }
   try {
     const Part role = part == 1 ? kBwdData : kFwd;
     return tile == 4
