@@ -511,41 +511,88 @@ struct Tiles {
   int64_t th, tw, count;
 };
 
+// out[r][j] = sum_i mat[r][i] in[i][j] for each of kLanes channels: one side of a transform (the
+// zero coefficients drop out once the loops are unrolled).
+template <int R, int I, int J, typename T>
+WINO_TARGET __attribute__((always_inline)) inline void LeftMultiply(
+    const T (&mat)[R][I], const float (&in)[I][J][kLanes], float (&out)[R][J][kLanes]) {
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
+    for (int j = 0; j < J; ++j) {
+      float* o = out[r][j];
+      for (int e = 0; e < kLanes; ++e) o[e] = 0;
+      #pragma GCC unroll 8
+      for (int i = 0; i < I; ++i) {
+        const float c = static_cast<float>(mat[r][i]);
+        if (c == 0) continue;
+        for (int e = 0; e < kLanes; ++e) o[e] += c * in[i][j][e];
+      }
+    }
+}
+
+// out = sum_i coef[i] in[i] for each of kLanes channels: the other side of a transform, one row.
+template <int I, typename T>
+WINO_TARGET __attribute__((always_inline)) inline void Combine(const T (&coef)[I],
+                                                               const float (&in)[I][kLanes],
+                                                               float (&out)[kLanes]) {
+  for (int e = 0; e < kLanes; ++e) out[e] = 0;
+  #pragma GCC unroll 8
+  for (int i = 0; i < I; ++i) {
+    const float c = static_cast<float>(coef[i]);
+    if (c == 0) continue;
+    for (int e = 0; e < kLanes; ++e) out[e] += c * in[i][e];
+  }
+}
+
+// base[(r * B + b) * stride + e] = (in mat^T)[r][b][e] for e < count: a transform's last side,
+// position p = r * B + b of the result `stride` floats from the last.
+template <int R, int B, int I, typename T>
+WINO_TARGET __attribute__((always_inline)) inline void StoreRightProduct(
+    const T (&mat)[B][I], const float (&in)[R][I][kLanes], float* base, int64_t stride,
+    int64_t count) {
+  #pragma GCC unroll 8
+  for (int r = 0; r < R; ++r)
+    #pragma GCC unroll 8
+    for (int b = 0; b < B; ++b) {
+      alignas(64) float out[kLanes];
+      Combine(mat[b], in[r], out);
+      float* dst = base + (r * B + b) * stride;
+      for (int64_t e = 0; e < count; ++e) dst[e] = out[e];
+    }
+}
+
+// dst = the first `count` of src's floats, zeros after them (none from src where count is 0).
+WINO_TARGET __attribute__((always_inline)) inline void LoadLanes(const float* src, int64_t count,
+                                                                 float (&dst)[kLanes]) {
+  if (count == kLanes) {
+    for (int e = 0; e < kLanes; ++e) dst[e] = src[e];
+    return;
+  }
+  for (int e = 0; e < kLanes; ++e) dst[e] = 0;
+  for (int64_t e = 0; e < count; ++e) dst[e] = src[e];
+}
+
+// Tile `tile`'s image and the first output row and column of its m x m block.
+struct TileAt {
+  int64_t n, row, col;
+  TileAt(const Tiles& t, int64_t tile, int m)
+      : n(tile / (t.th * t.tw)), row((tile % (t.th * t.tw)) / t.tw * m), col(tile % t.tw * m) {}
+};
+
 // U[p] (Cin x Cout, p = u * A + v) = sum_ij G[u][i] G[v][j] w[i][j] for the kernel's elements
 // [first, last) of each (Cin x Cout) slice (HWIO: w[i][j] is one such slice).
 template <int A>
 WINO_TARGET void KernelTransform(const float* w, int64_t co, int64_t first, int64_t last, float* u) {
-  alignas(64) float rows[A][3][kLanes];
+  alignas(64) float taps[3][3][kLanes], rows[A][3][kLanes];
   for (int64_t e0 = first; e0 < last; e0 += kLanes) {
     const int64_t n = std::min<int64_t>(kLanes, last - e0);
     #pragma GCC unroll 8
-    for (int a = 0; a < A; ++a)
+    for (int i = 0; i < 3; ++i)
       #pragma GCC unroll 8
-      for (int j = 0; j < 3; ++j) {
-        float* r = rows[a][j];
-        for (int e = 0; e < kLanes; ++e) r[e] = 0;
-        #pragma GCC unroll 8
-        for (int i = 0; i < 3; ++i) {
-          const float gi = static_cast<float>(Wino<A>::G[a][i]);
-          if (gi == 0) continue;
-          const float* src = w + (i * 3 + j) * co + e0;
-          for (int e = 0; e < n; ++e) r[e] += gi * src[e];
-        }
-      }
-    #pragma GCC unroll 8
-    for (int a = 0; a < A; ++a)
-      #pragma GCC unroll 8
-      for (int b = 0; b < A; ++b) {
-        alignas(64) float acc[kLanes] = {};
-        #pragma GCC unroll 8
-        for (int j = 0; j < 3; ++j) {
-          const float gj = static_cast<float>(Wino<A>::G[b][j]);
-          if (gj == 0) continue;
-          for (int e = 0; e < kLanes; ++e) acc[e] += gj * rows[a][j][e];
-        }
-        float* dst = u + (a * A + b) * co + e0;
-        for (int e = 0; e < n; ++e) dst[e] = acc[e];
-      }
+      for (int j = 0; j < 3; ++j) LoadLanes(w + (i * 3 + j) * co + e0, n, taps[i][j]);
+    LeftMultiply(Wino<A>::G, taps, rows);  // G w
+    StoreRightProduct(Wino<A>::G, rows, u + e0, co, n);  // (G w) GT
   }
 }
 
@@ -557,55 +604,21 @@ WINO_TARGET void InputTransform(const Geometry& g, const Tiles& t, const float* 
   alignas(64) float d[A][A][kLanes], s[A][A][kLanes];
   const int64_t c = g.c;
   for (int64_t k = 0; k < count; ++k) {
-    const int64_t tile = first + k, per_image = t.th * t.tw;
-    const int64_t n = tile / per_image, r = tile % per_image;
-    const int64_t y0 = (r / t.tw) * M - g.pt, x0 = (r % t.tw) * M - g.pl;
+    const TileAt at(t, first + k, M);
+    const int64_t y0 = at.row - g.pt, x0 = at.col - g.pl;
     for (int64_t c0 = 0; c0 < c; c0 += kLanes) {
       const int64_t cb = std::min<int64_t>(kLanes, c - c0);
       #pragma GCC unroll 8
       for (int i = 0; i < A; ++i)
         #pragma GCC unroll 8
-        for (int j = 0; j < A; ++j) {
+        for (int j = 0; j < A; ++j) {  // the input under the tile, zeros in the padding
           const int64_t yy = y0 + i, xx = x0 + j;
-          float* dst = d[i][j];
-          if (yy >= 0 && yy < g.h && xx >= 0 && xx < g.w && cb == kLanes) {
-            const float* src = x + ((n * g.h + yy) * g.w + xx) * c + c0;
-            for (int e = 0; e < kLanes; ++e) dst[e] = src[e];
-          } else {
-            for (int e = 0; e < kLanes; ++e) dst[e] = 0;
-            if (yy >= 0 && yy < g.h && xx >= 0 && xx < g.w) {
-              const float* src = x + ((n * g.h + yy) * g.w + xx) * c + c0;
-              for (int e = 0; e < cb; ++e) dst[e] = src[e];
-            }
-          }
+          const bool inside = yy >= 0 && yy < g.h && xx >= 0 && xx < g.w;
+          LoadLanes(inside ? x + ((at.n * g.h + yy) * g.w + xx) * c + c0 : nullptr,
+                    inside ? cb : 0, d[i][j]);
         }
-      #pragma GCC unroll 8
-      for (int a = 0; a < A; ++a)  // s = BT d
-        #pragma GCC unroll 8
-        for (int j = 0; j < A; ++j) {
-          float* o = s[a][j];
-          for (int e = 0; e < kLanes; ++e) o[e] = 0;
-          #pragma GCC unroll 8
-          for (int i = 0; i < A; ++i) {
-            const float b = Wino<A>::BT[a][i];
-            if (b == 0) continue;
-            for (int e = 0; e < kLanes; ++e) o[e] += b * d[i][j][e];
-          }
-        }
-      #pragma GCC unroll 8
-      for (int a = 0; a < A; ++a)  // (BT d) B
-        #pragma GCC unroll 8
-        for (int b = 0; b < A; ++b) {
-          alignas(64) float o[kLanes] = {};
-          #pragma GCC unroll 8
-          for (int j = 0; j < A; ++j) {
-            const float bt = Wino<A>::BT[b][j];
-            if (bt == 0) continue;
-            for (int e = 0; e < kLanes; ++e) o[e] += bt * s[a][j][e];
-          }
-          float* dst = v + ((a * A + b) * rows + k) * c + c0;
-          for (int e = 0; e < cb; ++e) dst[e] = o[e];
-        }
+      LeftMultiply(Wino<A>::BT, d, s);                                // s = BT d
+      StoreRightProduct(Wino<A>::BT, s, v + k * c + c0, rows * c, cb);  // (BT d) B
     }
   }
 }
@@ -618,50 +631,23 @@ WINO_TARGET void OutputTransform(const Geometry& g, const Tiles& t, const float*
   alignas(64) float q[A][A][kLanes], s[M][A][kLanes];
   const int64_t o = g.o;
   for (int64_t k = 0; k < count; ++k) {
-    const int64_t tile = first + k, per_image = t.th * t.tw;
-    const int64_t n = tile / per_image, r = tile % per_image;
-    const int64_t y0 = (r / t.tw) * M, x0 = (r % t.tw) * M;
+    const TileAt at(t, first + k, M);
+    const int64_t n = at.n, y0 = at.row, x0 = at.col;
     for (int64_t o0 = 0; o0 < o; o0 += kLanes) {
       const int64_t ob = std::min<int64_t>(kLanes, o - o0);
       #pragma GCC unroll 8
       for (int a = 0; a < A; ++a)
         #pragma GCC unroll 8
-        for (int b = 0; b < A; ++b) {
-          const float* src = m + ((a * A + b) * rows + k) * o + o0;
-          float* dst = q[a][b];
-          if (ob == kLanes) {
-            for (int e = 0; e < kLanes; ++e) dst[e] = src[e];
-          } else {
-            for (int e = 0; e < kLanes; ++e) dst[e] = 0;
-            for (int e = 0; e < ob; ++e) dst[e] = src[e];
-          }
-        }
-      #pragma GCC unroll 8
-      for (int i = 0; i < M; ++i)  // s = AT q
-        #pragma GCC unroll 8
-        for (int b = 0; b < A; ++b) {
-          float* out = s[i][b];
-          for (int e = 0; e < kLanes; ++e) out[e] = 0;
-          #pragma GCC unroll 8
-          for (int a = 0; a < A; ++a) {
-            const float at = Wino<A>::AT[i][a];
-            if (at == 0) continue;
-            for (int e = 0; e < kLanes; ++e) out[e] += at * q[a][b][e];
-          }
-        }
+        for (int b = 0; b < A; ++b) LoadLanes(m + ((a * A + b) * rows + k) * o + o0, ob, q[a][b]);
+      LeftMultiply(Wino<A>::AT, q, s);  // s = AT q
       #pragma GCC unroll 8
       for (int i = 0; i < M; ++i) {  // (AT q) A
         if (y0 + i >= g.oh) break;
         #pragma GCC unroll 8
         for (int j = 0; j < M; ++j) {
           if (x0 + j >= g.ow) break;
-          alignas(64) float out[kLanes] = {};
-          #pragma GCC unroll 8
-          for (int b = 0; b < A; ++b) {
-            const float at = Wino<A>::AT[j][b];
-            if (at == 0) continue;
-            for (int e = 0; e < kLanes; ++e) out[e] += at * s[i][b][e];
-          }
+          alignas(64) float out[kLanes];
+          Combine(Wino<A>::AT[j], s[i], out);
           float* dst = y + ((n * g.oh + y0 + i) * g.ow + x0 + j) * o + o0;
           for (int e = 0; e < ob; ++e) dst[e] = out[e];
         }
