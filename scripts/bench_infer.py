@@ -29,6 +29,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_baseline, bench_train
 
+from emogen_jax.errors import cli_main  # noqa: E402
+
 
 def in_flight(fn, calls: int):
   """A callable that runs ``fn`` ``calls`` times at once in threads and returns when all are done."""
@@ -99,6 +101,7 @@ def bench(batch: int, width: float, repeats: int, dtype: str, compare_torch: boo
   return row
 
 
+@cli_main  # a UserError (a bad setting, a failed oneDNN build) is one line
 def main(argv=None) -> int:
   from emogen_jax import onednn_conv
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -47,6 +47,7 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # torch_baseline
 
 from emogen_jax import allocator  # noqa: E402
+from emogen_jax.errors import cli_main  # noqa: E402
 
 STAGE_CONFIGS = {"syncnet": "syncnet", "emotion_disc": "emotion_disc", "emogen": "emogen"}
 
@@ -394,6 +395,7 @@ def bench(stage: str, size: str, *, batch: int | None, steps: int, dtype: str,
   return row
 
 
+@cli_main  # a UserError (a bad setting, a failed oneDNN build) is one line
 def main(argv=None) -> int:
   from emogen_jax import onednn_conv
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])

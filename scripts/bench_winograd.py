@@ -23,6 +23,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from emogen_jax.errors import cli_main  # noqa: E402  (light)
+
 # The generator's 3x3 stride-1 layers (H x W x Cin x Cout), largest first.
 GENERATOR_LAYERS = ("96x96x64x64", "48x48x128x128", "24x24x256x256", "12x12x384x384",
                     "96x96x80x32", "6x6x512x512", "48x48x32x32", "24x24x64x64", "12x12x128x128",
@@ -63,8 +65,8 @@ def bench_layer(layer, batch: int, blocks, repeats: int, seed: int = 0) -> dict:
   rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((batch, h, w, cin)), jnp.float32)
   k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)) / np.sqrt(9 * cin), jnp.float32)
-  want = jax.lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      precision="highest")
+  want = jax.lax.conv_general_dilated(x, k, (1, 1), pads, precision="highest",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
   scale = float(jnp.max(jnp.abs(want)))
   error = lambda y: float(jnp.max(jnp.abs(y - want))) / scale
   direct = jax.jit(lambda x_, k_: binding._parts((1, 1), pads, "xla", None, None)[0](x_, k_))
@@ -82,6 +84,7 @@ def bench_layer(layer, batch: int, blocks, repeats: int, seed: int = 0) -> dict:
   return row
 
 
+@cli_main  # a UserError (a bad EMOGEN_ONEDNN_WINOGRAD, a failed build) is one line
 def main(argv=None) -> int:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--layers", nargs="+", type=_layer, default=None,
@@ -101,6 +104,7 @@ def main(argv=None) -> int:
   from emogen_jax.allocator import use_fast_allocator
   use_fast_allocator()  # the allocator the entry points run under (may re-execute this command)
   from emogen_jax.onednn_conv import binding
+  binding.winograd_enabled()  # refuses an EMOGEN_ONEDNN_WINOGRAD other than 0 or 1, on any CPU
   if not binding.has_avx512():
     p.exit(2, "bench_winograd: this CPU has no AVX-512, which Winograd's transforms are compiled "
               "for; nothing to measure here\n")

@@ -360,8 +360,8 @@ def test_winograd_equals_lax(winograd_on, x_shape, cout, pads, block, tile):
   rng = np.random.default_rng(sum(x_shape) + cout + block)
   x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
   k = jnp.asarray(rng.standard_normal((3, 3, x_shape[-1], cout)), jnp.float32)
-  want = jax.lax.conv_general_dilated(x, k, (1, 1), pads, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-                                      precision="highest")
+  want = jax.lax.conv_general_dilated(x, k, (1, 1), pads, precision="highest",
+                                      dimension_numbers=("NHWC", "HWIO", "NHWC"))
   got = jax.jit(lambda x_, k_: binding.winograd(x_, k_, pads, tile=tile, block=block))(x, k)
   assert _rel_err(got, want) < (1e-5 if tile == 2 else 5e-5)
 
@@ -425,8 +425,9 @@ def test_routed_layers_take_winograd_where_the_rule_says(library, winograd_on, m
     xs = x.reshape(2, 1, 12, 14, 64)
     per_example = jax.vmap(lambda x_: layers.conv2d(x_, k, (1, 1), pads, dimension_numbers=nhwc))
     assert hlo(per_example, xs).count("OnednnWinogradFwd") == 1
-    assert _rel_err(jax.jit(per_example)(xs), jax.vmap(
-        lambda x_: jax.lax.conv_general_dilated(x_, k, (1, 1), pads, dimension_numbers=nhwc))(xs)) < 5e-5
+    lax_per_example = jax.vmap(
+        lambda x_: jax.lax.conv_general_dilated(x_, k, (1, 1), pads, dimension_numbers=nhwc))
+    assert _rel_err(jax.jit(per_example)(xs), lax_per_example(xs)) < 5e-5
     assert "tile = 4" in text
     # Images from 6x6 to 11x11 with >= 256 channels: F(2x2, 3x3).
     plain = lambda x_, k_, s=(1, 1): layers.conv2d(x_, k_, s, pads, dimension_numbers=nhwc)
@@ -533,7 +534,27 @@ def test_bench_winograd_reports_each_layer(library, winograd_on, tmp_path):
   assert "the rule takes F(4x4)" in proc.stdout and "the rule takes direct" in proc.stdout
 
 
-def test_bench_winograd_usage_errors():
-  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_winograd.py"),
-                         "--layers", "12x12x64"], capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 2 and "give HxWxCINxCOUT" in proc.stderr.strip().splitlines()[-1]
+@pytest.mark.parametrize("args, env, message", [
+    (["--layers", "12x12x64"], {}, "give HxWxCINxCOUT"),
+    (["--batch", "0"], {}, "--batch, --repeats and --block must be at least 1"),
+    ([], {"EMOGEN_ONEDNN_WINOGRAD": "off"}, "error: EMOGEN_ONEDNN_WINOGRAD='off'; set 0"),
+])
+def test_bench_winograd_usage_errors(args, env, message):
+  proc = subprocess.run([sys.executable, os.path.join(REPO, "scripts", "bench_winograd.py"), *args],
+                        capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr
+  assert message in proc.stderr.strip().splitlines()[-1], proc.stderr
+
+
+@pytest.mark.parametrize("value", ["off", "false", "2"])
+def test_winograd_switch_other_than_0_or_1_is_refused(value, monkeypatch):
+  """EMOGEN_ONEDNN_WINOGRAD takes 0 or 1: an "off" must not silently leave Winograd on
+  (tests/test_onednn_conv.py: the inference CLI's one line)."""
+  from emogen_jax.errors import UserError
+  from emogen_jax.onednn_conv import binding
+
+  monkeypatch.setenv(binding.WINOGRAD_ENV, value)
+  with pytest.raises(UserError, match=rf"^EMOGEN_ONEDNN_WINOGRAD='{value}'; set 0 "):
+    binding.winograd_enabled()
+  monkeypatch.setenv(binding.WINOGRAD_ENV, " 0 ")
+  assert binding.winograd_enabled() is False

@@ -461,3 +461,29 @@ def test_full_width_generator_by_winograd_matches_xla(built, monkeypatch):
   assert text.count("OnednnWinogradFwd") >= 10 and "tile = 4" in text and "tile = 2" in text
   assert want.std() > 0.05  # frames that vary, not a saturated sigmoid
   np.testing.assert_allclose(got, want, rtol=0, atol=2e-5)
+
+
+def test_infer_cli_with_a_bad_winograd_switch_is_one_line(built, tmp_path):
+  """EMOGEN_ONEDNN_WINOGRAD=off on oneDNN's kernels: one line naming the variable and its values,
+  exit 2, no traceback, before anything is written (an "off" that silently meant on would
+  mislead a comparison)."""
+  import cv2
+  import soundfile
+
+  from tests._infer_fixtures import face_image, make_generator_checkpoint
+
+  ckpt = make_generator_checkpoint(str(tmp_path / "gen"))
+  cv2.imwrite(str(tmp_path / "face.png"), face_image())
+  soundfile.write(str(tmp_path / "speech.wav"), np.zeros(16000, np.float32), 16000)
+  proc = subprocess.run(
+      [sys.executable, "-m", "emogen_jax.infer", "--checkpoint", ckpt, "--face", "face.png",
+       "--audio", "speech.wav", "--emotion", "HAP", "--out", "out.mp4",
+       "--cpu-convolutions", "onednn"],
+      cwd=tmp_path, env=dict(subprocess_env(1), EMOGEN_ONEDNN_WINOGRAD="off", **built.env),
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.endswith("EMOGEN_ONEDNN_WINOGRAD='off'; set 0 (oneDNN's direct kernels for every "
+                       "layer) or 1 / leave it unset (Winograd's algorithm where it was measured "
+                       "faster)"), line
+  assert not os.path.exists(tmp_path / "out.mp4")

@@ -111,6 +111,8 @@ def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
     with _scope("xla"):
       yield "xla"
     return
+  # Read (and a bad value refused) before anything is built or routed.
+  winograd = binding.winograd_enabled() and not bf16
   try:
     library = build(log=log)
     undo = route_convolutions(library)
@@ -124,7 +126,7 @@ def cpu_convolutions(choice: str, log: Callable[[str], None] = print,
     return
   log(f"convolutions: {_NAMES['onednn']} ({where}={choice}; {why}; {library})"
       + (f"; {binding.winograd_rule()} ({binding.WINOGRAD_ENV}=0 for the direct kernels)"
-         if binding.winograd_enabled() and not bf16 else "")
+         if winograd else "")
       + ("; products of bfloat16 roundings, summed in float32 (JAX's default_matmul_precision="
          "bfloat16)" if bf16 else ""))
   try:

@@ -53,6 +53,7 @@ def library_path(cache_dir: str | None = None) -> str:
   return os.path.join(cache_dir, f"libonednn_conv-{digest}.so")
 
 
+@functools.cache  # read once: asked per layer while a step is traced (winograd_tile)
 def cpu_flags() -> frozenset[str]:
   """This CPU's feature flags as Linux's /proc/cpuinfo names them (empty where it cannot tell)."""
   try:
@@ -218,7 +219,7 @@ def _out_shape(x_shape, kernel_shape, strides, pads) -> tuple:
 # apply.
 def forward(x, kernel, strides, pads, threads="xla", math="float32"):
   """y = conv(x, kernel): x (B, H, W, Cin), kernel (kh, kw, Cin, Cout), float32."""
-  tile = winograd_tile(x.shape, kernel.shape, strides, pads, threads) if math == "float32" else 0
+  tile = winograd_tile(x.shape, kernel.shape, strides, pads, threads, math)
   if tile:
     return winograd(x, kernel, pads, tile, part="forward")
   return _parts(_key(strides), _key(pads), threads, None, None, math)[0](x, kernel)
@@ -231,7 +232,7 @@ def input_grad(dy, kernel, x_shape, strides, pads, threads="xla", math="float32"
   (pt, pb), (pl, pr) = pads
   flipped = ((2 - pt, 2 - pb), (2 - pl, 2 - pr))
   tile = winograd_tile(dy.shape, kernel.shape[:2] + kernel.shape[2:][::-1], strides, flipped,
-                       threads) if math == "float32" else 0
+                       threads, math)
   if tile:
     import jax.numpy as jnp
     return winograd(dy, jnp.swapaxes(kernel[::-1, ::-1], 2, 3), flipped, tile,
@@ -308,8 +309,13 @@ WINOGRAD_ENV = "EMOGEN_ONEDNN_WINOGRAD"
 
 def winograd_enabled() -> bool:
   """Whether `forward` may take Winograd's algorithm on this CPU (AVX-512 and FMA, for which its
-  transforms are compiled; not switched off)."""
-  return os.environ.get(WINOGRAD_ENV, "1") != "0" and {"avx512f", "fma"} <= cpu_flags()
+  transforms are compiled; not switched off). An EMOGEN_ONEDNN_WINOGRAD other than 0 or 1 is a
+  UserError (an "off" or "false" must not silently mean on)."""
+  value = os.environ.get(WINOGRAD_ENV, "1").strip()
+  if value not in ("0", "1"):
+    raise UserError(f"{WINOGRAD_ENV}={value!r}; set 0 (oneDNN's direct kernels for every layer) "
+                    "or 1 / leave it unset (Winograd's algorithm where it was measured faster)")
+  return value == "1" and {"avx512f", "fma"} <= cpu_flags()
 
 
 def winograd_rule() -> str:
@@ -319,15 +325,16 @@ def winograd_rule() -> str:
           f"{WINOGRAD_SMALL[0]}x{WINOGRAD_SMALL[0]} with >= {WINOGRAD_SMALL[1]} channels by F(2x2)")
 
 
-def winograd_tile(x_shape, kernel_shape, strides, pads, threads) -> int:
+def winograd_tile(x_shape, kernel_shape, strides, pads, threads, math="float32") -> int:
   """The output tile (4 or 2) of the Winograd F(tile x tile, 3x3) that `forward` computes this
-  convolution by, 0 for the direct kernels: oneDNN on XLA's threads, a 3x3 kernel at stride 1
-  padded by at most 2, channel counts and the image's sides as above."""
+  convolution by, 0 for the direct kernels: oneDNN on XLA's threads, float32 products (the
+  transformed operands' bfloat16 roundings lose too much), a 3x3 kernel at stride 1 padded by at
+  most 2, channel counts and the image's sides as above."""
   _, h, w, _ = x_shape
   kh, kw, cin, cout = kernel_shape
   channels, side = min(cin, cout), min(h, w)
-  if not (threads == "xla" and (kh, kw) == (3, 3) and tuple(strides) == (1, 1)
-          and all(0 <= int(p) <= 2 for pair in pads for p in pair)
+  if not (threads == "xla" and math == "float32" and (kh, kw) == (3, 3)
+          and tuple(strides) == (1, 1) and all(0 <= int(p) <= 2 for pair in pads for p in pair)
           and channels >= WINOGRAD_MIN_CHANNELS and winograd_enabled()):
     return 0
   if side >= WINOGRAD_MIN_SIZE:

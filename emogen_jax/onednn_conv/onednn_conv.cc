@@ -270,13 +270,16 @@ void ParallelFor(ffi::ThreadPool& pool, int64_t count, const Fn& fn) {
   if (shared->error) std::rethrow_exception(shared->error);
 }
 
-// Output channels [first, last) of kernel layout `desc`, for splitting a reorder: the bounds
-// fall on the layout's output-channel blocks.
+// Output channels [first, last) of kernel layout `desc` (its first dimension: a convolution's
+// output channels, the Winograd matmuls' positions), for splitting a reorder: the bounds fall on
+// the layout's blocks of that dimension.
 memory::desc OutputChannels(const memory::desc& desc, int64_t first, int64_t last) {
   auto dims = desc.get_dims();
   const int64_t o = dims[0];
   dims[0] = std::min(last, o) - first;
-  return desc.submemory_desc(dims, {first, 0, 0, 0});
+  memory::dims offsets(dims.size(), 0);
+  offsets[0] = first;
+  return desc.submemory_desc(dims, offsets);
 }
 
 // The kernel reorder from -> to (one of them `blocked`, the primitive's layout) split over
@@ -474,8 +477,9 @@ ffi::Error BwdWeights(ffi::ThreadPool pool, F32 x, F32 dy, ffi::ResultBuffer<ffi
 // no float32 Winograd on x86, so the three transforms are ours (vectorised over the channels,
 // which NHWC keeps contiguous; compiled for AVX-512, the only CPUs that route here) and the
 // matmuls are oneDNN's. Interpolation points 0, 1, -1, (2, -2,) infinity: float32 results within
-// about ten times the direct convolution's rounding (docs/design.md has the figures). Float32 only: the
-// transformed operands' bfloat16 roundings lose too much (5.8 % of the largest output, measured).
+// about ten times the direct convolution's rounding (docs/design.md has the figures). Float32
+// only: the transformed operands' bfloat16 roundings lose too much (5.8 % of the largest output,
+// measured).
 
 #define WINO_TARGET __attribute__((target("avx512f,fma"), optimize("O3")))
 
@@ -583,7 +587,8 @@ struct TileAt {
 // U[p] (Cin x Cout, p = u * A + v) = sum_ij G[u][i] G[v][j] w[i][j] for the kernel's elements
 // [first, last) of each (Cin x Cout) slice (HWIO: w[i][j] is one such slice).
 template <int A>
-WINO_TARGET void KernelTransform(const float* w, int64_t co, int64_t first, int64_t last, float* u) {
+WINO_TARGET void KernelTransform(const float* w, int64_t co, int64_t first, int64_t last,
+                                 float* u) {
   alignas(64) float taps[3][3][kLanes], rows[A][3][kLanes];
   for (int64_t e0 = first; e0 < last; e0 += kLanes) {
     const int64_t n = std::min<int64_t>(kLanes, last - e0);
@@ -724,18 +729,9 @@ ffi::Error RunWinograd(const Geometry& g, float* x, float* w, float* y, ffi::Thr
     KernelTransform<A>(w, co, i * per, std::min(co, (i + 1) * per), u);
   });
   void* kernel = u;
-  if (plan->reorder) {
+  if (plan->reorder) {  // split over the positions, as the convolutions' over output channels
     kernel = kernel_buffer.Get(plan->kernel.get_size());
-    const int64_t pp = (P + threads - 1) / threads;
-    ParallelFor(pool, (P + pp - 1) / pp, [&](int64_t i) {
-      const int64_t lo = i * pp, hi = std::min<int64_t>(P, lo + pp);
-      const auto from = plan->plain_kernel.submemory_desc({hi - lo, g.c, g.o}, {lo, 0, 0});
-      const auto to = plan->kernel.submemory_desc({hi - lo, g.c, g.o}, {lo, 0, 0});
-      memory fm(from, eng, u), tm(to, eng, kernel);
-      dnnl::stream stream(eng);
-      dnnl::reorder(fm, tm).execute(stream, fm, tm);
-      stream.wait();
-    });
+    Reorder(pool, threads, plan->plain_kernel, u, plan->kernel, kernel, plan->kernel);
   }
   std::atomic<int64_t> next{0};
   ParallelFor(pool, std::min(threads, blocks), [&](int64_t) {
@@ -781,9 +777,9 @@ ffi::Error WinogradFwd(ffi::ThreadPool pool, F32 x, F32 w, ffi::ResultBuffer<ffi
   }
   try {
     const Part role = part == 1 ? kBwdData : kFwd;
-    return tile == 4
-               ? RunWinograd<6>(g, x.typed_data(), w.typed_data(), y->typed_data(), pool, block, role)
-               : RunWinograd<4>(g, x.typed_data(), w.typed_data(), y->typed_data(), pool, block, role);
+    float *xs = x.typed_data(), *ws = w.typed_data(), *ys = y->typed_data();
+    return tile == 4 ? RunWinograd<6>(g, xs, ws, ys, pool, block, role)
+                     : RunWinograd<4>(g, xs, ws, ys, pool, block, role);
   } catch (const std::exception& e) {
     return ffi::Error::Internal(std::string("onednn_conv: ") + e.what());
   }
